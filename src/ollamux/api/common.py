@@ -1,0 +1,115 @@
+"""What both APIs' handlers share: the endpoint wrapper (ids, errors, records) and response helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import OllamuxError
+from ..jsonutil import dumps
+from ..observe import ApiName, RequestRecord, new_request_id
+from ..state import STATE, AppState
+
+__all__ = [
+    "JSON_CT",
+    "NDJSON_CT",
+    "SSE_CT",
+    "Handler",
+    "endpoint",
+    "error_response",
+    "json_response",
+    "start_stream",
+    "upstream_headers",
+]
+
+log = logging.getLogger("ollamux")
+
+JSON_CT = "application/json; charset=utf-8"
+NDJSON_CT = "application/x-ndjson"
+SSE_CT = "text/event-stream"
+REQUEST_ID = "x-request-id"
+
+Handler = Callable[[web.Request, AppState, RequestRecord], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: OllamuxError, api: ApiName, rec: RequestRecord) -> web.Response:
+    body = exc.openai_body() if api == "openai" else exc.ollama_body()
+    headers = {REQUEST_ID: rec.id, **exc.headers}
+    return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
+
+
+def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Wrap a handler: request id in and out, one record per request, errors in the API's envelope."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        rid = request.headers.get(REQUEST_ID) or new_request_id()
+        rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=request.remote)
+        state.observers.started(rec)
+        try:
+            resp = await handler(request, state, rec)
+            if not resp.prepared:
+                resp.headers[REQUEST_ID] = rid
+            if not rec.status:
+                rec.status = resp.status
+            return resp
+        except OllamuxError as exc:
+            rec.status = exc.status
+            rec.error = exc.message
+            return error_response(exc, api, rec)
+        except web.HTTPException as exc:
+            # aiohttp's own refusals (body too large, ...) rendered in the client's envelope, not as text
+            err = OllamuxError(exc.text or exc.reason, status=exc.status)
+            rec.status = exc.status
+            rec.error = err.message
+            return error_response(err, api, rec)
+        except asyncio.CancelledError:
+            # the client went away: Ollama's 499; the upstream request was cancelled with us
+            rec.status = 499
+            rec.abandoned = True
+            rec.error = rec.error or "request canceled"
+            raise
+        except (ConnectionResetError, OSError) as exc:
+            rec.status = 499
+            rec.abandoned = True
+            rec.error = f"client connection lost: {exc}"
+            raise
+        except Exception as exc:  # nothing crashes the server; the operator log gets the traceback
+            log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+            err = OllamuxError(f"internal error: {type(exc).__name__}: {exc}", status=500)
+            rec.status = 500
+            rec.error = err.message
+            return error_response(err, api, rec)
+        finally:
+            state.observers.finished(rec)
+
+    return wrapped
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(obj), status=status, content_type="application/json", charset="utf-8")
+
+
+async def start_stream(request: web.Request, rec: RequestRecord, content_type: str) -> web.StreamResponse:
+    """Send the status line and headers of a streamed answer; chunks follow unbuffered."""
+    resp = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx in front must not hold the stream back
+            REQUEST_ID: rec.id,
+        },
+    )
+    rec.streamed = True
+    rec.status = 200
+    await resp.prepare(request)
+    return resp
+
+
+def upstream_headers(request: web.Request, rec: RequestRecord) -> dict[str, str]:
+    return {REQUEST_ID: rec.id}

@@ -1,0 +1,72 @@
+"""`create_app(settings)`: every service an app needs, built inside one lifespan and closed by it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .backends.http import HTTPBackend, new_client_session
+from .config import Settings
+from .observe import Observers
+from .registry import Registry
+from .state import SETTINGS, STATE, AppState, Backend
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("ollamux")
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The aiohttp application for these settings; nothing starts until it is run."""
+    app = web.Application(client_max_size=settings.server.max_body_bytes, handler_args={"max_field_size": 16384})
+    app[SETTINGS] = settings
+
+    from .api import ollama as ollama_api
+
+    ollama_api.add_routes(app)
+    try:
+        from .api import openai as openai_api
+    except ImportError:  # pragma: no cover - while the OpenAI API is being built
+        openai_api = None  # type: ignore[assignment]
+    if openai_api is not None:
+        openai_api.add_routes(app)
+    app.cleanup_ctx.append(_lifespan)
+    return app
+
+
+async def _lifespan(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = new_client_session()
+    registry = Registry(settings.models, settings.default_model)
+    backends: dict[str, Backend] = {name: HTTPBackend(bs, client) for name, bs in settings.backends.items()}
+    state = AppState(settings=settings, registry=registry, client=client, backends=backends, observers=Observers())
+    app[STATE] = state
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        from . import hooks
+
+        await hooks.on_startup(app, state)
+        from . import discovery
+
+        await discovery.refresh_all(state)
+        if any(bs.discover for bs in settings.backends.values()):
+            tasks.append(asyncio.create_task(discovery.run_refresher(state)))
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        from . import hooks
+
+        with contextlib.suppress(Exception):
+            await hooks.on_shutdown(app, state)
+        for b in backends.values():
+            with contextlib.suppress(Exception):
+                await b.close()
+        await client.close()

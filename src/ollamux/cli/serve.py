@@ -1,0 +1,133 @@
+"""`ollamux serve` and `ollamux check`: build settings from flags, file and environment; run the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from ..config import BackendSettings, ConfigError, Settings, default_models_dir, load_settings
+from ..names import normalize_name
+
+__all__ = ["register", "settings_from_args"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default 11434)")
+    p.add_argument(
+        "--backend", metavar="URL", help="an OpenAI-compatible backend whose models are all served (no config needed)"
+    )
+    p.add_argument("--log-format", choices=("json", "text"), default="json", help="operator log format on stderr")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check", help="validate a config file and print the models it serves")
+    c.add_argument("--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
+    c.set_defaults(func=cmd_check)
+
+
+def settings_from_args(
+    config: str | None, host: str | None, port: int | None, backend: str | None, environ: Mapping[str, str]
+) -> Settings:
+    path = config or environ.get("OLLAMUX_CONFIG")
+    settings = load_settings(path, environ) if path else Settings()
+    if backend:
+        from ..config import _parse_url
+
+        url = _parse_url("--backend", backend)
+        name = "default"
+        while name in settings.backends:
+            name += "_"
+        bs = BackendSettings(name=name, type="openai", urls=(url,), discover=True)
+        settings = replace(settings, backends={**settings.backends, name: bs})
+    if not path and not backend and settings.runtime.models_dir is None:
+        # nothing configured: serve the GGUF files of the default models folder, as Ollama would
+        settings = replace(settings, runtime=replace(settings.runtime, models_dir=default_models_dir(environ)))
+    changes: dict[str, Any] = {}
+    if host:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    return settings.with_server(**changes) if changes else settings
+
+
+def _load(args: argparse.Namespace) -> Settings | None:
+    try:
+        return settings_from_args(
+            args.config, getattr(args, "host", None), getattr(args, "port", None), getattr(args, "backend", None),
+            os.environ,
+        )
+    except ConfigError as exc:
+        print(f"ollamux: config error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if not (args.config or os.environ.get("OLLAMUX_CONFIG")):
+        print("ollamux: check needs --config FILE (or OLLAMUX_CONFIG)", file=sys.stderr)
+        return 2
+    settings = _load(args)
+    if settings is None:
+        return 1
+    try:
+        from ..runtime.checks import check_runtime
+    except ImportError:  # pragma: no cover
+        check_runtime = None
+    if check_runtime is not None:
+        try:
+            check_runtime(settings)
+        except ConfigError as exc:
+            print(f"ollamux: config error: {exc}", file=sys.stderr)
+            return 1
+    print(f"config {settings.source}: OK")
+    print(f"listen: {settings.server.host}:{settings.server.port}")
+    for name, b in settings.backends.items():
+        extra = " (models discovered)" if b.discover else ""
+        print(f"backend {name}: {b.type} {', '.join(b.urls)}{extra}")
+    for m in settings.models:
+        where = f"runtime {'gguf ' + str(m.runtime.gguf) if m.runtime.gguf else 'cmd ' + m.runtime.cmd[0]}" \
+            if m.runtime and (m.runtime.gguf or m.runtime.cmd) else f"backend {m.backend} as '{m.upstream or m.name}'"
+        aliases = f" aliases: {', '.join(m.aliases)}" if m.aliases else ""
+        shown = m.name if m.is_wildcard else normalize_name(m.name)
+        print(f"model {shown} -> {where}{aliases}")
+    if settings.default_model:
+        print(f"default model: {settings.default_model}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings is None:
+        return 1
+    try:
+        from ..runtime.checks import check_runtime
+    except ImportError:  # pragma: no cover
+        check_runtime = None
+    if check_runtime is not None:
+        try:
+            check_runtime(settings)
+        except ConfigError as exc:
+            print(f"ollamux: config error: {exc}", file=sys.stderr)
+            return 1
+    setup_logging(args.log_format, args.log_level)
+    from ..app import create_app
+    from ..server import run
+
+    run(create_app(settings), settings)
+    return 0
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    try:
+        from ..oplog import configure
+    except ImportError:  # pragma: no cover
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    configure(fmt, level)

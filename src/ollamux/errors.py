@@ -1,0 +1,143 @@
+"""One small exception tree. Each error knows its HTTP status and renders itself in both envelopes.
+
+Errors are raised where they are detected (parsing, routing, the backend boundary) and rendered once,
+at the API boundary, in the envelope of the API the client spoke.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "BadRequest",
+    "Forbidden",
+    "ModelNotFound",
+    "NotImplementedByProxy",
+    "OllamuxError",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "UpstreamError",
+    "openai_error_type",
+]
+
+
+def openai_error_type(status: int) -> str:
+    # Ollama's own OpenAI layer uses exactly these three types; the openai SDK maps on status anyway.
+    if status == 400:
+        return "invalid_request_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "api_error"
+
+
+class OllamuxError(Exception):
+    """Base of every error the server turns into an HTTP answer."""
+
+    status: int = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def ollama_body(self) -> bytes:
+        return orjson.dumps({"error": self.message})
+
+    def openai_payload(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": openai_error_type(self.status),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def openai_body(self) -> bytes:
+        return orjson.dumps(self.openai_payload())
+
+
+class BadRequest(OllamuxError):
+    status = 400
+
+
+class Unauthorized(OllamuxError):
+    status = 401
+
+
+class Forbidden(OllamuxError):
+    status = 403
+
+
+class ModelNotFound(OllamuxError):
+    status = 404
+
+    def __init__(self, model: str) -> None:
+        # Ollama's exact wording: clients and people search for it.
+        super().__init__(f"model '{model}' not found", code="model_not_found")
+        self.model = model
+
+
+class NotImplementedByProxy(OllamuxError):
+    status = 501
+
+
+class PayloadTooLarge(OllamuxError):
+    status = 413
+
+
+class RateLimited(OllamuxError):
+    status = 429
+
+
+class ServiceUnavailable(OllamuxError):
+    status = 503
+
+
+class BackendError(OllamuxError):
+    """A failure on the way to or from a backend; `retryable` says a fallback may try elsewhere."""
+
+    status = 502
+    retryable = True
+
+
+class BackendUnavailable(BackendError):
+    status = 502
+
+
+class BackendTimeout(BackendError):
+    status = 504
+
+
+class UpstreamError(BackendError):
+    """The backend answered with an error status; its status and message are passed through."""
+
+    def __init__(self, message: str, *, status: int, body: bytes = b"") -> None:
+        super().__init__(message, status=status)
+        self.body = body
+        self.retryable = status >= 500 or status == 429

@@ -1,0 +1,91 @@
+"""What one request did, filled in as it goes, handed to the observers (request log, metrics) at its end.
+
+Handlers only set fields; observers decide what to keep. Observers run on the event loop and must not
+block: the request log queues the record and writes it off the request path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+__all__ = ["Observer", "Observers", "RequestRecord", "new_request_id"]
+
+ApiName = Literal["ollama", "openai", "other"]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    id: str
+    api: ApiName
+    route: str
+    method: str = "POST"
+    client: str | None = None
+    key_name: str | None = None
+    started: float = field(default_factory=time.time)  # wall clock, for the log
+    start_ns: int = field(default_factory=time.perf_counter_ns)  # monotonic, for durations
+    model_requested: str | None = None
+    model_served: str | None = None
+    backend: str | None = None
+    upstream_url: str | None = None
+    status: int = 0
+    streamed: bool = False
+    first_token_ns: int | None = None
+    end_ns: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+    abandoned: bool = False
+    request_body: bytes | None = None
+    response_text: str | None = None
+
+    @property
+    def latency_s(self) -> float:
+        end = self.end_ns if self.end_ns is not None else time.perf_counter_ns()
+        return (end - self.start_ns) / 1e9
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_ns is None else (self.first_token_ns - self.start_ns) / 1e9
+
+
+class Observer(Protocol):
+    def request_started(self, rec: RequestRecord) -> None: ...
+
+    def request_finished(self, rec: RequestRecord) -> None: ...
+
+
+class Observers:
+    """Fans records out to every observer; one failing observer never fails a request."""
+
+    def __init__(self, observers: list[Observer] | None = None) -> None:
+        self.observers: list[Observer] = list(observers or [])
+
+    def add(self, obs: Observer) -> None:
+        self.observers.append(obs)
+
+    def started(self, rec: RequestRecord) -> None:
+        for o in self.observers:
+            try:
+                o.request_started(rec)
+            except Exception:  # pragma: no cover - an observer bug must not become a 500
+                import logging
+
+                logging.getLogger("ollamux").exception("observer failed at request start")
+
+    def finished(self, rec: RequestRecord) -> None:
+        if rec.end_ns is None:
+            rec.end_ns = time.perf_counter_ns()
+        for o in self.observers:
+            try:
+                o.request_finished(rec)
+            except Exception:  # pragma: no cover
+                import logging
+
+                logging.getLogger("ollamux").exception("observer failed at request end")

@@ -1,0 +1,177 @@
+"""OpenAI-API responses as Ollama-API responses (pure): non-streamed bodies and the final metrics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadRequest, UpstreamError
+from ..jsonutil import now_rfc3339
+from .tools import arguments_to_object
+
+__all__ = [
+    "Timing",
+    "chat_response",
+    "done_reason",
+    "embed_vectors",
+    "final_metrics",
+    "generate_response",
+    "l2_normalize",
+    "ollama_tool_calls",
+]
+
+
+@dataclass(slots=True)
+class Timing:
+    """Monotonic nanosecond marks of one request, for the durations of Ollama's final chunk."""
+
+    start_ns: int
+    first_token_ns: int | None = None
+    load_ns: int = 0
+
+
+def done_reason(finish_reason: Any) -> str:
+    # Ollama's native API knows only stop and length here; tool calls end with "stop" (spec §0.5)
+    return "length" if finish_reason == "length" else "stop"
+
+
+def final_metrics(usage: Any, timings: Any, timing: Timing, end_ns: int) -> dict[str, int]:
+    """The six metrics, integer nanoseconds and counts, from `usage` and llama-server's `timings`."""
+    usage = usage if isinstance(usage, dict) else {}
+    timings = timings if isinstance(timings, dict) else {}
+    prompt_n = usage.get("prompt_tokens")
+    eval_n = usage.get("completion_tokens")
+    if not isinstance(prompt_n, int):
+        prompt_n = int(timings.get("cache_n", 0) or 0) + int(timings.get("prompt_n", 0) or 0)
+    if not isinstance(eval_n, int):
+        eval_n = int(timings.get("predicted_n", 0) or 0)
+    total = max(end_ns - timing.start_ns, 1)
+    first = timing.first_token_ns if timing.first_token_ns is not None else end_ns
+    prompt_ms = timings.get("prompt_ms")
+    predicted_ms = timings.get("predicted_ms")
+    if isinstance(prompt_ms, int | float) and isinstance(predicted_ms, int | float):
+        prompt_dur = int(prompt_ms * 1e6)
+        eval_dur = int(predicted_ms * 1e6)
+    else:
+        # no backend timings: wall clock, time to first token as prompt evaluation
+        prompt_dur = max(first - timing.start_ns - timing.load_ns, 0)
+        eval_dur = max(end_ns - first, 0)
+    return {
+        "total_duration": total,
+        "load_duration": timing.load_ns,
+        "prompt_eval_count": prompt_n,
+        "prompt_eval_duration": prompt_dur,
+        "eval_count": eval_n,
+        "eval_duration": eval_dur,
+    }
+
+
+def ollama_tool_calls(calls: Any) -> list[dict[str, Any]]:
+    """OpenAI tool calls (string arguments) as Ollama's (object arguments, with id and index)."""
+    out: list[dict[str, Any]] = []
+    if not isinstance(calls, list):
+        return out
+    for i, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict):
+            continue
+        call: dict[str, Any] = {}
+        if c.get("id"):
+            call["id"] = c["id"]
+        call["function"] = {
+            "index": i,
+            "name": fn.get("name") or "",
+            "arguments": arguments_to_object(fn.get("arguments")),
+        }
+        out.append(call)
+    return out
+
+
+def _first_choice(resp: Any) -> dict[str, Any]:
+    if not isinstance(resp, dict):
+        raise UpstreamError("backend answered with a body that is not a JSON object", status=502)
+    choices = resp.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamError("backend answered without choices", status=502)
+    return choices[0]
+
+
+def chat_response(resp: Any, model: str, timing: Timing, end_ns: int, *, think: Any = None) -> dict[str, Any]:
+    choice = _first_choice(resp)
+    msg = choice.get("message") or {}
+    message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
+    thinking = msg.get("reasoning_content") or msg.get("reasoning")
+    if thinking and think is not False:
+        message["thinking"] = thinking
+    calls = ollama_tool_calls(msg.get("tool_calls"))
+    if calls:
+        message["tool_calls"] = calls
+    out: dict[str, Any] = {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "message": message,
+        "done": True,
+        "done_reason": done_reason(choice.get("finish_reason")),
+    }
+    out.update(final_metrics(resp.get("usage"), resp.get("timings"), timing, end_ns))
+    return out
+
+
+def generate_response(
+    resp: Any, model: str, timing: Timing, end_ns: int, *, raw: bool, think: Any = None
+) -> dict[str, Any]:
+    choice = _first_choice(resp)
+    out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
+    if raw:
+        out["response"] = choice.get("text") or ""
+    else:
+        msg = choice.get("message") or {}
+        out["response"] = msg.get("content") or ""
+        thinking = msg.get("reasoning_content") or msg.get("reasoning")
+        if thinking and think is not False:
+            out["thinking"] = thinking
+    out["done"] = True
+    out["done_reason"] = done_reason(choice.get("finish_reason"))
+    out.update(final_metrics(resp.get("usage"), resp.get("timings"), timing, end_ns))
+    return out
+
+
+def l2_normalize(vec: list[float]) -> list[float]:
+    norm = math.sqrt(math.fsum(x * x for x in vec))
+    if not math.isfinite(norm):
+        raise UpstreamError("backend returned an embedding with NaN or Inf values", status=500)
+    if norm == 0.0:
+        return vec
+    return [x / norm for x in vec]
+
+
+def embed_vectors(resp: Any, count: int) -> tuple[list[list[float]], int]:
+    """Vectors in input order and the prompt token count from an OpenAI /embeddings answer."""
+    if not isinstance(resp, dict) or not isinstance(resp.get("data"), list):
+        raise UpstreamError("backend answered /embeddings without a data list", status=502)
+    items = sorted(
+        (d for d in resp["data"] if isinstance(d, dict)),
+        key=lambda d: d.get("index", 0) if isinstance(d.get("index"), int) else 0,
+    )
+    vectors: list[list[float]] = []
+    for d in items:
+        emb = d.get("embedding")
+        if not isinstance(emb, list):
+            raise UpstreamError("backend returned an embedding that is not a list of numbers", status=502)
+        vectors.append(emb)
+    if len(vectors) != count:
+        raise UpstreamError(f"backend returned {len(vectors)} embeddings for {count} inputs", status=502)
+    usage = resp.get("usage")
+    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if not isinstance(tokens, int):
+        tokens = sum(int(d.get("tokens_evaluated", 0) or 0) for d in items)
+    return vectors, tokens
+
+
+def truncate_dimensions(vec: list[float], dims: Any) -> list[float]:
+    if dims is None:
+        return vec
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise BadRequest("dimensions must be a positive integer")
+    return vec[:dims]

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ollamux import create_app
+from ollamux.config import parse_settings
+
+from .fakes.openai_upstream import FakeOpenAI
+from .servers import LoopThread
+
+ProxyFactory = Callable[[dict[str, Any]], str]
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="session")
+def fake_openai(loop_thread: LoopThread) -> Iterator[tuple[FakeOpenAI, str]]:
+    fake = FakeOpenAI()
+    runner, url = loop_thread.start_app(fake.app())
+    yield fake, url
+    loop_thread.stop_app(runner)
+
+
+@pytest.fixture
+def start_proxy(loop_thread: LoopThread, tmp_path: Any) -> Iterator[ProxyFactory]:
+    """Start an ollamux app from a config dict (as the YAML would hold it); returns its base URL."""
+    runners = []
+
+    def start(config: dict[str, Any]) -> str:
+        config = dict(config)
+        config.setdefault("request_log", {"path": str(tmp_path / "requests.sqlite")})
+        settings = parse_settings(config, dict(os.environ))
+        runner, url = loop_thread.start_app(create_app(settings))
+        runners.append(runner)
+        return url
+
+    yield start
+    for r in runners:
+        loop_thread.stop_app(r)
+
+
+def basic_config(upstream_url: str) -> dict[str, Any]:
+    return {
+        "backends": {"fake": {"type": "openai", "url": f"{upstream_url}/v1", "api_key": "sk-backend-secret"}},
+        "models": {
+            "fake-model": {"backend": "fake", "aliases": ["fm:7b"]},
+            "llama3.2": {"backend": "fake", "upstream": "fake-model", "aliases": ["llama3.2:3b"]},
+            "tools": {"backend": "fake"},
+            "think": {"backend": "fake", "capabilities": ["completion", "tools", "thinking"]},
+            "embed-model": {"backend": "fake", "capabilities": ["embedding"]},
+            "x-*": {"backend": "fake"},
+        },
+    }
+
+
+@pytest.fixture
+def proxy(fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory) -> str:
+    return start_proxy(basic_config(fake_openai[1]))

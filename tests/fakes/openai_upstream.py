@@ -1,0 +1,203 @@
+"""A fake OpenAI-compatible backend (llama-server-like): a real aiohttp server with scripted answers.
+
+The answer depends on the model name the proxy sends upstream, so one server covers every scenario:
+  "tools"        -> a tool call (streamed in argument fragments)
+  "tools2"       -> two parallel tool calls, the second reusing index 0 with a new id
+  "think"        -> reasoning_content, then content
+  "length"       -> finish_reason "length"
+  "bad-request"  -> 400 with an OpenAI error envelope
+  "server-error" -> 500
+  "midstream"    -> a chunk of content, then an error event
+  "cutoff"       -> a chunk of content, then the connection is dropped
+  "slow"         -> 0.2 s between chunks
+  anything else  -> "Hello from the fake!" in three chunks, with usage and llama-server timings
+Every request is recorded (path, headers, raw body) for capture assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+CONTENT = ["Hello", " from the", " fake!"]
+
+
+@dataclass
+class Captured:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeOpenAI:
+    models: list[str] = field(default_factory=lambda: ["fake-model", "tools", "think", "embed-model"])
+    requests: list[Captured] = field(default_factory=list)
+
+    def last(self, path: str | None = None) -> Captured:
+        for c in reversed(self.requests):
+            if path is None or c.path.endswith(path):
+                return c
+        raise AssertionError(f"no request to {path}")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/props", self.props)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        return app
+
+    async def _capture(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        self.requests.append(Captured(request.path, dict(request.headers), raw))
+        return json.loads(raw) if raw else {}
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        self.requests.append(Captured(request.path, dict(request.headers), b""))
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "llamacpp",
+             "meta": {"n_params": 134515008, "n_ctx_train": 8192, "n_embd": 576, "size": 1000}}
+            for m in self.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def props(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"default_generation_settings": {"n_ctx": 2048}, "chat_template": "{% for m in messages %}{{ tools }}",
+             "modalities": {"vision": False}}
+        )
+
+    # ---------------------------------------------------------------------------------------- chat
+    def _tool_frags(self, model: str) -> list[dict[str, Any]]:
+        if model == "tools2":
+            return [
+                {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+                {"index": 0, "function": {"arguments": '{"city": "Paris"}'}},
+                {"index": 0, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": ""}},
+                {"index": 0, "function": {"arguments": '{"tz": "CET"}'}},
+            ]
+        return [
+            {"index": 0, "id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+            {"index": 0, "function": {"arguments": '{"city": '}},
+            {"index": 0, "function": {"arguments": '"Tokyo", "unit": "c"}'}},
+        ]
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._capture(request)
+        model = str(body.get("model", "")).removeprefix("x-")  # wildcard routes send the asked name
+        if model == "bad-request":
+            return web.json_response(
+                {"error": {"message": "the request is bad: temperature too hot", "type": "invalid_request_error"}},
+                status=400,
+            )
+        if model == "server-error":
+            return web.json_response({"error": {"message": "backend exploded", "type": "server_error"}}, status=500)
+        finish = "length" if model == "length" else ("tool_calls" if model.startswith("tools") else "stop")
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        timings = {"cache_n": 1, "prompt_n": 10, "prompt_ms": 5.5, "predicted_n": 3, "predicted_ms": 12.25}
+        if not body.get("stream"):
+            msg: dict[str, Any] = {"role": "assistant", "content": "".join(CONTENT)}
+            if model.startswith("tools"):
+                msg = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_abc", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city": "Tokyo", "unit": "c"}'}}]}
+            if model == "think":
+                msg["reasoning_content"] = "Let me think."
+            return web.json_response(
+                {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": model,
+                 "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage,
+                 "timings": timings}
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(obj: Any) -> None:
+            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        def chunk(delta: dict[str, Any], fr: str | None = None) -> dict[str, Any]:
+            return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": fr}]}
+
+        await send(chunk({"role": "assistant", "content": None}))
+        if model == "think":
+            await send(chunk({"reasoning_content": "Let me"}))
+            await send(chunk({"reasoning_content": " think."}))
+        if model.startswith("tools"):
+            for frag in self._tool_frags(model):
+                await send(chunk({"tool_calls": [frag]}))
+        else:
+            for i, piece in enumerate(CONTENT):
+                if model == "slow":
+                    await asyncio.sleep(0.2)
+                await send(chunk({"content": piece}))
+                if i == 0 and model == "midstream":
+                    await send({"error": {"message": "the model crashed", "type": "server_error"}})
+                    await resp.write_eof()
+                    return resp
+                if i == 0 and model == "cutoff":
+                    assert request.transport is not None
+                    request.transport.close()
+                    return resp
+        last = chunk({}, finish)
+        last["timings"] = timings
+        await send(last)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                        "choices": [], "usage": usage})
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await self._capture(request)
+        model = str(body.get("model", "")).removeprefix("x-")
+        text = ["Once", " upon", " a time"]
+        finish = "length" if model == "length" else "stop"
+        usage = {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+        if not body.get("stream"):
+            return web.json_response(
+                {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+                 "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish}], "usage": usage}
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for t in text:
+            obj = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+                   "choices": [{"index": 0, "text": t, "finish_reason": None}]}
+            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        obj = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
+               "choices": [{"index": 0, "text": "", "finish_reason": finish}]}
+        await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await self._capture(request)
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        data = []
+        for i, text in enumerate(inputs or []):
+            # a deterministic, unnormalised vector: the proxy must L2-normalise for /api/embed
+            vec = [float(len(text)), 1.0, 2.0, float(i)]
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        tokens = sum(max(1, math.ceil(len(t) / 4)) for t in inputs or [])
+        return web.json_response(
+            {"object": "list", "data": data, "model": body.get("model"),
+             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        )
