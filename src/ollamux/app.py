@@ -28,10 +28,12 @@ def create_app(settings: Settings) -> web.Application:
     from .api import ollama as ollama_api
 
     ollama_api.add_routes(app)
+    import importlib
+
     try:
-        from .api import openai as openai_api
+        openai_api = importlib.import_module(".api.openai", __package__)
     except ImportError:  # pragma: no cover - while the OpenAI API is being built
-        openai_api = None  # type: ignore[assignment]
+        openai_api = None
     if openai_api is not None:
         openai_api.add_routes(app)
     app.cleanup_ctx.append(_lifespan)

@@ -14,8 +14,8 @@ from typing import Any
 
 from .backends.http import HTTPBackend
 from .errors import OllamuxError
-from .registry import ModelEntry, Route
 from .names import display_name
+from .registry import ModelEntry, Route
 from .state import AppState
 
 __all__ = ["discover_backend", "probe", "refresh_all", "refresh_if_stale", "remote_ps", "run_refresher"]
@@ -70,7 +70,7 @@ async def discover_backend(state: AppState, backend: HTTPBackend) -> list[ModelE
 async def refresh_all(state: AppState, *, force: bool = True) -> None:
     last: dict[str, float] = state.extras.setdefault(_LAST, {})
     now = time.monotonic()
-    jobs = []
+    jobs: list[Any] = []
     for name, b in state.backends.items():
         bs = state.settings.backends.get(name)
         if bs is None or not bs.discover or not isinstance(b, HTTPBackend):

@@ -16,13 +16,13 @@ log = logging.getLogger("ollamux")
 
 
 def run(app: web.Application, settings: Settings) -> None:
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        loop = uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is optional on platforms without it
-        loop_factory = asyncio.new_event_loop
-    loop = loop_factory()
+        loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     host, port = settings.server.host, settings.server.port
     web.run_app(

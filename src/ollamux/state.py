@@ -20,8 +20,11 @@ __all__ = ["SETTINGS", "STATE", "AppState", "Backend"]
 class Backend(Protocol):
     """What the API layer needs of a backend (static HTTP, or a managed model process)."""
 
-    name: str
-    type: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
 
     def session(self, route: Route | None = None, **hints: Any) -> Any:
         """An async context manager yielding an HTTPBackend that is ready to take the request."""

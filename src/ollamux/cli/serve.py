@@ -59,11 +59,18 @@ def settings_from_args(
 
 
 def _load(args: argparse.Namespace) -> Settings | None:
+    """Settings from flags, file and environment, checked as `serve` would; None after printing why not."""
     try:
-        return settings_from_args(
+        settings = settings_from_args(
             args.config, getattr(args, "host", None), getattr(args, "port", None), getattr(args, "backend", None),
             os.environ,
         )
+        try:
+            from ..runtime.checks import check_runtime
+        except ImportError:  # pragma: no cover - only while the runtime package is absent
+            return settings
+        check_runtime(settings)  # e.g. a gguf model without the llama extra installed
+        return settings
     except ConfigError as exc:
         print(f"ollamux: config error: {exc}", file=sys.stderr)
         return None
@@ -76,24 +83,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 1
-    try:
-        from ..runtime.checks import check_runtime
-    except ImportError:  # pragma: no cover
-        check_runtime = None
-    if check_runtime is not None:
-        try:
-            check_runtime(settings)
-        except ConfigError as exc:
-            print(f"ollamux: config error: {exc}", file=sys.stderr)
-            return 1
     print(f"config {settings.source}: OK")
     print(f"listen: {settings.server.host}:{settings.server.port}")
     for name, b in settings.backends.items():
         extra = " (models discovered)" if b.discover else ""
         print(f"backend {name}: {b.type} {', '.join(b.urls)}{extra}")
     for m in settings.models:
-        where = f"runtime {'gguf ' + str(m.runtime.gguf) if m.runtime.gguf else 'cmd ' + m.runtime.cmd[0]}" \
-            if m.runtime and (m.runtime.gguf or m.runtime.cmd) else f"backend {m.backend} as '{m.upstream or m.name}'"
+        if m.runtime is not None:
+            rt = m.runtime
+            where = f"runtime gguf {rt.gguf}" if rt.gguf else f"runtime cmd {' '.join(rt.cmd or ())}"
+        else:
+            where = f"backend {m.backend} as '{m.upstream or m.name}'"
         aliases = f" aliases: {', '.join(m.aliases)}" if m.aliases else ""
         shown = m.name if m.is_wildcard else normalize_name(m.name)
         print(f"model {shown} -> {where}{aliases}")
@@ -106,16 +106,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 1
-    try:
-        from ..runtime.checks import check_runtime
-    except ImportError:  # pragma: no cover
-        check_runtime = None
-    if check_runtime is not None:
-        try:
-            check_runtime(settings)
-        except ConfigError as exc:
-            print(f"ollamux: config error: {exc}", file=sys.stderr)
-            return 1
     setup_logging(args.log_format, args.log_level)
     from ..app import create_app
     from ..server import run
