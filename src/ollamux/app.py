@@ -36,6 +36,9 @@ def create_app(settings: Settings) -> web.Application:
         openai_api = None
     if openai_api is not None:
         openai_api.add_routes(app)
+    from .api import ops
+
+    ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
     app.cleanup_ctx.append(_lifespan)
     return app
 

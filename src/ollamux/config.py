@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_VERSION",
     "BackendSettings",
     "ConfigError",
+    "MetricsSettings",
     "ModelSettings",
     "RequestLogSettings",
     "RuntimeSettings",
@@ -144,12 +145,19 @@ class RequestLogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = True  # GET /metrics and the per-request counters
+    backend_probe_interval: float = 30.0  # seconds between reachability probes (ollamux_backend_up); 0: off
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     backends: Mapping[str, BackendSettings] = field(default_factory=dict)
     models: tuple[ModelSettings, ...] = ()
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     default_model: str | None = None
     source: str | None = None  # the config file it came from, for messages
 
@@ -187,7 +195,8 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str]) -> S
 
 def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | None = None) -> Settings:
     root = _Node("", raw, environ)
-    root.only({"server", "backends", "models", "runtime", "default_model", "request_log"})
+    root.only({"server", "backends", "models", "runtime", "default_model", "request_log",
+               "metrics"})
     server = _parse_server(root.child("server"))
     backends: dict[str, BackendSettings] = {}
     for name, node in root.child("backends").items():
@@ -203,12 +212,14 @@ def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | Non
                 raise ConfigError(f"models.{m.name}.fallbacks[{i}]", f"'{fb}' is not a configured model")
     default_model = root.opt_str("default_model")
     request_log = _parse_request_log(root.child("request_log"), base_dir)
+    metrics = _parse_metrics(root.child("metrics"))
     return Settings(
         server=server,
         backends=backends,
         models=tuple(models),
         runtime=runtime,
         request_log=request_log,
+        metrics=metrics,
         default_model=default_model,
     )
 
@@ -394,6 +405,15 @@ def _parse_request_log(node: _Node, base_dir: Path | None) -> RequestLogSettings
         retention_rows=node.opt_int("retention_rows", d.retention_rows, lo=1) if node.has("retention_rows")
         else d.retention_rows,
         queue_size=node.opt_int("queue_size", d.queue_size, lo=1),
+    )
+
+
+def _parse_metrics(node: _Node) -> MetricsSettings:
+    node.only({"enabled", "backend_probe_interval"})
+    d = MetricsSettings()
+    return MetricsSettings(
+        enabled=node.opt_bool("enabled", d.enabled),
+        backend_probe_interval=node.opt_float("backend_probe_interval", d.backend_probe_interval, lo=0) or 0.0,
     )
 
 

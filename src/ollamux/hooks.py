@@ -13,8 +13,12 @@ __all__ = ["on_shutdown", "on_startup"]
 
 
 async def on_startup(app: web.Application, state: AppState) -> None:
-    return None
+    from .api import ops
+
+    await ops.start(app, state)  # request log, metrics, operator lines (before any request is served)
 
 
 async def on_shutdown(app: web.Application, state: AppState) -> None:
-    return None
+    from .api import ops
+
+    await ops.stop(app, state)  # writes every queued request-log row

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-__all__ = ["Observer", "Observers", "RequestRecord", "new_request_id"]
+__all__ = ["CURRENT_REQUEST_ID", "Observer", "Observers", "RequestRecord", "new_request_id"]
 
 ApiName = Literal["ollama", "openai", "other"]
+
+
+# The id of the request being handled, so operator log lines written deep inside a handler carry it.
+CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("ollamux_request_id", default=None)
 
 
 def new_request_id() -> str:
@@ -26,6 +31,7 @@ class RequestRecord:
     api: ApiName
     route: str
     method: str = "POST"
+    route_name: str | None = None  # the route's pattern (/api/blobs/{digest}): a bounded metrics label
     client: str | None = None
     key_name: str | None = None
     started: float = field(default_factory=time.time)  # wall clock, for the log

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..errors import OllamuxError
 from ..jsonutil import dumps
-from ..observe import ApiName, RequestRecord, new_request_id
+from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord, new_request_id
 from ..state import STATE, AppState
 
 __all__ = [
@@ -49,8 +49,14 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         state = request.app[STATE]
         rid = request.headers.get(REQUEST_ID) or new_request_id()
         rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=request.remote)
+        resource = request.match_info.route.resource
+        rec.route_name = resource.canonical if resource is not None else None
+        rid_token = CURRENT_REQUEST_ID.set(rid)
         state.observers.started(rec)
         try:
+            if state.settings.request_log.capture_bodies:
+                # aiohttp caches the body, so the handler's own read() costs nothing more
+                rec.request_body = await request.read()
             resp = await handler(request, state, rec)
             if not resp.prepared:
                 resp.headers[REQUEST_ID] = rid
@@ -86,6 +92,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
             return error_response(err, api, rec)
         finally:
             state.observers.finished(rec)
+            CURRENT_REQUEST_ID.reset(rid_token)
 
     return wrapped
 

@@ -1,0 +1,150 @@
+"""Reading the request log: filtered queries, follow-from-a-position, and per-model statistics."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .schema import connect
+
+__all__ = ["Filters", "LogReader", "percentile"]
+
+_FIELDS = (
+    "seq", "id", "ts", "api", "method", "route", "model_requested", "model_served", "backend", "upstream_url",
+    "status", "streamed", "abandoned", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+    "tokens_per_s", "error", "client", "key_name", "request_body", "response_text",
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What `ollamux logs` narrows the rows to; None means no condition."""
+
+    model: str | None = None  # matches the model asked for or the model served
+    status: str | None = None  # "200", "4xx", "5xx", "error" (any status >= 400) or "ok" (< 400)
+    api: str | None = None
+    since: float | None = None  # unix seconds, inclusive
+    until: float | None = None  # unix seconds, exclusive
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if self.model:
+            clauses.append("(model_requested = ? OR model_served = ?)")
+            args += [self.model, self.model]
+        if self.api:
+            clauses.append("api = ?")
+            args.append(self.api)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("ts < ?")
+            args.append(self.until)
+        if self.status:
+            s = self.status.lower()
+            if s == "error":
+                clauses.append("status >= 400")
+            elif s == "ok":
+                clauses.append("status < 400")
+            elif len(s) == 3 and s[0].isdigit() and s[1:] == "xx":
+                clauses.append("status >= ? AND status < ?")
+                args += [int(s[0]) * 100, int(s[0]) * 100 + 100]
+            elif s.isdigit():
+                clauses.append("status = ?")
+                args.append(int(s))
+            else:
+                raise ValueError(f"status filter '{self.status}' is not a code, 4xx/5xx, 'ok' or 'error'")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None for none)."""
+    if not values:
+        return None
+    k = max(0, min(len(values) - 1, round(p / 100 * len(values) + 0.5) - 1))
+    return values[k]
+
+
+class LogReader:
+    """Read-only access to a request log file; safe while `ollamux serve` writes it (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection = connect(path, readonly=True)
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def last(self, n: int, filters: Filters = Filters()) -> list[dict[str, Any]]:
+        """The newest n matching rows, oldest first (as a terminal reads them)."""
+        where, args = filters.where()
+        sql = f"SELECT {', '.join(_FIELDS)} FROM requests{where} ORDER BY seq DESC LIMIT ?"
+        rows = [dict(r) for r in self.conn.execute(sql, [*args, n])]
+        rows.reverse()
+        return rows
+
+    def after(self, seq: int, filters: Filters = Filters(), limit: int = 1000) -> list[dict[str, Any]]:
+        """Matching rows written after position `seq`, oldest first (follow mode)."""
+        where, args = filters.where()
+        where = (where + " AND seq > ?") if where else " WHERE seq > ?"
+        sql = f"SELECT {', '.join(_FIELDS)} FROM requests{where} ORDER BY seq LIMIT ?"
+        return [dict(r) for r in self.conn.execute(sql, [*args, seq, limit])]
+
+    def max_seq(self) -> int:
+        row = self.conn.execute("SELECT MAX(seq) FROM requests").fetchone()
+        return int(row[0] or 0)
+
+    def stats(self, filters: Filters = Filters()) -> list[dict[str, Any]]:
+        """Per model asked for: count, errors, abandoned, p50/p95 latency and TTFT, tokens, mean tokens/s."""
+        where, args = filters.where()
+        sql = (
+            "SELECT COALESCE(model_requested, '-') AS model, status, abandoned, latency_ms, ttft_ms, "
+            f"prompt_tokens, completion_tokens, tokens_per_s FROM requests{where}"
+        )
+        groups: dict[str, dict[str, Any]] = {}
+        for model, status, abandoned, lat, ttft, pt, ct, tps in self.conn.execute(sql, args):
+            g = groups.setdefault(
+                model, {"count": 0, "errors": 0, "abandoned": 0, "lat": [], "ttft": [], "pt": 0, "ct": 0, "tps": []}
+            )
+            g["count"] += 1
+            if abandoned:
+                g["abandoned"] += 1
+            elif status >= 400:
+                g["errors"] += 1
+            g["lat"].append(lat)
+            if ttft is not None:
+                g["ttft"].append(ttft)
+            g["pt"] += pt or 0
+            g["ct"] += ct or 0
+            if tps is not None:
+                g["tps"].append(tps)
+        out = []
+        for model in sorted(groups):
+            g = groups[model]
+            lat, ttft = sorted(g["lat"]), sorted(g["ttft"])
+            out.append(
+                {
+                    "model": model,
+                    "count": g["count"],
+                    "errors": g["errors"],
+                    "abandoned": g["abandoned"],
+                    "latency_p50_ms": percentile(lat, 50),
+                    "latency_p95_ms": percentile(lat, 95),
+                    "ttft_p50_ms": percentile(ttft, 50),
+                    "ttft_p95_ms": percentile(ttft, 95),
+                    "prompt_tokens": g["pt"],
+                    "completion_tokens": g["ct"],
+                    "tokens_per_s": (sum(g["tps"]) / len(g["tps"])) if g["tps"] else None,
+                }
+            )
+        return out
