@@ -1,0 +1,930 @@
+"""The ollamux benchmark: every stack, every scenario, one run, one table (see bench/README.md).
+
+Run it through `bench/run`, which installs nginx, wrk and (optionally) the LiteLLM proxy first. It starts:
+nginx as the fixed-answer upstream, the minimal aiohttp pass-through (bench/reference_proxy.py), ollamux as a
+user runs it (request log and metrics on), ollamux with both off, and the LiteLLM proxy when installed; then
+loads each with wrk, one scenario at a time, and opens 1,000 slow streams through ollamux and the reference
+to measure memory. Only loopback addresses are used; every load is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+LITELLM_BIN = Path.home() / ".cache" / "ollamux" / "bench-venv" / "bin" / "litellm"
+PY = sys.executable
+
+STACKS = ("direct", "reference", "ollamux", "ollamux-bare", "litellm")
+STACK_TITLES = {
+    "direct": "upstream directly (nginx)",
+    "reference": "reference pass-through (aiohttp, 15 lines)",
+    "ollamux": "ollamux (request log + metrics on)",
+    "ollamux-bare": "ollamux (request log + metrics off)",
+    "litellm": "LiteLLM proxy (1 worker)",
+}
+SSE_CHUNKS = 50
+EMBED_DIMS = 384
+
+
+# ----------------------------------------------------------------------------------------- canned data
+def _chat_json() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello! This is a fixed answer from the bench upstream."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 12, "total_tokens": 24},
+    }
+
+
+def _sse_chunk(i: int) -> dict[str, Any]:
+    last = i == SSE_CHUNKS - 1
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "bench-stream",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": "tok "} if i == 0 else {"content": f"tok{i} "},
+                "finish_reason": "stop" if last else None,
+            }
+        ],
+    }
+    if last:
+        chunk["usage"] = {"prompt_tokens": 12, "completion_tokens": SSE_CHUNKS, "total_tokens": 12 + SSE_CHUNKS}
+    return chunk
+
+
+def _ollama_line(i: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": "bench-model",
+        "created_at": "2024-01-01T00:00:00.000000Z",
+        "message": {"role": "assistant", "content": "Hello! A fixed answer." if i is None else f"tok{i} "},
+        "done": i is None or i == SSE_CHUNKS - 1,
+    }
+    if out["done"]:
+        out.update(done_reason="stop", total_duration=1000, load_duration=0, prompt_eval_count=12,
+                   prompt_eval_duration=100, eval_count=12, eval_duration=900)
+    return out
+
+
+def write_canned(d: Path) -> None:
+    """The upstream's answers and the requests' bodies."""
+    dumps = json.dumps
+    (d / "chat.json").write_text(dumps(_chat_json()))
+    sse = "".join(f"data: {dumps(_sse_chunk(i), separators=(',', ':'))}\n\n" for i in range(SSE_CHUNKS))
+    (d / "chat.sse").write_text(sse + "data: [DONE]\n\n")
+    vec = [round(((i * 7919) % 1000) / 1000 - 0.5, 6) for i in range(EMBED_DIMS)]
+    (d / "embeddings.json").write_text(dumps({
+        "object": "list", "model": "bench-model",
+        "data": [{"object": "embedding", "index": 0, "embedding": vec}],
+        "usage": {"prompt_tokens": 5, "total_tokens": 5},
+    }))
+    (d / "ollama_chat.json").write_text(dumps(_ollama_line(None)))
+    (d / "ollama_chat.ndjson").write_text("".join(dumps(_ollama_line(i)) + "\n" for i in range(SSE_CHUNKS)))
+    msgs = [{"role": "user", "content": "Say hello in one short sentence."}]
+    bodies = {
+        "req_openai": {"model": "bench-model", "messages": msgs, "max_tokens": 64},
+        "req_openai_stream": {"model": "bench-stream", "messages": msgs, "max_tokens": 64, "stream": True},
+        "req_ollama": {"model": "bench-model", "messages": msgs, "stream": False},
+        "req_ollama_stream": {"model": "bench-stream", "messages": msgs, "stream": True},
+        "req_embed": {"model": "bench-model", "input": "The quick brown fox jumps over the lazy dog."},
+        "req_slow_openai": {"model": "bench-slow", "messages": msgs, "stream": True},
+        "req_slow_ollama": {"model": "bench-slow", "messages": msgs, "stream": True},
+    }
+    for name, body in bodies.items():
+        (d / f"{name}.json").write_text(dumps(body))
+
+
+def nginx_conf(d: Path, port: int) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+
+    # static files refuse POST with 405; `error_page 405 =200 $uri` re-serves the file as a GET with 200
+    def loc(path: str, file: str, ctype: str) -> str:
+        return (
+            f"    location = {path} {{ default_type '{ctype}'; alias {d / file}; error_page 405 =200 $uri; }}\n"
+        )
+
+    return (
+        f"{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n"
+        "events { worker_connections 8192; }\n"
+        "http {\n"
+        "  access_log off;\n  types {}\n  sendfile on;\n  tcp_nodelay on;\n"
+        "  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  etag off;\n"
+        f"  client_body_temp_path {d}/t1;\n  proxy_temp_path {d}/t2;\n  fastcgi_temp_path {d}/t3;\n"
+        f"  uwsgi_temp_path {d}/t4;\n  scgi_temp_path {d}/t5;\n"
+        f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
+        + loc("/v1/chat/completions", "chat.json", "application/json")
+        + loc("/sse/v1/chat/completions", "chat.sse", "text/event-stream")
+        + loc("/v1/embeddings", "embeddings.json", "application/json")
+        + loc("/sse/v1/embeddings", "embeddings.json", "application/json")
+        + loc("/api/chat", "ollama_chat.json", "application/json; charset=utf-8")
+        + loc("/stream/api/chat", "ollama_chat.ndjson", "application/x-ndjson")
+        + "  }\n}\n"
+    )
+
+
+def ollamux_conf(d: Path, port: int, up: int, slow: int, *, observed: bool, metrics_key: bool) -> str:
+    lines = [
+        f"server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 1}}",
+        "backends:",
+        f"  json: {{type: openai, url: 'http://127.0.0.1:{up}/v1', dialect: openai}}",
+        f"  sse: {{type: openai, url: 'http://127.0.0.1:{up}/sse/v1', dialect: openai}}",
+        f"  slow: {{type: openai, url: 'http://127.0.0.1:{slow}/v1', dialect: openai}}",
+        "models:",
+        "  bench-model: {backend: json}",
+        "  bench-stream: {backend: sse}",
+        "  bench-slow: {backend: slow}",
+    ]
+    if observed:
+        lines.append(f"request_log: {{path: '{d}/requests-{port}.sqlite'}}")
+    else:
+        lines.append("request_log: {enabled: false}")
+        if metrics_key:
+            lines.append("metrics: {enabled: false, backend_probe_interval: 0}")
+    return "\n".join(lines) + "\n"
+
+
+def litellm_conf(up: int) -> str:
+    def model(name: str, base: str) -> str:
+        return (f"  - model_name: {name}\n    litellm_params:\n      model: openai/{name}\n"
+                f"      api_base: http://127.0.0.1:{up}{base}\n      api_key: sk-bench\n")
+
+    return ("model_list:\n" + model("bench-model", "/v1") + model("bench-stream", "/sse/v1")
+            + "litellm_settings:\n  drop_params: true\n  telemetry: false\n")
+
+
+# -------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mb(pids: list[int], key: str = "VmRSS") -> float:
+    return round(sum(status_kb(p, key) for p in pids) / 1024, 1)
+
+
+class Proc:
+    """A server this bench started, in its own process group, stopped by its id at the end."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, logdir: Path, env: dict[str, str] | None = None):
+        self.name, self.port = name, port
+        self.log = logdir / f"{name}.log"
+        full_env = {**os.environ, **(env or {})}
+        with self.log.open("wb") as f:
+            self.popen = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=full_env, start_new_session=True, cwd=REPO
+            )
+        self.pids: list[int] = [self.popen.pid]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float, path: str = "/") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}): {self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answered
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{self.name} not ready within {timeout:g}s: {self.tail()}")
+        self.pids = tree(self.popen.pid)
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    def rss(self) -> float:
+        return rss_mb(self.pids)
+
+    def hwm(self) -> float:
+        return rss_mb(self.pids, "VmHWM")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+
+
+class Sampler:
+    """Peak RSS of a process tree, sampled every 100 ms while a load runs."""
+
+    def __init__(self, proc: Proc | None) -> None:
+        self.proc, self.peak = proc, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while self.proc is not None and not self._stop.wait(0.1):
+            self.peak = max(self.peak, self.proc.rss())
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -------------------------------------------------------------------------------------------- scenarios
+@dataclass(frozen=True)
+class Target:
+    path: str
+    body: str  # the name of a request body written by write_canned
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    targets: dict[str, Target]  # by stack kind; "ollamux" serves both ollamux stacks
+    kind: str  # json, sse or ndjson: how chunks are counted
+
+
+def scenarios() -> list[Scenario]:
+    oj, osse = Target("/v1/chat/completions", "req_openai"), Target("/v1/chat/completions", "req_openai_stream")
+    sse_direct = Target("/sse/v1/chat/completions", "req_openai_stream")
+    emb = Target("/v1/embeddings", "req_embed")
+    olj, olnd = Target("/api/chat", "req_ollama"), Target("/api/chat", "req_ollama_stream")
+    ol_direct_nd = Target("/stream/api/chat", "req_ollama_stream")
+    return [
+        Scenario("openai-json", "OpenAI /v1/chat/completions pass-through, JSON",
+                 {"direct": oj, "reference": oj, "ollamux": oj, "litellm": oj}, "json"),
+        Scenario("openai-sse", f"OpenAI /v1/chat/completions pass-through, streamed ({SSE_CHUNKS} SSE chunks)",
+                 {"direct": sse_direct, "reference": sse_direct, "ollamux": osse, "litellm": osse}, "sse"),
+        Scenario("ollama-json", "Ollama /api/chat translated to an OpenAI upstream, JSON "
+                 "(direct/reference: an Ollama-shaped upstream, relayed as is)",
+                 {"direct": olj, "reference": olj, "ollamux": olj}, "json"),
+        Scenario("ollama-ndjson", f"Ollama /api/chat translated, streamed ({SSE_CHUNKS} SSE chunks in, NDJSON out)",
+                 {"direct": ol_direct_nd, "reference": ol_direct_nd, "ollamux": olnd}, "ndjson"),
+        Scenario("embeddings", f"OpenAI /v1/embeddings pass-through ({EMBED_DIMS} dims)",
+                 {"direct": emb, "reference": emb, "ollamux": emb, "litellm": emb}, "json"),
+    ]
+
+
+@dataclass
+class Cell:
+    scenario: str
+    conns: int
+    stack: str
+    rps: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    added_p50_ms: float | None = None
+    chunks_per_response: int | None = None
+    chunks_per_s: float | None = None
+    pct_of_reference: float | None = None
+    errors: int = 0
+    peak_rss_mb: float | None = None
+    note: str = ""
+    rounds: list[float] = field(default_factory=list)
+
+
+def probe(url: str, body: bytes, kind: str) -> tuple[int | None, str]:
+    """One request: the number of chunks in the answer, or None and why it is not usable."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            data = r.read()
+    except urllib.error.HTTPError as exc:
+        return None, f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+    except OSError as exc:
+        return None, f"request failed: {exc}"
+    if kind == "sse":
+        n = sum(1 for ln in data.split(b"\n") if ln.startswith(b"data:") and b"[DONE]" not in ln)
+    elif kind == "ndjson":
+        n = sum(1 for ln in data.split(b"\n") if ln.strip())
+    else:
+        try:
+            json.loads(data)
+        except ValueError:
+            return None, f"not JSON: {data[:200]!r}"
+        n = 1
+    if n == 0:
+        return None, f"empty answer: {data[:200]!r}"
+    return n, ""
+
+
+def run_wrk(url: str, body_file: Path, conns: int, seconds: float) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
+           "-s", str(BENCH / "wrk" / "post.lua"), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
+                         timeout=seconds + 60, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCHJSON "):
+            res: dict[str, Any] = json.loads(line[len("BENCHJSON "):])
+            return res
+    raise RuntimeError(f"wrk gave no summary: {out.stdout[-500:]} {out.stderr[-500:]}")
+
+
+# ---------------------------------------------------------------------------------------- 1,000 streams
+async def hold_streams(url: str, body: bytes, n: int, proc: Proc, wait_s: float) -> dict[str, Any]:
+    """Open n streams, wait until each has its first chunk, then sample the proxy's RSS while all are open."""
+    import aiohttp
+
+    opened = 0
+    failed: list[str] = []
+    all_open = asyncio.Event()
+    gate = asyncio.Semaphore(100)  # the ramp: at most 100 streams connecting at once
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal opened
+        await gate.acquire()
+        released = False
+        try:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                if r.status != 200:
+                    failed.append(f"HTTP {r.status}")
+                    return
+                async for _ in r.content.iter_any():
+                    if not released:
+                        gate.release()
+                        released = True
+                        opened += 1
+                        if opened == n:
+                            all_open.set()
+        except aiohttp.ClientError as exc:
+            failed.append(type(exc).__name__)
+        finally:
+            if not released:
+                gate.release()
+            if len(failed) + opened >= n:
+                all_open.set()
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        t0 = time.monotonic()
+        tasks = [asyncio.create_task(one(session)) for _ in range(n)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_open.wait(), wait_s)
+        ramp_s = time.monotonic() - t0
+        await asyncio.sleep(1.0)
+        samples = []
+        for _ in range(5):
+            samples.append(proc.rss())
+            await asyncio.sleep(0.2)
+        still = sum(1 for t in tasks if not t.done())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {"streams_open": opened, "streams_still_open_at_sample": still, "failed": len(failed),
+            "failures": sorted(set(failed))[:5], "ramp_s": round(ramp_s, 2), "rss_mb_open": max(samples),
+            "hwm_mb": proc.hwm()}
+
+
+# ----------------------------------------------------------------------------------------------- runner
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="ollamux-bench-"))
+        os.chmod(self.work, 0o755)
+        self.procs: list[Proc] = []
+        self.stacks: dict[str, Proc] = {}
+        self.notes: list[str] = []
+        self.stack_info: dict[str, dict[str, Any]] = {}
+        write_canned(self.work)
+
+    def log(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    def start(self, name: str, cmd: list[str], port: int, env: dict[str, str] | None = None,
+              ready_timeout: float = 30, ready_path: str = "/") -> Proc:
+        p = Proc(name, cmd, port, self.work, env)
+        self.procs.append(p)
+        p.wait_ready(ready_timeout, ready_path)
+        return p
+
+    def ollamux_cmd(self, cfg: Path) -> list[str]:
+        return [PY, "-m", "ollamux", "serve", "--config", str(cfg), "--log-level", "warning"]
+
+    def ollamux_env(self) -> dict[str, str]:
+        return {"PYTHONPATH": str(REPO / "src"), "HOME": str(self.work)}
+
+    def metrics_key_known(self) -> bool:
+        """Older trees have no `metrics:` key; the bare config then turns off the request log only."""
+        cfg = self.work / "probe.yaml"
+        cfg.write_text("metrics: {enabled: false}\n")
+        r = subprocess.run([PY, "-m", "ollamux", "check", "--config", str(cfg)], capture_output=True, text=True,
+                           env={**os.environ, **self.ollamux_env()}, cwd=REPO, check=False)
+        return r.returncode == 0
+
+    def start_ollamux(self, name: str, up: int, slow: int, *, observed: bool) -> Proc:
+        port = free_port()
+        known = self.metrics_key_known()
+        if not observed and not known:
+            self.notes.append("this ollamux has no `metrics:` switch: 'ollamux-bare' turns off the request log only")
+        cfg = self.work / f"{name}.yaml"
+        cfg.write_text(ollamux_conf(self.work, port, up, slow, observed=observed, metrics_key=known))
+        return self.start(name, self.ollamux_cmd(cfg), port, self.ollamux_env())
+
+    def start_all(self) -> None:
+        up = free_port()
+        (self.work / "nginx.conf").write_text(nginx_conf(self.work, up))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.stacks["direct"] = self.start("nginx", [nginx, "-p", str(self.work), "-c", str(self.work / "nginx.conf"),
+                                                     "-g", "daemon off;"], up)
+        self.up_port = up
+        wanted = self.args.stacks
+        if "reference" in wanted:
+            port = free_port()
+            self.stacks["reference"] = self.start(
+                "reference", [PY, str(BENCH / "reference_proxy.py"), str(port), f"http://127.0.0.1:{up}"], port)
+        if "ollamux" in wanted:
+            self.stacks["ollamux"] = self.start_ollamux("ollamux", up, up, observed=True)
+        if "ollamux-bare" in wanted:
+            self.stacks["ollamux-bare"] = self.start_ollamux("ollamux-bare", up, up, observed=False)
+        if "litellm" in wanted:
+            if not LITELLM_BIN.exists():
+                self.notes.append(f"LiteLLM proxy not installed ({LITELLM_BIN}): its column is skipped")
+            else:
+                port = free_port()
+                cfg = self.work / "litellm.yaml"
+                cfg.write_text(litellm_conf(up))
+                env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
+                       "HOME": str(self.work), "DISABLE_ADMIN_UI": "True"}
+                try:
+                    self.stacks["litellm"] = self.start(
+                        "litellm", [str(LITELLM_BIN), "--config", str(cfg), "--host", "127.0.0.1", "--port",
+                                    str(port), "--num_workers", "1"], port, env, ready_timeout=180,
+                        ready_path="/health/liveliness")
+                    ver = subprocess.run([str(LITELLM_BIN.parent / "python"), "-c",
+                                          "import importlib.metadata as m; print(m.version('litellm'))"],
+                                         capture_output=True, text=True, check=False).stdout.strip()
+                    self.stack_info.setdefault("litellm", {})["version"] = ver
+                except RuntimeError as exc:
+                    self.notes.append(f"LiteLLM proxy did not start, its column is skipped: {exc}"[:600])
+        for name, p in self.stacks.items():
+            # idle: started, one request served, nothing in flight
+            sc = scenarios()[2 if name != "litellm" else 0]
+            t = sc.targets.get(name if not name.startswith("ollamux") else "ollamux")
+            if t is not None:
+                probe(p.url + t.path, (self.work / f"{t.body}.json").read_bytes(), sc.kind)
+            time.sleep(0.3)
+            self.stack_info.setdefault(name, {})["idle_rss_mb"] = p.rss()
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+    # ------------------------------------------------------------------------------------ throughput
+    def measure(self) -> list[Cell]:
+        cells: list[Cell] = []
+        for sc in scenarios():
+            if sc.name not in self.args.scenarios:
+                continue
+            for conns in self.args.conns:
+                row: dict[str, Cell] = {}
+                for stack, proc in self.stacks.items():
+                    t = sc.targets.get("ollamux" if stack.startswith("ollamux") else stack)
+                    cell = Cell(sc.name, conns, stack)
+                    row[stack] = cell
+                    if t is None:
+                        continue
+                    body = self.work / f"{t.body}.json"
+                    n, why = probe(proc.url + t.path, body.read_bytes(), sc.kind)
+                    if n is None:
+                        cell.note = f"unavailable: {why}"
+                        self.log(f"  {sc.name} c={conns} {stack}: {cell.note}")
+                        continue
+                    cell.chunks_per_response = n
+                    run_wrk(proc.url + t.path, body, conns, self.args.warmup)
+                    best: dict[str, Any] | None = None
+                    for _ in range(self.args.rounds):
+                        with Sampler(proc if stack != "direct" else None) as s:
+                            res = run_wrk(proc.url + t.path, body, conns, self.args.duration)
+                        rps = res["requests"] / (res["duration_us"] / 1e6)
+                        cell.rounds.append(round(rps, 1))
+                        res["rps"], res["peak"] = rps, s.peak
+                        if best is None or rps > best["rps"]:
+                            best = res
+                    assert best is not None
+                    cell.rps = round(best["rps"], 1)
+                    cell.p50_ms = round(best["p50_us"] / 1000, 3)
+                    cell.p90_ms = round(best["p90_us"] / 1000, 3)
+                    cell.p99_ms = round(best["p99_us"] / 1000, 3)
+                    cell.errors = sum(best[k] for k in ("connect_errors", "read_errors", "write_errors",
+                                                        "status_errors", "timeouts"))
+                    cell.peak_rss_mb = best["peak"] or None
+                    if sc.kind != "json":
+                        cell.chunks_per_s = round(cell.rps * n)
+                    self.log(f"  {sc.name} c={conns} {stack}: {cell.rps:,.0f} req/s p50 {cell.p50_ms} ms "
+                             f"p99 {cell.p99_ms} ms" + (f" ERRORS {cell.errors}" if cell.errors else ""))
+                d, r = row.get("direct"), row.get("reference")
+                for cell in row.values():
+                    if cell.p50_ms is not None and d is not None and d.p50_ms is not None:
+                        cell.added_p50_ms = round(cell.p50_ms - d.p50_ms, 3)
+                    if cell.rps and r is not None and r.rps:
+                        cell.pct_of_reference = round(100 * cell.rps / r.rps, 1)
+                cells.extend(row.values())
+        return cells
+
+    # ---------------------------------------------------------------------------------------- memory
+    def memory(self) -> list[dict[str, Any]]:
+        """Fresh processes, 1,000 slow streams each: RSS idle and while all are open."""
+        out: list[dict[str, Any]] = []
+        slow = free_port()
+        self.start("slow-upstream", [PY, str(BENCH / "slow_upstream.py"), str(slow), "0.5", "120"], slow)
+        runs: list[tuple[str, str, str]] = []
+        if "reference" in self.args.stacks:
+            runs.append(("reference", "/v1/chat/completions", "req_slow_openai"))
+        if "ollamux" in self.args.stacks:
+            runs.append(("ollamux", "/api/chat", "req_slow_ollama"))
+            runs.append(("ollamux", "/v1/chat/completions", "req_slow_openai"))
+        for stack, path, body_name in runs:
+            if stack == "reference":
+                port = free_port()
+                p = self.start("reference-mem", [PY, str(BENCH / "reference_proxy.py"), str(port),
+                                                 f"http://127.0.0.1:{slow}"], port)
+            else:
+                p = self.start_ollamux(f"ollamux-mem-{len(out)}", self.up_port, slow, observed=True)
+            body = (self.work / f"{body_name}.json").read_bytes()
+            entry: dict[str, Any] = {"stack": stack, "path": path, "streams": self.args.streams}
+            try:
+                # one short stream first, so idle RSS is that of a server that has served a request
+                n, why = probe_first_chunk(p.url + path, body)
+                if not n:
+                    entry["note"] = f"unavailable: {why}"
+                    self.log(f"  memory {stack} {path}: {entry['note']}")
+                    out.append(entry)
+                    continue
+                time.sleep(0.3)
+                entry["idle_rss_mb"] = p.rss()
+                entry.update(asyncio.run(hold_streams(p.url + path, body, self.args.streams, p, 60)))
+                self.log(f"  memory {stack} {path}: idle {entry['idle_rss_mb']} MB, {entry['streams_open']} streams "
+                         f"open {entry['rss_mb_open']} MB (ramp {entry['ramp_s']} s)")
+            finally:
+                p.stop()
+            out.append(entry)
+        return out
+
+
+def probe_first_chunk(url: str, body: bytes) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return len(r.read(1)), ""
+    except urllib.error.HTTPError as exc:
+        return 0, f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+    except OSError as exc:
+        return 0, str(exc)
+
+
+# ---------------------------------------------------------------------------------------------- targets
+def find(cells: list[Cell], scenario: str, conns: int, stack: str) -> Cell | None:
+    for c in cells:
+        if (c.scenario, c.conns, c.stack) == (scenario, conns, stack) and c.rps:
+            return c
+    return None
+
+
+def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, goal: str, value: float | None, unit: str, ok: bool | None) -> None:
+        out.append({"target": name, "goal": goal, "measured": None if value is None else round(value, 2),
+                    "unit": unit, "met": ok})
+
+    for sc in ("openai-json", "openai-sse"):
+        o, r = find(cells, sc, 32, "ollamux"), find(cells, sc, 32, "reference")
+        v = 100 * o.rps / r.rps if o and r and o.rps and r.rps else None
+        add(f"{sc} c=32: ollamux req/s vs reference", ">= 70%", v, "%", None if v is None else v >= 70)
+    o, r = find(cells, "openai-json", 1, "ollamux"), find(cells, "openai-json", 1, "reference")
+    v = o.p50_ms - r.p50_ms if o and r and o.p50_ms is not None and r.p50_ms is not None else None
+    add("openai-json c=1: ollamux p50 minus reference p50", "<= 0.5 ms", v, "ms", None if v is None else v <= 0.5)
+    for sc in ("ollama-json", "ollama-ndjson"):
+        for conns in (1, 32):
+            o, r = find(cells, sc, conns, "ollamux"), find(cells, sc, conns, "reference")
+            v = 100 * o.rps / r.rps if o and r and o.rps and r.rps else None
+            add(f"{sc} c={conns}: ollamux req/s vs reference", ">= 60%", v, "%", None if v is None else v >= 60)
+    for sc in ("openai-json", "openai-sse", "embeddings"):
+        for conns in (1, 32):
+            o, r = find(cells, sc, conns, "ollamux"), find(cells, sc, conns, "litellm")
+            v = o.rps / r.rps if o and r and o.rps and r.rps else None
+            add(f"{sc} c={conns}: ollamux req/s / LiteLLM req/s", ">= 30x", v, "x", None if v is None else v >= 30)
+    idle = [m["idle_rss_mb"] for m in memory if m["stack"] == "ollamux" and "idle_rss_mb" in m]
+    idle_v = max(idle) if idle else info.get("ollamux", {}).get("idle_rss_mb")
+    add("ollamux RSS idle", "< 80 MB", idle_v, "MB", None if idle_v is None else idle_v < 80)
+    for m in memory:
+        if m["stack"] == "ollamux" and "rss_mb_open" in m:
+            full = m["streams_open"] >= m["streams"]
+            add(f"ollamux RSS with {m['streams_open']} streams open ({m['path']})", "< 150 MB", m["rss_mb_open"],
+                "MB", (m["rss_mb_open"] < 150) if full else False)
+    for sc in sorted({c.scenario for c in cells}):
+        on, off = find(cells, sc, 32, "ollamux"), find(cells, sc, 32, "ollamux-bare")
+        v = 100 * (1 - on.rps / off.rps) if on and off and on.rps and off.rps else None
+        add(f"{sc} c=32: cost of request log + metrics", "<= 10%", v, "%", None if v is None else v <= 10)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ output
+def fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(cells: list[Cell]) -> str:
+    head = ("| scenario | conns | stack | req/s | % of ref | p50 ms | p99 ms | +p50 vs direct ms | chunks/s "
+            "| peak RSS MB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    rows = []
+    for c in cells:
+        if c.rps is None and not c.note:
+            continue
+        if c.rps is None:
+            rows.append(f"| {c.scenario} | {c.conns} | {c.stack} | {c.note[:60]} | | | | | | |")
+            continue
+        err = f" ({c.errors} errors)" if c.errors else ""
+        rows.append(
+            f"| {c.scenario} | {c.conns} | {c.stack} | {fmt(c.rps)}{err} | {fmt(c.pct_of_reference, '.0f')} "
+            f"| {fmt(c.p50_ms, '.2f')} | {fmt(c.p99_ms, '.2f')} | {fmt(c.added_p50_ms, '+.2f')} "
+            f"| {fmt(c.chunks_per_s)} | {fmt(c.peak_rss_mb, '.0f')} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def memory_table(memory: list[dict[str, Any]]) -> str:
+    head = ("| stack | path | idle RSS MB | streams open | RSS MB with them open | peak (VmHWM) MB |\n"
+            "|---|---|---:|---:|---:|---:|\n")
+    rows = [f"| {m['stack']} | {m['path']} | {fmt(m.get('idle_rss_mb'), '.0f')} | {m.get('streams_open', '-')} "
+            f"| {fmt(m.get('rss_mb_open'), '.0f')} | {fmt(m.get('hwm_mb'), '.0f')} |" for m in memory]
+    return head + "\n".join(rows) + "\n"
+
+
+def targets_table(ts: list[dict[str, Any]]) -> str:
+    mark = {True: "met", False: "MISSED", None: "not measured"}
+    head = "| target | goal | measured | |\n|---|---|---:|---|\n"
+    return head + "\n".join(
+        f"| {t['target']} | {t['goal']} | {fmt(t['measured'], '.2f')} {t['unit']} | {mark[t['met']]} |" for t in ts
+    ) + "\n"
+
+
+def versions() -> dict[str, str]:
+    def run(cmd: list[str]) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=20)
+        except OSError:
+            return ""
+        return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() else ""
+
+    import aiohttp
+
+    return {"python": sys.version.split()[0], "aiohttp": aiohttp.__version__, "nginx": run(["nginx", "-v"]),
+            "wrk": run(["wrk", "-v"]), "cpu": next((ln.split(":", 1)[1].strip() for ln in
+                                                    Path("/proc/cpuinfo").read_text().splitlines()
+                                                    if ln.startswith("model name")), ""),
+            "cpus": str(os.cpu_count()),
+            "git": run(["git", "-C", str(REPO), "describe", "--always", "--dirty"])}
+
+
+# -------------------------------------------------------------------------------------------- profiling
+def profile(bench: Bench, seconds: float) -> str:
+    """py-spy on ollamux (log + metrics on) under 32 connections, one scenario at a time."""
+    pyspy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(pyspy).exists():
+        return "py-spy is not installed (pip install py-spy): no profile\n"
+    proc = bench.stacks.get("ollamux")
+    if proc is None:
+        return "ollamux is not running: no profile\n"
+    out = []
+    for sc in scenarios():
+        if sc.name not in bench.args.scenarios:
+            continue
+        t = sc.targets["ollamux"]
+        body = bench.work / f"{t.body}.json"
+        if probe(proc.url + t.path, body.read_bytes(), sc.kind)[0] is None:
+            continue
+        raw = bench.work / f"profile-{sc.name}.txt"
+        spy = subprocess.Popen([pyspy, "record", "-p", str(proc.popen.pid), "-d", str(int(seconds) + 1), "-r", "250",
+                                "-f", "raw", "-o", str(raw), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        run_wrk(proc.url + t.path, body, 32, seconds)
+        spy.wait(seconds + 30)
+        if not raw.exists():
+            out.append(f"### {sc.name}: py-spy wrote nothing (ptrace not permitted?)\n")
+            continue
+        dest = REPO / "bench" / "results" / f"profile-{sc.name}.txt"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copy(raw, dest)
+        out.append(summarize_profile(sc.name, raw.read_text()))
+    return "\n".join(out)
+
+
+def summarize_profile(name: str, collapsed: str, top: int = 18) -> str:
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short(f) for f in stack.split(";")]
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    if not total:
+        return f"### {name}: no samples\n"
+    lines = [f"### {name} ({total} samples)", "", "| self % | function |", "|---:|---|"]
+    for f, n in sorted(self_t.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * n / total:.1f} | {f} |")
+    lines += ["", "| inclusive % | ollamux function |", "|---:|---|"]
+    ours = [(f, n) for f, n in incl.items() if "ollamux/" in f]
+    for f, n in sorted(ours, key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * n / total:.1f} | {f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "func (file.py)", keeping ollamux/ and aiohttp/ prefixes readable
+    func, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("ollamux/", "aiohttp/", "asyncio/", "yarl/", "multidict/", "site-packages/"):
+        i = path.rfind(marker)
+        if i >= 0:
+            path = path[i:].replace("site-packages/", "")
+            break
+    else:
+        path = path.rsplit("/", 1)[-1]
+    return f"{func} ({path})" if path else func
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short pass: 2 s per measurement, 300 streams")
+    p.add_argument("--duration", type=float, help="seconds per measurement (default 5, --quick 2)")
+    p.add_argument("--rounds", type=int, default=1, help="measure each cell N times, keep the best (default 1)")
+    p.add_argument("--conns", default="1,32", help="connection counts (default 1,32)")
+    p.add_argument("--scenarios", default=",".join(s.name for s in scenarios()))
+    p.add_argument("--stacks", default=",".join(STACKS))
+    p.add_argument("--streams", type=int, help="concurrent streams for the memory run (default 1000)")
+    p.add_argument("--no-memory", action="store_true", help="skip the 1,000-streams memory run")
+    p.add_argument("--no-litellm", action="store_true", help="do not run the LiteLLM proxy")
+    p.add_argument("--profile", action="store_true", help="also profile ollamux with py-spy under 32 connections")
+    p.add_argument("--out", help="where to write the JSON (default bench/results/<timestamp>.json)")
+    a = p.parse_args(argv)
+    a.duration = a.duration or (2.0 if a.quick else 5.0)
+    a.warmup = 0.5 if a.quick else 1.0
+    a.streams = a.streams or (300 if a.quick else 1000)
+    a.conns = [int(c) for c in a.conns.split(",")]
+    a.scenarios = a.scenarios.split(",")
+    a.stacks = [s for s in a.stacks.split(",") if not (a.no_litellm and s == "litellm")]
+    return a
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    for tool in ("wrk",):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is missing (bench/run installs it)", file=sys.stderr)
+            return 2
+    bench = Bench(args)
+    started = time.strftime("%Y-%m-%dT%H-%M-%S")
+    load_before = os.getloadavg()
+    t0 = time.monotonic()
+    cells: list[Cell] = []
+    memory: list[dict[str, Any]] = []
+    prof = ""
+    try:
+        bench.log(f"bench: work dir {bench.work}; starting stacks")
+        bench.start_all()
+        bench.log("bench: throughput (" + ", ".join(bench.stacks) + ")")
+        cells = bench.measure()
+        if args.profile:
+            bench.log("bench: profiling ollamux")
+            prof = profile(bench, max(args.duration, 5))
+        bench.stop_all()
+        if not args.no_memory:
+            bench.log(f"bench: memory, {args.streams} concurrent streams")
+            memory = bench.memory()
+    finally:
+        bench.stop_all()
+    elapsed = time.monotonic() - t0
+    ts = targets(cells, memory, bench.stack_info)
+    result = {
+        "started": started, "elapsed_s": round(elapsed, 1), "command": "bench/run " + " ".join(argv),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "versions": versions(),
+        "settings": {"duration_s": args.duration, "rounds": args.rounds, "conns": args.conns,
+                     "streams": args.streams, "sse_chunks": SSE_CHUNKS, "embed_dims": EMBED_DIMS},
+        "stacks": {k: {"title": STACK_TITLES[k], **v} for k, v in bench.stack_info.items()},
+        "notes": bench.notes, "cells": [asdict(c) for c in cells], "memory": memory, "targets": ts,
+    }
+    out = Path(args.out) if args.out else BENCH / "results" / f"{started}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    report = render(result, cells, memory, ts, prof)
+    print(report)
+    (out.with_suffix(".md")).write_text(report)
+    print(f"written: {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    if bench.work.exists() and not args.profile:
+        shutil.rmtree(bench.work, ignore_errors=True)
+    return 0
+
+
+def render(result: dict[str, Any], cells: list[Cell], memory: list[dict[str, Any]], ts: list[dict[str, Any]],
+           prof: str) -> str:
+    v = result["versions"]
+    parts = [
+        f"## ollamux bench, {result['started']} ({result['elapsed_s']:.0f} s)\n",
+        f"`{result['command'].strip()}` on {v['cpus']} x {v['cpu']}, Python {v['python']}, aiohttp {v['aiohttp']}, "
+        f"{v['nginx']}, git {v['git']}; load average before {result['loadavg_before'][0]:.2f}, after "
+        f"{result['loadavg_after'][0]:.2f}\n",
+        "### Stacks (idle RSS after one request)\n",
+        "\n".join(f"- {k}: {s['title']}, idle RSS {fmt(s.get('idle_rss_mb'), '.0f')} MB"
+                  + (f", version {s['version']}" if s.get("version") else "") for k, s in result["stacks"].items())
+        + "\n",
+    ]
+    if result["notes"]:
+        parts.append("Notes:\n" + "\n".join(f"- {n}" for n in result["notes"]) + "\n")
+    parts += ["### Throughput and latency\n", table(cells)]
+    if memory:
+        parts += [f"### Memory: {result['settings']['streams']} concurrent slow streams (fresh processes)\n",
+                  memory_table(memory)]
+    parts += ["### Targets\n", targets_table(ts)]
+    if prof:
+        parts += ["### Profile (py-spy, ollamux, 32 connections)\n", prof]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
