@@ -22,8 +22,14 @@ log = logging.getLogger("ollamux")
 
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application for these settings; nothing starts until it is run."""
-    app = web.Application(client_max_size=settings.server.max_body_bytes, handler_args={"max_field_size": 16384})
+    from . import guard
+
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        handler_args={"max_field_size": 16384, **guard.handler_args(settings)},
+    )
     app[SETTINGS] = settings
+    guard.install(app, settings)  # keys, rate limits, body limits, CORS, Host guard (one middleware)
 
     from .api import ollama as ollama_api
 

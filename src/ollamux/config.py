@@ -20,8 +20,12 @@ from .names import normalize_name
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_VERSION",
+    "ApiKeySettings",
+    "AuthSettings",
     "BackendSettings",
+    "ConcurrencyLimit",
     "ConfigError",
+    "LimitSettings",
     "MetricsSettings",
     "ModelSettings",
     "RequestLogSettings",
@@ -154,6 +158,52 @@ class MetricsSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     backends: Mapping[str, BackendSettings] = field(default_factory=dict)
+@dataclass(frozen=True)
+class ApiKeySettings:
+    """One named inbound key. Only its sha256 digest is kept, so no dump of the settings holds the key."""
+
+    name: str
+    sha256: bytes = field(repr=False)
+    models: tuple[str, ...] = ("*",)  # names or wildcards this key may use
+    requests_per_minute: float | None = None  # None: the `limits` default
+    tokens_per_minute: float | None = None
+    burst: int | None = None  # requests allowed at once before the per-minute rate applies
+    token_burst: int | None = None
+
+
+# What a load balancer or a liveness probe may call without a key.
+DEFAULT_PUBLIC_PATHS = ("/", "/api/version", "/health", "/health/ready", "/healthz", "/livez", "/readyz")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    keys: tuple[ApiKeySettings, ...] = ()  # none: open, as Ollama is
+    public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimit:
+    max: int  # requests running at once
+    queue: int = 0  # requests that may wait for a slot; more get 503 at once
+    timeout: float = 30.0  # the longest wait for a slot, then 503
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    # per key without its own values, or per client address when no keys are configured
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    burst: int | None = None
+    token_burst: int | None = None
+    max_json_depth: int = 100  # orjson writes at most 254 levels; deeper bodies could never be forwarded
+    header_timeout: float | None = 60.0  # aiohttp's keep-alive timer also bounds the wait for headers
+    body_timeout: float | None = 120.0
+    host_guard: bool | None = None  # None: on when bound to loopback, as Ollama does
+    allowed_hosts: tuple[str, ...] = ()
+    backend_concurrency: Mapping[str, ConcurrencyLimit] = field(default_factory=dict)
+    model_concurrency: Mapping[str, ConcurrencyLimit] = field(default_factory=dict)
+
+
     models: tuple[ModelSettings, ...] = ()
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
@@ -161,6 +211,8 @@ class Settings:
     default_model: str | None = None
     source: str | None = None  # the config file it came from, for messages
 
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     def with_server(self, **changes: Any) -> Settings:
         return replace(self, server=replace(self.server, **changes))
 
@@ -196,7 +248,7 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str]) -> S
 def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | None = None) -> Settings:
     root = _Node("", raw, environ)
     root.only({"server", "backends", "models", "runtime", "default_model", "request_log",
-               "metrics"})
+               "metrics", "auth", "limits"})
     server = _parse_server(root.child("server"))
     backends: dict[str, BackendSettings] = {}
     for name, node in root.child("backends").items():
@@ -217,7 +269,11 @@ def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | Non
         server=server,
         backends=backends,
         models=tuple(models),
+    auth = _parse_auth(root.child("auth"))
+    limits = _parse_limits(root.child("limits"), backends)
         runtime=runtime,
+        auth=auth,
+        limits=limits,
         request_log=request_log,
         metrics=metrics,
         default_model=default_model,
@@ -424,6 +480,86 @@ class _Node:
         if value is None:
             value = {}
         if not isinstance(value, dict):
+def _parse_rates(node: _Node) -> dict[str, Any]:
+    rpm = node.opt_float("requests_per_minute", None, lo=0.001, nullable=True)
+    tpm = node.opt_float("tokens_per_minute", None, lo=0.001, nullable=True)
+    return {
+        "requests_per_minute": rpm,
+        "tokens_per_minute": tpm,
+        "burst": node.opt_int("burst", None, lo=1),
+        "token_burst": node.opt_int("token_burst", None, lo=1),
+    }
+
+
+def _parse_auth(node: _Node) -> AuthSettings:
+    import hashlib
+
+    node.only({"keys", "public_paths"})
+    keys: list[ApiKeySettings] = []
+    seen: dict[bytes, str] = {}
+    for name, kn in node.child("keys").items():
+        kn.only({"key", "key_sha256", "models", "requests_per_minute", "tokens_per_minute", "burst",
+                 "token_burst"})
+        if kn.has("key") == kn.has("key_sha256"):
+            raise ConfigError(kn.path, "needs exactly one of 'key' (the key itself) or 'key_sha256' (its hex digest)")
+        if kn.has("key"):
+            plain = kn.req_str("key")
+            if len(plain) < 8:
+                raise ConfigError(kn.key("key"), "is too short to be a key (use at least 8 characters)")
+            digest = hashlib.sha256(plain.encode("utf-8")).digest()
+        else:
+            hexd = kn.req_str("key_sha256").strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", hexd):
+                raise ConfigError(kn.key("key_sha256"), "must be 64 hex digits (sha256 of the key)")
+            digest = bytes.fromhex(hexd)
+        if digest in seen:
+            raise ConfigError(kn.path, f"has the same key as '{seen[digest]}'")
+        seen[digest] = name
+        models = kn.str_list("models") if kn.has("models") else ("*",)
+        keys.append(ApiKeySettings(name=name, sha256=digest, models=models, **_parse_rates(kn)))
+    public = node.str_list("public_paths") if node.has("public_paths") else DEFAULT_PUBLIC_PATHS
+    return AuthSettings(keys=tuple(keys), public_paths=public)
+
+
+def _parse_concurrency(node: _Node) -> ConcurrencyLimit:
+    node.only({"max", "queue", "timeout"})
+    if not node.has("max"):
+        raise ConfigError(node.key("max"), "is required (requests running at once)")
+    return ConcurrencyLimit(
+        max=node.opt_int("max", 1, lo=1),
+        queue=node.opt_int("queue", 0, lo=0),
+        timeout=node.opt_float("timeout", 30.0, lo=0) or 0.0,
+    )
+
+
+def _parse_limits(node: _Node, backends: Mapping[str, BackendSettings]) -> LimitSettings:
+    node.only({"requests_per_minute", "tokens_per_minute", "burst", "token_burst", "max_json_depth",
+               "header_timeout", "body_timeout", "host_guard", "allowed_hosts", "concurrency"})
+    d = LimitSettings()
+    conc = node.child("concurrency")
+    conc.only({"backends", "models"})
+    backend_limits: dict[str, ConcurrencyLimit] = {}
+    for name, cn in conc.child("backends").items():
+        if name not in backends:
+            known = ", ".join(sorted(backends)) or "none are configured"
+            raise ConfigError(cn.path, f"'{name}' is not a configured backend ({known})")
+        backend_limits[name] = _parse_concurrency(cn)
+    model_limits = {normalize_name(name): _parse_concurrency(cn) for name, cn in conc.child("models").items()}
+    host_guard: bool | None = None
+    if node.has("host_guard") and str(node.value("host_guard")).lower() != "auto":
+        host_guard = node.opt_bool("host_guard", True)
+    return LimitSettings(
+        **_parse_rates(node),
+        max_json_depth=node.opt_int("max_json_depth", d.max_json_depth, lo=2, hi=250),
+        header_timeout=node.opt_float("header_timeout", d.header_timeout, lo=1, nullable=True),
+        body_timeout=node.opt_float("body_timeout", d.body_timeout, lo=0.1, nullable=True),
+        host_guard=host_guard,
+        allowed_hosts=tuple(h.lower() for h in node.str_list("allowed_hosts")),
+        backend_concurrency=backend_limits,
+        model_concurrency=model_limits,
+    )
+
+
             raise ConfigError(path or "(top level)", f"must be a mapping, not {type(value).__name__}")
         self.path = path
         self.data: dict[str, Any] = {str(k): v for k, v in value.items()}

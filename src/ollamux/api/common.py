@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import OllamuxError
+from ..guard.core import KEY_NAME
 from ..jsonutil import dumps
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord, new_request_id
 from ..state import STATE, AppState
@@ -49,6 +50,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         state = request.app[STATE]
         rid = request.headers.get(REQUEST_ID) or new_request_id()
         rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=request.remote)
+        rec.key_name = request.get(KEY_NAME)  # set by the guard middleware: the key's name, never the key
         resource = request.match_info.route.resource
         rec.route_name = resource.canonical if resource is not None else None
         rid_token = CURRENT_REQUEST_ID.set(rid)

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import discovery, guard
 from ..catalog import meta_for, ps_item, show_body, tag_item
 from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy, OllamuxError
 from ..jsonutil import dumps_line, loads_object, now_rfc3339
@@ -17,7 +18,6 @@ from ..streams.codecs import SSEDecoder
 from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
 from ..translate import from_openai, to_openai
 from ..translate.from_openai import Timing
-from .. import discovery
 from .common import NDJSON_CT, endpoint, json_response, start_stream, upstream_headers
 
 __all__ = ["add_routes"]
@@ -40,6 +40,7 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
         raise BadRequest("model must be a string")
     rec.model_requested = model
     route = state.registry.resolve(model)
+    guard.authorize_model(state, rec, route)  # 403 when the client's key may not use this model
     rec.model_served = route.upstream
     rec.backend = route.backend
     return route

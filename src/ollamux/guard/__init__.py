@@ -1,0 +1,51 @@
+"""Access control and limits: keys, rate limits, body and nesting limits, CORS, the Host guard.
+
+`install(app, settings)` wires it into an app; `authorize_model(state, rec, route)` is the one call a
+handler makes once it knows which model a request resolved to (403 if the key may not use it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Settings
+from ..observe import RequestRecord
+from ..registry import Route
+from ..state import STATE, AppState
+from .core import CORS_ORIGIN, GUARD, KEY_NAME, Guard, on_prepare_cors
+
+__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "authorize_model", "handler_args", "install"]
+
+
+def install(app: web.Application, settings: Settings) -> Guard:
+    guard = Guard(settings)
+    app[GUARD] = guard
+    app.middlewares.insert(0, guard.middleware)  # outermost: refusals cost the least
+    app.on_response_prepare.append(on_prepare_cors(guard))
+
+    async def startup(app: web.Application) -> None:
+        # runs after the lifespan's start (cleanup_ctx comes first in on_startup), so the state exists
+        state = app[STATE]
+        state.extras["guard"] = guard
+        if guard.keys:
+            state.extras["inbound_auth"] = True  # the client's key is ours: never forward it upstream
+        if guard.rates.counts_tokens:
+            state.observers.add(guard)
+
+    app.on_startup.append(startup)
+    return guard
+
+
+def handler_args(settings: Settings) -> dict[str, Any]:
+    """aiohttp connection knobs: the keep-alive timer also bounds how long a client may take to send headers."""
+    t = settings.limits.header_timeout
+    return {} if t is None else {"keepalive_timeout": t}
+
+
+def authorize_model(state: AppState, rec: RequestRecord, route: Route) -> None:
+    """403 (Forbidden) when the request's key may not use `route`'s model; free when no keys are set."""
+    guard: Guard | None = state.extras.get("guard")
+    if guard is not None:
+        guard.authorize(rec, route)

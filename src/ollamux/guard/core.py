@@ -1,0 +1,234 @@
+"""The guard middleware: host check, CORS, key, rate limit, body limits, concurrency, in that order.
+
+One plain aiohttp middleware that never touches the response body, so streams pass straight through
+(DESIGN.md: middleware must not break streaming). Each step is skipped by a precomputed flag when it is
+not configured; with nothing configured a request pays for a Host lookup (cached) and, on a POST, two
+byte counts over a body the handler reads anyway.
+
+Refusals made here never reach a handler, so they are rendered here, in the client's envelope (`/v1/*`
+speaks OpenAI, everything else Ollama), and recorded through the observers like any other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..config import Settings
+from ..errors import BadRequest, Forbidden, OllamuxError, PayloadTooLarge
+from ..names import normalize_name
+from ..observe import RequestRecord, new_request_id
+from ..registry import Route
+from ..state import STATE, AppState
+from .auth import KeyRing
+from .cors import Cors
+from .hostguard import HostGuard, is_loopback_bind
+from .limits import json_depth_exceeds
+from .ratelimit import Gate, RateLimiter
+
+__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard"]
+
+log = logging.getLogger("ollamux")
+
+KEY_NAME = "ollamux.key_name"  # request[KEY_NAME]: the name of the key the client used
+CORS_ORIGIN = "ollamux.cors_origin"  # request[CORS_ORIGIN]: an allowed Origin to echo on the answer
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# the routes that run a model: only these wait at a concurrency gate
+INFERENCE_PATHS = frozenset(
+    {
+        "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+    }
+)
+
+
+def api_of(path: str) -> str:
+    return "openai" if path.startswith("/v1/") else "ollama"
+
+
+class Guard:
+    """Everything the middleware needs, built once from the settings (no I/O)."""
+
+    def __init__(self, settings: Settings) -> None:
+        lim = settings.limits
+        self.keys = KeyRing(settings.auth.keys)
+        self.public_paths = frozenset(settings.auth.public_paths)
+        guard_hosts = lim.host_guard if lim.host_guard is not None else is_loopback_bind(settings.server.host)
+        self.hosts = HostGuard(lim.allowed_hosts) if guard_hosts else None
+        self.cors = Cors(settings.server.cors_origins)
+        per_key = {
+            f"key:{k.name}": (
+                k.requests_per_minute if k.requests_per_minute is not None else lim.requests_per_minute,
+                k.tokens_per_minute if k.tokens_per_minute is not None else lim.tokens_per_minute,
+                k.burst if k.burst is not None else lim.burst,
+                k.token_burst if k.token_burst is not None else lim.token_burst,
+            )
+            for k in settings.auth.keys
+        }
+        self.rates = RateLimiter((lim.requests_per_minute, lim.tokens_per_minute, lim.burst, lim.token_burst), per_key)
+        self.rate_limited = self.rates.enabled
+        self.max_depth = lim.max_json_depth
+        self.body_timeout = lim.body_timeout
+        self.max_body = settings.server.max_body_bytes
+        self.backend_gates = {n: Gate(f"backend '{n}'", c) for n, c in lim.backend_concurrency.items()}
+        self.model_gates = {n: Gate(f"model '{n}'", c) for n, c in lim.model_concurrency.items()}
+        self.gated = bool(self.backend_gates or self.model_gates)
+
+    # ------------------------------------------------------------------------------------ middleware
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        headers = request.headers
+        if self.hosts is not None and not self.hosts.allowed(headers.get("Host", "")):
+            return self.reject(request, Forbidden(
+                f"host '{headers.get('Host', '')[:100]}' is not allowed: this server is bound to loopback and "
+                "accepts only local host names (limits.allowed_hosts adds more)",
+                code="host_not_allowed",
+            ))
+        origin = headers.get("Origin")
+        if origin is not None and not self.cors.same_origin(origin, headers.get("Host")):
+            if not self.cors.origin_allowed(origin):
+                return self.reject(request, Forbidden(
+                    f"origin '{origin[:200]}' is not allowed (server.cors_origins adds more)", code="origin_not_allowed"
+                ))
+            if request.method == "OPTIONS":
+                return web.Response(status=204, headers=self.cors.preflight_headers(origin, headers))
+            request[CORS_ORIGIN] = origin
+        elif request.method == "OPTIONS" and self.hosts is not None:
+            return web.Response(status=204)  # Ollama's host guard answers any OPTIONS this way
+        path = request.path
+        if path in self.public_paths:
+            return await handler(request)  # type: ignore[no-any-return]
+        try:
+            if self.keys:
+                name = self.keys.identify(headers)
+                request[KEY_NAME] = name
+                caller, label = f"key:{name}", f"key '{name}'"
+            else:
+                caller, label = f"ip:{request.remote}", f"client {request.remote}"
+            if self.rate_limited:
+                self.rates.admit(caller, label)
+            if request.method in _BODY_METHODS and request.body_exists:
+                raw = await self._read_body(request)
+            else:
+                raw = None
+        except OllamuxError as exc:
+            return self.reject(request, exc)
+        if not self.gated or raw is None or path not in INFERENCE_PATHS:
+            return await handler(request)  # type: ignore[no-any-return]
+        return await self._gated(request, handler, raw)
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        if request.content_type.startswith("multipart/"):
+            return None  # uploads are read by their handler as a stream
+        try:
+            if self.body_timeout is not None:
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await request.read()  # aiohttp keeps it: the handler's read() returns it again
+            else:
+                raw = await request.read()
+        except TimeoutError:
+            raise OllamuxError(
+                f"request body not received within {self.body_timeout:g} s (limits.body_timeout)",
+                status=408,
+                headers={"Connection": "close"},
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(
+                f"request body is larger than {self.max_body} bytes (server.max_body_bytes)"
+            ) from None
+        if json_depth_exceeds(raw, self.max_depth):
+            raise BadRequest(
+                f"request body nests JSON more than {self.max_depth} levels deep (limits.max_json_depth)"
+            )
+        return raw
+
+    async def _gated(self, request: web.Request, handler: Any, raw: bytes) -> web.StreamResponse:
+        route = self._route_of(request, raw)
+        gates: list[Gate] = []
+        if route is not None:
+            g = self.backend_gates.get(route.backend)
+            if g is not None:
+                gates.append(g)
+            settings = route.entry.settings
+            g = self.model_gates.get(normalize_name(settings.name) if settings else route.entry.key)
+            if g is not None:
+                gates.append(g)
+        held: list[Gate] = []
+        try:
+            for g in gates:
+                await g.acquire()
+                held.append(g)
+        except OllamuxError as exc:
+            for g in reversed(held):
+                g.release()
+            return self.reject(request, exc)
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            for g in reversed(held):  # a stream holds its slot until its last byte is written
+                g.release()
+
+    @staticmethod
+    def _route_of(request: web.Request, raw: bytes) -> Route | None:
+        """The model a body asks for; None when it cannot tell (the handler will say what is wrong)."""
+        try:
+            body = orjson.loads(raw)
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or not model:
+                return None
+            return request.app[STATE].registry.resolve(model)
+        except (orjson.JSONDecodeError, OllamuxError):
+            return None
+
+    # ------------------------------------------------------------------------------------- refusals
+    def reject(self, request: web.Request, exc: OllamuxError) -> web.Response:
+        api = api_of(request.path)
+        rid = request.headers.get("x-request-id") or new_request_id()
+        body = exc.openai_body() if api == "openai" else exc.ollama_body()
+        resp = web.Response(
+            body=body, status=exc.status, content_type="application/json",
+            headers={"x-request-id": rid, **exc.headers},
+        )
+        if exc.status == 408:
+            resp.force_close()  # the rest of the body may still be on its way: do not read it as a request
+        state: AppState | None = request.app.get(STATE)
+        if state is not None:
+            rec = RequestRecord(
+                id=rid, api=api,  # type: ignore[arg-type]
+                route=request.path, method=request.method, client=request.remote,
+                key_name=request.get(KEY_NAME), status=exc.status, error=exc.message,
+            )
+            state.observers.started(rec)
+            state.observers.finished(rec)
+        return resp
+
+    # ----------------------------------------------------------------------------- after a request
+    def request_started(self, rec: RequestRecord) -> None:
+        return None
+
+    def request_finished(self, rec: RequestRecord) -> None:
+        """Charge the tokens a request used to its caller (tokens are known only at the end)."""
+        tokens = (rec.prompt_tokens or 0) + (rec.completion_tokens or 0)
+        if tokens:
+            caller = f"key:{rec.key_name}" if rec.key_name is not None else f"ip:{rec.client}"
+            self.rates.charge_tokens(caller, tokens)
+
+    def authorize(self, rec: RequestRecord, route: Route) -> None:
+        if self.keys:
+            self.keys.authorize(rec.key_name, route)
+
+
+def on_prepare_cors(guard: Guard) -> Any:
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.get(CORS_ORIGIN)
+        if origin is not None:
+            response.headers.update(guard.cors.response_headers(origin))
+
+    return add_headers
+
+
+GUARD: web.AppKey[Guard] = web.AppKey("ollamux_guard", Guard)
