@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def percentile(values: list[float], p: float) -> float | None:
     """Nearest-rank percentile of already sorted values (None for none)."""
     if not values:
         return None
-    k = max(0, min(len(values) - 1, round(p / 100 * len(values) + 0.5) - 1))
+    k = max(0, min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1))
     return values[k]
 
 
