@@ -12,7 +12,7 @@ from typing import Any, Literal
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .. import discovery
+from .. import discovery, guard
 from ..backends.http import UpstreamResponse, error_message_from_body
 from ..catalog import meta_for
 from ..errors import BadRequest, OllamuxError
@@ -53,6 +53,7 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
         raise BadRequest(f"invalid type for 'model' field: {to_ollama.go_type(model)}", param="model")
     rec.model_requested = model
     route = state.registry.resolve(model)
+    guard.authorize_model(state, rec, route)  # 403 when the client's key may not use this model
     rec.model_served = route.upstream
     rec.backend = route.backend
     return route

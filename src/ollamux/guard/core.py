@@ -34,8 +34,8 @@ __all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard"]
 
 log = logging.getLogger("ollamux")
 
-KEY_NAME = "ollamux.key_name"  # request[KEY_NAME]: the name of the key the client used
-CORS_ORIGIN = "ollamux.cors_origin"  # request[CORS_ORIGIN]: an allowed Origin to echo on the answer
+KEY_NAME = web.RequestKey("ollamux_key_name", str)  # the name of the key the client used
+CORS_ORIGIN = web.RequestKey("ollamux_cors_origin", str)  # an allowed Origin to echo on the answer
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # the routes that run a model: only these wait at a concurrency gate
 INFERENCE_PATHS = frozenset(
