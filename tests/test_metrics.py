@@ -66,7 +66,8 @@ def test_request_metrics_move(proxy_url: str) -> None:
     assert value(after, "ollamux_time_to_first_token_seconds_count", **lat) - value(
         before, "ollamux_time_to_first_token_seconds_count", **lat) == 3
     tok = {"model": "fake-model", "backend": "fake"}
-    assert value(after, "ollamux_prompt_tokens_total", **tok) - value(before, "ollamux_prompt_tokens_total", **tok) == 33
+    assert value(after, "ollamux_prompt_tokens_total", **tok) - value(
+        before, "ollamux_prompt_tokens_total", **tok) == 33
     assert value(after, "ollamux_completion_tokens_total", **tok) - value(
         before, "ollamux_completion_tokens_total", **tok) == 9
     assert value(after, "ollamux_requests_in_flight") == 0
