@@ -29,6 +29,7 @@ __all__ = [
     "MetricsSettings",
     "ModelSettings",
     "RequestLogSettings",
+    "Resilience",
     "RuntimeSettings",
     "RuntimeSpec",
     "ServerSettings",
@@ -66,6 +67,21 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Resilience:
+    """Retries, circuit breaker and active health checks of one backend (README: Routing and resilience)."""
+
+    retries: int = 2  # extra attempts for a failure before any byte of the answer was sent
+    retry_budget: float = 10.0  # seconds all attempts of one request may take on this backend, waits included
+    backoff: float = 0.1  # the first wait between attempts; doubles each retry, with jitter
+    backoff_max: float = 2.0
+    breaker_failures: int = 5  # consecutive failures that open a replica's circuit; 0: no breaker
+    breaker_cooldown: float = 10.0  # seconds a tripped replica stays out before one probe request is let through
+    health_interval: float = 0.0  # seconds between active health checks of every replica; 0: off
+    health_path: str = "/models"  # GET base URL + this; any answer below 500 means healthy
+    health_timeout: float = 2.0
+
+
+@dataclass(frozen=True)
 class BackendSettings:
     name: str
     type: BackendType
@@ -78,6 +94,7 @@ class BackendSettings:
     max_connections: int = 256
     # which OpenAI dialect the backend speaks: "openai" refuses llama.cpp's extra sampling parameters
     dialect: Literal["openai", "llama.cpp", "vllm"] = "llama.cpp"
+    resilience: Resilience = field(default_factory=Resilience)
 
     @property
     def url(self) -> str:
@@ -320,7 +337,8 @@ def _parse_url(key: str, value: str) -> str:
 def _parse_backend(name: str, node: _Node) -> BackendSettings:
     node.only(
         {"type", "url", "urls", "api_key", "timeout", "connect_timeout", "first_byte_timeout",
-         "idle_timeout", "discover", "discover_interval", "headers", "max_connections", "dialect"}
+         "idle_timeout", "discover", "discover_interval", "headers", "max_connections", "dialect",
+         *_RESILIENCE_KEYS}
     )
     btype = node.opt_str("type") or "openai"
     if btype not in ("openai", "ollama"):
@@ -356,6 +374,31 @@ def _parse_backend(name: str, node: _Node) -> BackendSettings:
         headers=headers,
         max_connections=node.opt_int("max_connections", 256, lo=1),
         dialect=dialect,  # type: ignore[arg-type]
+        resilience=_parse_resilience(node, btype, len(urls)),
+    )
+
+
+_RESILIENCE_KEYS = ("retries", "retry_budget", "backoff", "backoff_max", "breaker", "health_interval",
+                    "health_path", "health_timeout")
+
+
+def _parse_resilience(node: _Node, btype: str, n_urls: int) -> Resilience:
+    d = Resilience()
+    breaker = node.child("breaker")
+    breaker.only({"failures", "cooldown"})
+    # replicas are only worth watching when there is another to send requests to meanwhile
+    interval = node.opt_float("health_interval", 10.0 if n_urls > 1 else 0.0, lo=0) or 0.0
+    path = node.opt_str("health_path") or ("/api/version" if btype == "ollama" else d.health_path)
+    return Resilience(
+        retries=node.opt_int("retries", d.retries, lo=0, hi=10),
+        retry_budget=node.opt_float("retry_budget", d.retry_budget, lo=0) or 0.0,
+        backoff=node.opt_float("backoff", d.backoff, lo=0) or 0.0,
+        backoff_max=node.opt_float("backoff_max", d.backoff_max, lo=0) or 0.0,
+        breaker_failures=breaker.opt_int("failures", d.breaker_failures, lo=0),
+        breaker_cooldown=breaker.opt_float("cooldown", d.breaker_cooldown, lo=0) or 0.0,
+        health_interval=interval,
+        health_path=path if path.startswith("/") else "/" + path,
+        health_timeout=node.opt_float("health_timeout", d.health_timeout, lo=0.01) or d.health_timeout,
     )
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,44 @@ import aiohttp
 import orjson
 
 from ..config import BackendSettings, Timeouts
-from ..errors import BackendTimeout, BackendUnavailable, OllamuxError, UpstreamError
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, OllamuxError, UpstreamError
 
-__all__ = ["HTTPBackend", "Replica", "UpstreamResponse", "error_message_from_body", "new_client_session"]
+__all__ = [
+    "CircuitOpen",
+    "HTTPBackend",
+    "Replica",
+    "UpstreamResponse",
+    "error_message_from_body",
+    "new_client_session",
+    "retry_after_seconds",
+]
+
+
+class CircuitOpen(BackendError):
+    """Every replica of a backend is tripped: answer at once instead of waiting on a dead server.
+
+    Still `retryable`, so a model's fallbacks are tried; the retry loop never waits on it.
+    """
+
+    status = 503
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def new_client_session() -> aiohttp.ClientSession:
@@ -55,20 +91,54 @@ def error_message_from_body(body: bytes, status: int) -> str:
     return text[:500]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Replica:
-    """One upstream URL of a backend, with what passive health and least-in-flight need."""
+    """One upstream URL of a backend: what least-in-flight picking, passive health and the breaker need.
+
+    States, all read from three fields so the healthy path checks one float:
+      healthy   `down_until == 0`
+      ejected   `down_until > now`, not `tripped`: a connection failure or failed health check took it out;
+                used only when no healthy replica is left
+      open      `tripped` and `down_until > now`: never used until the cooldown is over
+      half-open `tripped`, cooldown over: one request (`probing`) is let through; success closes it
+    """
 
     url: str
     in_flight: int = 0
-    failures: int = 0
+    failures: int = 0  # consecutive
     down_until: float = 0.0
+    tripped: bool = False
+    probing: bool = False
+    last_error: str | None = None
 
     def available(self, now: float) -> bool:
-        return self.down_until <= now
+        return self.down_until <= now and not self.probing
+
+    @property
+    def healthy(self) -> bool:
+        return self.down_until == 0.0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+        self.tripped = False
+        self.probing = False
+        self.last_error = None
+
+    def failed(self, error: str, *, eject_for: float, breaker_failures: int, cooldown: float) -> None:
+        """Count a failure; eject_for > 0 takes the replica out of rotation (passive health) that long."""
+        now = time.monotonic()
+        self.failures += 1
+        self.last_error = error
+        if self.probing or (breaker_failures and self.failures >= breaker_failures):
+            self.tripped = True
+            self.down_until = now + cooldown
+        elif eject_for > 0:
+            self.down_until = max(self.down_until, now + eject_for)
+        self.probing = False
 
 
-@dataclass
+@dataclass(slots=True)
 class UpstreamResponse:
     """An open upstream answer: status and headers now, the body as it streams."""
 
@@ -78,6 +148,7 @@ class UpstreamResponse:
     url: str
     idle_timeout: float | None
     _released: bool = field(default=False)
+    _body: bytes | None = field(default=None)
 
     @property
     def status(self) -> int:
@@ -88,15 +159,22 @@ class UpstreamResponse:
         return self.resp.headers
 
     async def read(self) -> bytes:
+        """The whole body (cached: the retry loop may read it before the handler does)."""
+        if self._body is not None:
+            return self._body
+        idle = self.idle_timeout
         try:
-            if self.idle_timeout is not None:
-                async with asyncio.timeout(self.idle_timeout):
-                    return await self.resp.read()
-            return await self.resp.read()
+            if idle is not None:
+                async with asyncio.timeout(idle) as cm:
+                    self._body = await self.resp.read()
+            else:
+                self._body = await self.resp.read()
+            return self._body
         except TimeoutError:
-            raise self.backend.timeout_error("the whole answer", self.idle_timeout, self.url) from None
+            idle_fired = idle is not None and cm.expired()
+            raise self._broken(self.backend.timeout_error("idle" if idle_fired else "total", self.url)) from None
         except aiohttp.ClientError as exc:
-            raise self.backend.broken_error(exc, self.url) from None
+            raise self._broken(self.backend.broken_error(exc, self.url)) from None
         finally:
             self.release()
 
@@ -116,7 +194,7 @@ class UpstreamResponse:
         try:
             while True:
                 if idle is not None:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(idle) as cm:
                         chunk = await content.readany()
                 else:
                     chunk = await content.readany()
@@ -124,11 +202,18 @@ class UpstreamResponse:
                     return
                 yield chunk
         except TimeoutError:
-            raise self.backend.timeout_error("the next stream chunk", idle, self.url) from None
+            # aiohttp's own total timeout surfaces as a TimeoutError too; the expired cm tells them apart
+            idle_fired = idle is not None and cm.expired()
+            raise self._broken(self.backend.timeout_error("idle" if idle_fired else "total", self.url)) from None
         except aiohttp.ClientError as exc:
-            raise self.backend.broken_error(exc, self.url) from None
+            raise self._broken(self.backend.broken_error(exc, self.url)) from None
         finally:
             self.release()
+
+    def _broken(self, err: OllamuxError) -> OllamuxError:
+        # a stream that dies is a health signal about the replica, even though it is never retried
+        self.backend.count_failure(self.replica, err.message, eject=False)
+        return err
 
     def release(self) -> None:
         """Give the connection back (or drop it mid-body, which cancels the request upstream)."""
@@ -147,6 +232,8 @@ class HTTPBackend:
         self.type = settings.type
         self.client = client
         self.replicas = [Replica(u) for u in settings.urls]
+        self._single = self.replicas[0] if len(self.replicas) == 1 else None
+        self.resilience = settings.resilience
         t = settings.timeouts
         self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect)
         self._timeouts: Timeouts = t
@@ -158,14 +245,66 @@ class HTTPBackend:
     def has_key(self) -> bool:
         return bool(self.settings.api_key)
 
+    @property
+    def auth_headers(self) -> Mapping[str, str]:
+        return self._headers
+
     # ---------------------------------------------------------------------------------- selection
-    def pick(self) -> Replica:
+    def pick(self, avoid: Collection[Replica] = ()) -> Replica:
+        """The replica for the next attempt; raises CircuitOpen (503) when every one is tripped.
+
+        Order: healthy and not yet tried by this request, least in flight; healthy; ejected (better a
+        likely failure than none); a tripped one whose cooldown is over, as the half-open probe.
+        """
+        single = self._single
+        if single is not None and single.down_until == 0.0:
+            return single  # the hot path: one replica, nothing ever failed
         now = time.monotonic()
-        live = [r for r in self.replicas if r.available(now)] or self.replicas
-        return min(live, key=lambda r: r.in_flight)
+        best: Replica | None = None
+        best_rank = 99
+        for r in self.replicas:
+            if r.down_until <= now:
+                rank = 1 if r in avoid else 0
+                if r.tripped:
+                    if r.probing:
+                        continue
+                    rank += 4
+            elif not r.tripped:
+                rank = 2
+            else:
+                continue
+            if rank < best_rank or (rank == best_rank and best is not None and r.in_flight < best.in_flight):
+                best, best_rank = r, rank
+        if best is None:
+            raise self._circuit_open(now)
+        if best.tripped:
+            best.probing = True  # half-open: this request is the probe; others keep getting 503
+        return best
+
+    def _circuit_open(self, now: float) -> CircuitOpen:
+        wait = min(r.down_until for r in self.replicas) - now
+        last = next((r.last_error for r in self.replicas if r.last_error), None)
+        what = (f"its upstream {self.replicas[0].url}" if len(self.replicas) == 1
+                else f"all {len(self.replicas)} of its replicas")
+        err = CircuitOpen(
+            f"backend '{self.name}' is unavailable: circuit breaker open after repeated failures of {what}"
+            f" (next probe in {max(wait, 0):.1f}s)" + (f"; last error: {last}" if last else "")
+        )
+        err.headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+        return err
 
     def base_url(self) -> str:
         return self.pick().url
+
+    def count_failure(self, replica: Replica, error: str, *, eject: bool) -> None:
+        res = self.resilience
+        replica.failed(
+            error,
+            # with no other replica to send to, ejecting would only turn failures into waits
+            eject_for=res.breaker_cooldown if eject and len(self.replicas) > 1 else 0.0,
+            breaker_failures=res.breaker_failures,
+            cooldown=res.breaker_cooldown,
+        )
 
     # ----------------------------------------------------------------------------------- requests
     async def request(
@@ -177,9 +316,14 @@ class HTTPBackend:
         headers: Mapping[str, str] | None = None,
         client_auth: str | None = None,
         raise_for_status: bool = True,
+        replica: Replica | None = None,
     ) -> UpstreamResponse:
-        """Send one request to the least busy replica; errors come back as OllamuxErrors."""
-        replica = self.pick()
+        """Send one request (to `replica`, or the least busy one); errors come back as OllamuxErrors.
+
+        One attempt, no retry: `backends.failover.open_upstream` owns retries and fallbacks.
+        """
+        if replica is None:
+            replica = self.pick()
         url = replica.url + path
         hdrs = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         if headers:
@@ -188,38 +332,59 @@ class HTTPBackend:
         if client_auth and "Authorization" not in self._headers:
             hdrs["Authorization"] = client_auth
         replica.in_flight += 1
+        first_byte = self._timeouts.first_byte
         try:
             cm = self.client.request(method, url, data=body, headers=hdrs, timeout=self._timeout)
-            first_byte = self._timeouts.first_byte
             if first_byte is not None:
-                async with asyncio.timeout(first_byte):
+                async with asyncio.timeout(first_byte) as fb:
                     resp = await cm
             else:
                 resp = await cm
+        except aiohttp.ConnectionTimeoutError:
+            err: OllamuxError = self.timeout_error("connect", url)
+            self._attempt_failed(replica, err, eject=True)
+            raise err from None
         except TimeoutError:
-            replica.in_flight -= 1
-            self._failed(replica)
-            which = "the first byte" if self._timeouts.first_byte is not None else "an answer"
-            raise self.timeout_error(which, self._timeouts.first_byte or self._timeouts.total, url) from None
+            which = "first_byte" if first_byte is not None and fb.expired() else "total"
+            err = self.timeout_error(which, url)
+            self._attempt_failed(replica, err, eject=True)
+            raise err from None
         except aiohttp.ClientConnectorError as exc:
-            replica.in_flight -= 1
-            self._failed(replica)
-            raise BackendUnavailable(
-                f"backend '{self.name}' cannot be reached at {replica.url}: {_reason(exc)}"
-            ) from None
+            err = BackendUnavailable(f"backend '{self.name}' cannot be reached at {replica.url}: {_reason(exc)}")
+            self._attempt_failed(replica, err, eject=True)
+            raise err from None
         except aiohttp.ClientError as exc:
-            replica.in_flight -= 1
-            self._failed(replica)
-            raise self.broken_error(exc, url) from None
+            err = self.broken_error(exc, url)
+            self._attempt_failed(replica, err, eject=True)
+            raise err from None
         except BaseException:
             replica.in_flight -= 1
+            replica.probing = False  # a cancelled probe proves nothing; the next request probes again
             raise
-        replica.failures = 0
         up = UpstreamResponse(self, replica, resp, url, self._timeouts.idle)
-        if raise_for_status and resp.status >= 400:
-            body_bytes = await up.read()
-            raise UpstreamError(error_message_from_body(body_bytes, resp.status), status=resp.status, body=body_bytes)
+        status = resp.status
+        if status < 500:
+            if replica.down_until != 0.0 or replica.failures:
+                replica.succeeded()
+            # 429 is a live server asking for patience: never a reason to trip the breaker
+        else:
+            self.count_failure(replica, f"HTTP {status}", eject=False)
+        if raise_for_status and status >= 400:
+            raise await self.status_error(up)
         return up
+
+    async def status_error(self, up: UpstreamResponse) -> UpstreamError:
+        """The error for an upstream error answer (reads and releases it), Retry-After kept for 429/503."""
+        body_bytes = await up.read()
+        err = UpstreamError(error_message_from_body(body_bytes, up.status), status=up.status, body=body_bytes)
+        retry_after = up.headers.get("Retry-After")
+        if retry_after:
+            err.headers = {"Retry-After": retry_after}
+        return err
+
+    def _attempt_failed(self, replica: Replica, err: OllamuxError, *, eject: bool) -> None:
+        replica.in_flight -= 1
+        self.count_failure(replica, err.message, eject=eject)
 
     async def post_json(self, path: str, payload: Any, **kw: Any) -> UpstreamResponse:
         return await self.request("POST", path, orjson.dumps(payload), **kw)
@@ -228,12 +393,17 @@ class HTTPBackend:
         up = await self.request("GET", path)
         return await up.json()
 
-    def _failed(self, replica: Replica) -> None:
-        replica.failures += 1
-
-    def timeout_error(self, what: str, seconds: float | None, url: str) -> OllamuxError:
+    def timeout_error(self, which: str, url: str) -> OllamuxError:
+        """A 504 that names the backend, what it failed to do, and the config key of the limit that fired."""
+        t = self._timeouts
+        what, key, seconds = {
+            "connect": ("accept a connection", "connect_timeout", t.connect),
+            "first_byte": ("send the first byte of its answer", "first_byte_timeout", t.first_byte),
+            "idle": ("send the next chunk of its answer", "idle_timeout", t.idle),
+            "total": ("finish its answer", "timeout", t.total),
+        }[which]
         limit = f" within {seconds:g}s" if seconds is not None else ""
-        return BackendTimeout(f"backend '{self.name}' did not send {what}{limit} ({url})")
+        return BackendTimeout(f"backend '{self.name}' did not {what}{limit} ({key}; {url})")
 
     def broken_error(self, exc: BaseException, url: str) -> OllamuxError:
         return BackendUnavailable(f"backend '{self.name}' connection failed ({url}): {_reason(exc)}")
@@ -254,4 +424,6 @@ def _reason(exc: BaseException) -> str:
         return "the server closed the connection"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the answer was cut off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"the answer is not valid HTTP ({exc.message})"
     return str(exc) or type(exc).__name__

@@ -1,0 +1,358 @@
+"""Opening an upstream answer with retries, backoff, the circuit breaker and model fallbacks; health checks.
+
+`open_upstream()` is the one call handlers make to get an upstream answer. Everything here happens before
+the first byte of the answer goes to the client, so trying again is safe; once a stream has started,
+nothing is retried (a failure then becomes one final error frame, written by the handler).
+
+Cost on the healthy path (one replica, nothing failing): one context manager, one `session()`, one
+`pick()` that reads one float, and the request itself. No tasks, no locks, no clock reads of our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..errors import BackendError, ModelNotFound, OllamuxError, UpstreamError
+from ..observe import RequestRecord
+from ..registry import Route
+from ..state import AppState
+from .http import CircuitOpen, HTTPBackend, Replica, UpstreamResponse, retry_after_seconds
+
+__all__ = [
+    "HealthChecks",
+    "Opened",
+    "PayloadFactory",
+    "backoff_delay",
+    "open_upstream",
+    "start_health_checks",
+    "stop_health_checks",
+]
+
+log = logging.getLogger("ollamux.failover")
+
+# Rebuilds the request body for one route on one backend: a fallback has its own upstream model name and
+# maybe another dialect, so the handler's payload cannot simply be resent.
+PayloadFactory = Callable[[Route, HTTPBackend], "dict[str, Any] | bytes"]
+
+_HEALTH_KEY = "failover_health_checks"
+
+
+@dataclass(slots=True)
+class Opened:
+    """An upstream answer ready to be relayed, and where it came from."""
+
+    response: UpstreamResponse
+    route: Route  # the route that answered: the model's own, or one of its fallbacks
+    backend: HTTPBackend  # what the backend's session yielded (managed models add `load_ns`)
+    attempts: int
+
+    @property
+    def load_ns(self) -> int:
+        return int(getattr(self.backend, "load_ns", 0) or 0)
+
+
+class _RouteFailed(Exception):
+    """Every attempt on one route failed with a retryable error; `response` is kept for pass-through callers."""
+
+    def __init__(self, error: BackendError, attempts: int, response: UpstreamResponse | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.attempts = attempts
+        self.response = response
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter for retry `attempt` (1, 2, ...): in [d/2, d], d = min(cap, base*2^(n-1)).
+
+    Half the delay is fixed so a retry never fires at once into the same failure; the random half keeps
+    many clients that failed together from retrying together.
+    """
+    d = min(cap, base * 2.0 ** (attempt - 1))
+    return d / 2 + random.random() * d / 2
+
+
+@contextlib.asynccontextmanager
+async def open_upstream(
+    state: AppState,
+    route: Route,
+    path: str,
+    make_payload: PayloadFactory,
+    *,
+    rec: RequestRecord | None = None,
+    hints: dict[str, Any] | None = None,
+    read_body: bool = False,
+    method: str = "POST",
+    raise_for_status: bool = True,
+    headers: dict[str, str] | None = None,
+    client_auth: str | None = None,
+) -> AsyncIterator[Opened]:
+    """Open the upstream answer for `route`, trying replicas, retries and then the model's fallbacks.
+
+    Failures that happen before any byte of the answer exists are tried again: connection errors,
+    timeouts before the first byte, 5xx, 429 (Retry-After honoured within the budget), an open circuit
+    (at once, on to the fallbacks). `read_body` reads a non-streamed answer inside the loop, so a body
+    cut off half way is tried again too. With `raise_for_status=False` (pass-through), the last route's
+    error answer is yielded as is when nothing better came. The backend's session stays open while the
+    caller is inside the block; the response is released when it leaves.
+    """
+    api_type = state.backends[route.backend].type
+    routes = [route]
+    failures: list[tuple[Route, OllamuxError, int]] = []
+    total_attempts = 0
+    hints = hints or {}
+    i = 0
+    while i < len(routes):
+        r = routes[i]
+        i += 1
+        backend = state.backends.get(r.backend)
+        if backend is None or backend.type != api_type:
+            # a fallback that speaks another API would need another handler; say so instead of guessing
+            log.warning("fallback %s of %s skipped: backend %s is not of type %s", r.upstream, route.requested,
+                        r.backend, api_type)
+            continue
+        yielded = False
+        try:
+            async with backend.session(r, **hints) as up:
+                body = make_payload(r, up)
+                data = body if isinstance(body, bytes) else orjson.dumps(body)
+                try:
+                    resp, attempts = await _attempts(up, method, path, data, read_body, raise_for_status,
+                                                     headers, client_auth)
+                except _RouteFailed as failed:
+                    total_attempts += failed.attempts
+                    failures.append((r, failed.error, failed.attempts))
+                    if len(failures) == 1:
+                        routes.extend(_fallbacks(state, route))  # resolved only once they are needed
+                    if failed.response is None or i < len(routes):
+                        if failed.response is not None:
+                            failed.response.release()
+                        continue
+                    # pass-through and nothing left to try: the client gets the upstream's own error answer
+                    resp, attempts = failed.response, 0
+                total_attempts += attempts
+                if failures and resp.status < 400:
+                    log.warning("model %s served by %s on backend %s after: %s", route.requested, r.upstream,
+                                r.backend, "; ".join(e.message for _, e, _ in failures))
+                if rec is not None:
+                    rec.model_served = r.upstream
+                    rec.backend = r.backend
+                    rec.upstream_url = resp.url
+                yielded = True
+                try:
+                    yield Opened(resp, r, up, total_attempts)
+                finally:
+                    resp.release()
+                return
+        except BackendError as exc:
+            # only a session that could not start lands here (a managed model that failed to load)
+            if yielded or not exc.retryable:
+                raise
+            failures.append((r, exc, 0))
+            if len(failures) == 1:
+                routes.extend(_fallbacks(state, route))
+    raise _final_error(route, failures)
+
+
+def _fallbacks(state: AppState, route: Route) -> list[Route]:
+    """The model's fallbacks in order, as routes that still answer to the name the client asked for."""
+    settings = route.entry.settings
+    out: list[Route] = []
+    for name in settings.fallbacks if settings is not None else ():
+        try:
+            fb = state.registry.resolve(name)
+        except ModelNotFound:
+            continue
+        out.append(Route(route.requested, fb.entry, fb.upstream))
+    return out
+
+
+async def _attempts(
+    backend: HTTPBackend,
+    method: str,
+    path: str,
+    data: bytes,
+    read_body: bool,
+    raise_for_status: bool,
+    headers: dict[str, str] | None,
+    client_auth: str | None,
+) -> tuple[UpstreamResponse, int]:
+    """Attempts on one backend's replicas until one answers, bounded by `retries` and `retry_budget`.
+
+    Raises the error itself when it is not worth another try anywhere (a 400), `_RouteFailed` otherwise.
+    """
+    res = backend.resilience
+    tried: list[Replica] = []
+    attempt = 0
+    started = 0.0
+    try:
+        replica = backend.pick()
+    except CircuitOpen as exc:
+        raise _RouteFailed(exc, 0) from None
+    while True:
+        attempt += 1
+        failed: BackendError
+        kept: UpstreamResponse | None = None
+        try:
+            resp = await backend.request(method, path, data, headers=headers, client_auth=client_auth,
+                                         raise_for_status=False, replica=replica)
+            status = resp.status
+            if status < 500 and status != 429:
+                if status >= 400 and raise_for_status:
+                    raise await backend.status_error(resp)
+                if read_body:
+                    await resp.read()
+                return resp, attempt
+            if raise_for_status:
+                failed = await backend.status_error(resp)
+            else:
+                kept = resp
+                failed = _peek_status_error(backend, resp)
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            failed = exc
+        # ------------------------------------------------------------------ decide on another attempt
+        now = time.monotonic()
+        if not started:
+            started = now
+        tried.append(replica)
+        delay = 0.0
+        give_up = attempt > res.retries
+        if not give_up:
+            try:
+                replica = backend.pick(tried)
+            except CircuitOpen:
+                give_up = True
+        if not give_up and replica in tried:
+            # the same server again: wait, longer each time; a replica not tried yet is tried at once
+            delay = backoff_delay(attempt, res.backoff, res.backoff_max)
+        retry_after = retry_after_seconds(failed.headers.get("Retry-After")) if failed.status == 429 else None
+        if retry_after is not None and not give_up:
+            delay = max(delay, retry_after)
+        if not give_up and now + delay - started > res.retry_budget:
+            give_up = True
+        if give_up:
+            if replica.probing and replica not in tried:
+                replica.probing = False  # picked as the probe but never sent: let the next request probe
+            raise _RouteFailed(failed, attempt, kept)
+        if kept is not None:
+            kept.release()
+        log.info("retrying %s on backend %s in %.2fs (attempt %d failed: %s)", path, backend.name, delay,
+                 attempt, failed.message)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def _peek_status_error(backend: HTTPBackend, resp: UpstreamResponse) -> BackendError:
+    """The error an error status stands for, without reading the body (it may yet be relayed as is)."""
+    err = UpstreamError(f"backend '{backend.name}' answered HTTP {resp.status} ({resp.url})", status=resp.status)
+    ra = resp.headers.get("Retry-After")
+    if ra:
+        err.headers = {"Retry-After": ra}
+    return err
+
+
+def _final_error(route: Route, failures: list[tuple[Route, OllamuxError, int]]) -> OllamuxError:
+    """One error for the client: the last failure's status and a message naming every route that failed."""
+    if not failures:
+        return BackendError(f"model '{route.requested}' has no route this API can use")
+    _, last, n = failures[-1]
+    if len(failures) == 1:
+        if n > 1:
+            last.message = f"{last.message} (gave up after {n} attempts)"
+            last.args = (last.message,)
+        return last
+    parts = []
+    for r, e, k in failures:
+        tries = f", {k} attempts" if k > 1 else ""
+        parts.append(f"{r.upstream} on backend '{r.backend}'{tries}: {e.message}")
+    last.message = f"every route for model '{route.requested}' failed: " + "; ".join(parts)
+    last.args = (last.message,)
+    return last
+
+
+# ------------------------------------------------------------------------------------ active health checks
+
+
+class HealthChecks:
+    """One task per backend that probes every replica at its interval: out when it fails, back when it answers.
+
+    A failed check takes a replica out until a later check passes (requests go to the others meanwhile);
+    a passing check closes a tripped breaker at once instead of waiting for a request to probe it.
+    """
+
+    def __init__(self, backends: list[HTTPBackend]) -> None:
+        self.backends = [b for b in backends if b.resilience.health_interval > 0]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for b in self.backends:
+            self._tasks.append(asyncio.create_task(self._run(b), name=f"ollamux-health-{b.name}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+    async def _run(self, backend: HTTPBackend) -> None:
+        interval = backend.resilience.health_interval
+        while True:
+            try:
+                await self.check(backend)
+            except Exception:  # pragma: no cover - a bug here must not stop the checks for good
+                log.exception("health check of backend %s failed", backend.name)
+            await asyncio.sleep(interval)
+
+    async def check(self, backend: HTTPBackend) -> None:
+        await asyncio.gather(*(self._check_replica(backend, r) for r in backend.replicas))
+
+    async def _check_replica(self, backend: HTTPBackend, replica: Replica) -> None:
+        res = backend.resilience
+        url = replica.url + res.health_path
+        error: str | None = None
+        try:
+            async with backend.client.get(
+                url, headers=backend.auth_headers, timeout=aiohttp.ClientTimeout(total=res.health_timeout)
+            ) as resp:
+                await resp.read()
+                if resp.status >= 500:
+                    error = f"health check {url} answered HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"health check {url} failed: {type(exc).__name__} {exc}".rstrip()
+        if error is None:
+            if not replica.healthy:
+                log.warning("replica %s of backend %s is healthy again", replica.url, backend.name)
+                replica.succeeded()
+            return
+        if replica.healthy:
+            log.warning("replica %s of backend %s taken out: %s", replica.url, backend.name, error)
+        replica.last_error = error
+        # out until a check passes; if the checks stop, the replica comes back on its own
+        replica.down_until = max(replica.down_until, time.monotonic() + res.health_interval * 1.5)
+
+
+def start_health_checks(state: AppState) -> None:
+    """Start the checks of every static HTTP backend that has `health_interval` set (app lifespan)."""
+    backends = [b for b in state.backends.values() if isinstance(b, HTTPBackend)]
+    checks = HealthChecks(backends)
+    checks.start()
+    state.extras[_HEALTH_KEY] = checks
+
+
+async def stop_health_checks(state: AppState) -> None:
+    checks = state.extras.pop(_HEALTH_KEY, None)
+    if isinstance(checks, HealthChecks):
+        await checks.stop()
