@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -163,3 +164,31 @@ def test_observer_is_thread_safe_enough_and_cheap() -> None:
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     assert sum(s.value for s in fams["ollamux_requests"].samples if s.name == "ollamux_requests_total") == 4000
     assert per_request < 200e-6  # a few microseconds in practice; generous for a loaded CI box
+
+
+def test_managed_model_state_in_metrics_and_readiness(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A `cmd:` model (any HTTP server will do for its health check) loaded, then unloaded."""
+    cfg = basic_config(fake_openai[1])
+    cfg["runtime"] = {"log_dir": str(tmp_path / "logs")}
+    cfg["models"]["webby"] = {"runtime": {
+        "cmd": [sys.executable, "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"], "health": "/",
+        "startup_timeout": 20}}
+    url = start_proxy(cfg)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        def state_of(samples: Samples) -> str:
+            hot = [dict(ls)["state"] for (n, ls), v in samples.items()
+                   if n == "ollamux_model_state" and ("model", "webby:latest") in ls and v == 1]
+            assert len(hot) == 1
+            return hot[0]
+
+        assert state_of(scrape(c)) == "stopped"
+        r = c.post("/api/generate", json={"model": "webby"})  # an empty prompt loads the model
+        assert r.status_code == 200 and r.json()["done_reason"] == "load"
+        assert state_of(scrape(c)) == "ready"
+        models = c.get("/health/ready").json()["models"]
+        assert [(m["model"], m["state"]) for m in models] == [("webby:latest", "ready")] and models[0]["pid"]
+        r = c.post("/api/generate", json={"model": "webby", "keep_alive": 0})
+        assert r.status_code == 200 and r.json()["done_reason"] == "unload"
+        assert state_of(scrape(c)) in ("stopping", "stopped")

@@ -4,9 +4,9 @@ Per-request series are updated by `Metrics`, an observer; everything that has a 
 else (log drops, backend reachability, managed model state) is read at scrape time by collectors, so the
 request path pays only for what truly happens per request.
 
-The managed runtime reports model state and load time through `Metrics.set_model_state` and
-`Metrics.observe_model_load` (it finds the app's `Metrics` in `state.extras["metrics"]`), or by offering
-`metrics_snapshot() -> iterable of (model, state)` on `state.runtime`, which is read at scrape time.
+Managed model state is read at scrape time from the runtime (`state.runtime.models`, see api/ops.py);
+a runtime can also push it with `Metrics.set_model_state`. Load time is pushed by the runtime with
+`Metrics.observe_model_load(model, seconds)` (the app's `Metrics` is `state.extras["metrics"]`).
 """
 
 from __future__ import annotations

@@ -130,19 +130,29 @@ async def _probe_loop(state: AppState, interval: float) -> None:
 
 
 def _managed_models(state: AppState) -> list[dict[str, Any]]:
-    """What the managed runtime says about its models, whatever of its API exists."""
+    """What the managed runtime says about its models (read duck-typed: the runtime owns its shapes)."""
     rt = state.runtime
-    if rt is None:
-        return []
-    for attr in ("status", "snapshot"):
-        fn = getattr(rt, attr, None)
-        if callable(fn):
+    out: list[dict[str, Any]] = []
+    models = getattr(rt, "models", None) if rt is not None else None
+    if isinstance(models, dict):
+        for m in models.values():
             with contextlib.suppress(Exception):
-                got = fn()
-                if isinstance(got, list):
-                    return [dict(x) for x in got if isinstance(x, dict)]
-    m: Metrics | None = state.extras.get("metrics")
-    return [{"model": k, "state": v} for k, v in sorted((m.model_states if m else {}).items())]
+                st = m.state
+                proc = getattr(m, "proc", None)
+                out.append({
+                    "model": m.name,
+                    "state": getattr(st.phase, "value", str(st.phase)),
+                    "active": st.active,
+                    "waiting": st.waiting,
+                    "ctx": st.ctx or None,
+                    "pid": getattr(proc, "pid", None),
+                    "expires_at": getattr(m, "expires_at", None),
+                })
+    m_: Metrics | None = state.extras.get("metrics")
+    known = {x["model"] for x in out}
+    # states reported through Metrics.set_model_state by a runtime that has no `models` mapping
+    out += [{"model": k, "state": v} for k, v in sorted((m_.model_states if m_ else {}).items()) if k not in known]
+    return sorted(out, key=lambda x: str(x["model"]))
 
 
 def _package_version() -> str:
@@ -170,9 +180,8 @@ async def start(app: web.Application, state: AppState) -> None:
         m.add_collector(log_collector(lambda: state.extras.get("request_log")))
 
         def runtime_states() -> Any:
-            # looked up at scrape time: the runtime may be built after this, or not at all
-            fn = getattr(state.runtime, "metrics_snapshot", None)
-            return fn() if callable(fn) else ()
+            # looked up at scrape time: the runtime is built after this, or not at all
+            return [(x["model"], x["state"]) for x in _managed_models(state)]
 
         m.add_model_state_source(runtime_states)
         state.extras["metrics"] = m
