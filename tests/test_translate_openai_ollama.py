@@ -74,7 +74,7 @@ def test_vector_3_content_parts_become_messages() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("https://example.com/cat.png", "image URLs are not currently supported, please use base64 encoded data instead"),
+        ("https://example.com/cat.png", "image URLs are not currently supported, please use base64 encoded data"),
         ("data:image/gif;base64,R0lG", "invalid image input"),
     ],
 )
@@ -161,7 +161,8 @@ def test_vector_18_reasoning_effort() -> None:
 def test_vectors_12_13_usage_and_tool_calls() -> None:
     assert from_ollama.usage({"prompt_eval_count": 10, "eval_count": 20}) == {
         "prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
-    calls = [{"id": "call_abc123", "function": {"index": 2, "name": "get_weather", "arguments": {"location": "Seattle"}}}]
+    fn = {"index": 2, "name": "get_weather", "arguments": {"location": "Seattle"}}
+    calls = [{"id": "call_abc123", "function": fn}]
     assert from_ollama.openai_tool_calls(calls) == [
         {"id": "call_abc123", "index": 2, "type": "function",
          "function": {"name": "get_weather", "arguments": "{\"location\":\"Seattle\"}"}}

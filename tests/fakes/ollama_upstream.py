@@ -55,8 +55,8 @@ class FakeOllama:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/", lambda r: web.Response(text="Ollama is running"))
-        app.router.add_get("/api/version", lambda r: web.json_response({"version": "0.12.0"}))
+        app.router.add_get("/", self.banner)
+        app.router.add_get("/api/version", self.version)
         app.router.add_get("/api/tags", self.tags)
         app.router.add_get("/api/ps", self.ps)
         app.router.add_post("/api/show", self.show)
@@ -72,6 +72,12 @@ class FakeOllama:
         return json.loads(raw) if raw else {}
 
     # ----------------------------------------------------------------------------------- catalogue
+    async def banner(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.0"})
+
     async def tags(self, request: web.Request) -> web.Response:
         self.requests.append(Captured(request.path, dict(request.headers), b""))
         items = [
