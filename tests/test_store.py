@@ -262,7 +262,7 @@ def test_abandoned_stream_is_logged(logged: tuple[str, Path]) -> None:
     body = json.dumps(_chat("x-slow", True)).encode()
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"x-request-id: gone-1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         assert s.recv(65536).startswith(b"HTTP/1.1 200")  # headers (and maybe the first chunk), then go
@@ -295,3 +295,72 @@ def test_log_disabled(fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFac
         assert c.post("/api/chat", json=_chat("fake-model", False)).status_code == 200
         assert c.get("/health/ready").json()["request_log"]["state"] == "disabled"
     assert not db.exists()
+
+
+# ------------------------------------------------------------------------------------ the OpenAI API
+def test_row_per_kind_of_openai_request(logged: tuple[str, Path]) -> None:
+    import openai
+
+    url, db = logged
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    try:
+        msgs: Any = [{"role": "user", "content": "hi"}]
+        chunks = list(client.chat.completions.create(
+            model="fake-model", messages=msgs, stream=True, stream_options={"include_usage": True},
+            extra_headers={"x-request-id": "oa-stream"},
+        ))
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+        r = client.chat.completions.create(model="llama3.2", messages=msgs, extra_headers={"x-request-id": "oa-plain"})
+        assert r.usage is not None and r.usage.prompt_tokens == 11
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="x-bad-request", messages=msgs,
+                                           extra_headers={"x-request-id": "oa-bad"})
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=msgs, extra_headers={"x-request-id": "oa-404"})
+        client.embeddings.create(model="embed-model", input=["abcdefgh"], extra_headers={"x-request-id": "oa-emb"})
+    finally:
+        client.close()
+    got = {g["id"]: g for g in wait_rows(db, 5, where="WHERE api = 'openai'")}
+    s = got["oa-stream"]
+    assert s["route"] == "/v1/chat/completions" and s["streamed"] == 1 and s["status"] == 200
+    assert (s["prompt_tokens"], s["completion_tokens"]) == (11, 3) and s["ttft_ms"] is not None
+    p = got["oa-plain"]
+    assert p["model_requested"] == "llama3.2" and p["model_served"] == "fake-model" and p["streamed"] == 0
+    assert (p["prompt_tokens"], p["completion_tokens"]) == (11, 3)
+    assert got["oa-bad"]["status"] == 400 and "too hot" in got["oa-bad"]["error"]
+    assert got["oa-404"]["status"] == 404
+    assert got["oa-emb"]["route"] == "/v1/embeddings" and got["oa-emb"]["prompt_tokens"] == 2
+
+
+def test_abandoned_openai_stream_is_logged(logged: tuple[str, Path]) -> None:
+    url, db = logged
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "x-slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"x-request-id: oa-gone\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    got = wait_rows(db, 1, where="WHERE id = 'oa-gone'")[0]
+    assert got["abandoned"] == 1 and got["status"] == 499 and got["api"] == "openai"
+
+
+def test_key_name_logged_never_the_key(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    db = tmp_path / "keys.sqlite"
+    secret = "sk-team-alpha-0123456789"
+    cfg = {**basic_config(fake_openai[1]), "auth": {"keys": {"alpha": {"key": secret}}},
+           "request_log": {"path": str(db), "capture_bodies": True}}
+    url = start_proxy(cfg)
+    with httpx.Client(base_url=url, timeout=10) as c:
+        auth = {"Authorization": f"Bearer {secret}"}
+        assert c.post("/v1/chat/completions", json=_chat("fake-model", False), headers=auth).status_code == 200
+        assert c.post("/api/chat", json=_chat("fake-model", False), headers=auth).status_code == 200
+        assert c.post("/api/chat", json=_chat("fake-model", False)).status_code == 401
+    got = wait_rows(db, 3)
+    assert [g["key_name"] for g in got] == ["alpha", "alpha", None]
+    assert got[2]["status"] == 401
+    with sqlite3.connect(db) as conn:
+        assert secret not in "\n".join(conn.iterdump())
