@@ -347,3 +347,9 @@ def test_line_rewriter_any_split() -> None:
         cuts = sorted(rng.sample(range(1, len(data)), 5))
         out = b"".join(r.feed(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)) + r.flush()
         assert out == expected
+
+
+def test_line_rewriter_other_spellings() -> None:
+    r = ModelLineRewriter("qwen3:latest", "mine")
+    data = b'{"created_at": "x", "model" : "qwen3:latest", "done": true}'
+    assert r.feed(data) == b"" and r.flush() == data.replace(b'"qwen3:latest"', b'"mine"')

@@ -47,12 +47,16 @@ class ModelLineRewriter:
     cut across chunks are held until their newline arrives (only the unfinished tail is copied).
     """
 
-    __slots__ = ("_new", "_old", "_prefix", "_tail")
+    __slots__ = ("_new", "_new_value", "_old", "_old_len", "_pair", "_prefix", "_tail")
 
     def __init__(self, old: str, new: str) -> None:
-        self._old = b'"model":' + orjson.dumps(old)
-        self._new = b'"model":' + orjson.dumps(new)
+        old_json = orjson.dumps(old)
+        self._new_value = orjson.dumps(new)
+        self._old = b'"model":' + old_json
+        self._new = b'"model":' + self._new_value
         self._prefix = b"{" + self._old
+        self._old_len = len(old_json)
+        self._pair = _pair_re(old_json)  # other spellings (`"model": "x"`) from servers that are not Go
         self._tail = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -66,7 +70,7 @@ class ModelLineRewriter:
         return self._rewrite(rest)
 
     def _rewrite(self, data: bytes) -> bytes:
-        if self._old not in data:
+        if b'"model"' not in data:
             return data
         lines = data.split(b"\n")
         for i, line in enumerate(lines):
@@ -74,4 +78,8 @@ class ModelLineRewriter:
                 lines[i] = b"{" + self._new + line[len(self._prefix) :]
             elif self._old in line:
                 lines[i] = line.replace(self._old, self._new, 1)
+            else:
+                m = self._pair.search(line)
+                if m is not None:  # keep the key and spacing, swap the value
+                    lines[i] = line[: m.end() - self._old_len] + self._new_value + line[m.end() :]
         return b"\n".join(lines)
