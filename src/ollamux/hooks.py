@@ -16,9 +16,15 @@ async def on_startup(app: web.Application, state: AppState) -> None:
     from .api import ops
 
     await ops.start(app, state)  # request log, metrics, operator lines (before any request is served)
+    from .backends.failover import start_health_checks
+
+    start_health_checks(state)  # active health checks of backend replicas, one task per backend
 
 
 async def on_shutdown(app: web.Application, state: AppState) -> None:
+    from .backends.failover import stop_health_checks
+
+    await stop_health_checks(state)
     from .api import ops
 
     await ops.stop(app, state)  # writes every queued request-log row

@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import discovery, guard
+from ..backends.failover import PayloadFactory, open_upstream
+from ..backends.http import HTTPBackend
 from ..catalog import meta_for, ps_item, show_body, tag_item
 from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy, OllamuxError
 from ..jsonutil import dumps_line, loads_object, now_rfc3339
@@ -96,12 +98,14 @@ async def chat(request: web.Request, state: AppState, rec: RequestRecord) -> web
 
         return await ollama_native.relay(request, state, rec, route, body, raw, "/api/chat", stream)
     timing = Timing(start_ns=rec.start_ns)
-    async with backend.session(route, **_hints(body)) as up:
-        timing.load_ns = getattr(up, "load_ns", 0)
-        payload = to_openai.chat_request(body, route.upstream, stream=stream, dialect=up.settings.dialect)
-        return await _call_openai(
-            request, state, rec, up, route, "/chat/completions", payload, "chat", stream, timing, body.get("think")
-        )
+
+    def payload(r: Route, up: HTTPBackend) -> dict[str, Any]:  # rebuilt for a fallback's model and dialect
+        return to_openai.chat_request(body, r.upstream, stream=stream, dialect=up.settings.dialect)
+
+    return await _call_openai(
+        request, state, rec, _hints(body), route, "/chat/completions", payload, "chat", stream, timing,
+        body.get("think"),
+    )
 
 
 # --------------------------------------------------------------------------------------- generate
@@ -128,36 +132,44 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
     timing = Timing(start_ns=rec.start_ns)
     suffix = body.get("suffix")
     use_completions = is_raw or (isinstance(suffix, str) and bool(suffix))
-    async with backend.session(route, **_hints(body)) as up:
-        timing.load_ns = getattr(up, "load_ns", 0)
-        dialect = up.settings.dialect
-        if use_completions:
-            payload = to_openai.completion_request(body, route.upstream, stream=stream, dialect=dialect)
-            path, kind = "/completions", "raw"
-        else:
-            payload = to_openai.generate_as_chat_request(body, route.upstream, stream=stream, dialect=dialect)
-            path, kind = "/chat/completions", "generate"
-        return await _call_openai(
-            request, state, rec, up, route, path, payload, kind, stream, timing, body.get("think")  # type: ignore[arg-type]
-        )
+    build = to_openai.completion_request if use_completions else to_openai.generate_as_chat_request
+    path, kind = ("/completions", "raw") if use_completions else ("/chat/completions", "generate")
+
+    def payload(r: Route, up: HTTPBackend) -> dict[str, Any]:
+        return build(body, r.upstream, stream=stream, dialect=up.settings.dialect)
+
+    return await _call_openai(
+        request, state, rec, _hints(body), route, path, payload, kind, stream, timing, body.get("think")  # type: ignore[arg-type]
+    )
 
 
 async def _call_openai(
     request: web.Request,
     state: AppState,
     rec: RequestRecord,
-    up: Any,
+    hints: dict[str, Any],
     route: Route,
     path: str,
-    payload: dict[str, Any],
+    payload: PayloadFactory,
     kind: Kind,
     stream: bool,
     timing: Timing,
     think: Any,
 ) -> web.StreamResponse:
     client_auth = request.headers.get("Authorization") if not state.extras.get("inbound_auth") else None
-    resp = await up.post_json(path, payload, headers=upstream_headers(request, rec), client_auth=client_auth)
-    rec.upstream_url = resp.url
+    # retries, replicas and fallbacks happen in there, before the first byte; `route` is what answered
+    async with open_upstream(
+        state, route, path, payload, rec=rec, hints=hints, read_body=not stream,
+        headers=upstream_headers(request, rec), client_auth=client_auth,
+    ) as opened:
+        timing.load_ns = opened.load_ns
+        return await _answer(request, rec, opened.response, opened.route, kind, stream, timing, think)
+
+
+async def _answer(
+    request: web.Request, rec: RequestRecord, resp: Any, route: Route, kind: Kind, stream: bool, timing: Timing,
+    think: Any,
+) -> web.StreamResponse:
     if not stream:
         data = await resp.json()
         end = time.perf_counter_ns()
@@ -221,17 +233,16 @@ async def embed(request: web.Request, state: AppState, rec: RequestRecord) -> we
         return json_response({"model": route.requested, "embeddings": []})
     backend = state.backend_for(route)
     timing = Timing(start_ns=rec.start_ns)
-    async with backend.session(route, **_hints(body)) as up:
-        timing.load_ns = getattr(up, "load_ns", 0)
-        if backend.type == "ollama":
-            from . import ollama_native
+    if backend.type == "ollama":
+        from . import ollama_native
 
-            return await ollama_native.relay(request, state, rec, route, body, None, "/api/embed", False)
-        resp = await up.post_json(
-            "/embeddings", {"model": route.upstream, "input": inputs}, headers=upstream_headers(request, rec)
-        )
-        rec.upstream_url = resp.url
-        vectors, tokens = from_openai.embed_vectors(await resp.json(), len(inputs))
+        return await ollama_native.relay(request, state, rec, route, body, None, "/api/embed", False)
+    async with open_upstream(
+        state, route, "/embeddings", lambda r, _: {"model": r.upstream, "input": inputs}, rec=rec,
+        hints=_hints(body), read_body=True, headers=upstream_headers(request, rec),
+    ) as opened:
+        timing.load_ns = opened.load_ns
+        vectors, tokens = from_openai.embed_vectors(await opened.response.json(), len(inputs))
     vectors = [from_openai.l2_normalize(from_openai.truncate_dimensions(v, dims)) for v in vectors]
     rec.prompt_tokens = tokens
     end = time.perf_counter_ns()
@@ -256,16 +267,15 @@ async def embeddings_legacy(request: web.Request, state: AppState, rec: RequestR
         await _load_or_unload(state, route, body, chat=False)
         return json_response({"embedding": []})
     backend = state.backend_for(route)
-    async with backend.session(route, **_hints(body)) as up:
-        if backend.type == "ollama":
-            from . import ollama_native
+    if backend.type == "ollama":
+        from . import ollama_native
 
-            return await ollama_native.relay(request, state, rec, route, body, None, "/api/embeddings", False)
-        resp = await up.post_json(
-            "/embeddings", {"model": route.upstream, "input": [prompt]}, headers=upstream_headers(request, rec)
-        )
-        rec.upstream_url = resp.url
-        vectors, tokens = from_openai.embed_vectors(await resp.json(), 1)
+        return await ollama_native.relay(request, state, rec, route, body, None, "/api/embeddings", False)
+    async with open_upstream(
+        state, route, "/embeddings", lambda r, _: {"model": r.upstream, "input": [prompt]}, rec=rec,
+        hints=_hints(body), read_body=True, headers=upstream_headers(request, rec),
+    ) as opened:
+        vectors, tokens = from_openai.embed_vectors(await opened.response.json(), 1)
     rec.prompt_tokens = tokens
     return json_response({"embedding": vectors[0]})  # the legacy route is not normalised
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..backends.failover import open_upstream
 from ..backends.http import HTTPBackend
 from ..errors import OllamuxError
 from ..jsonutil import dumps_line
@@ -61,19 +62,22 @@ async def relay(
     stream: bool,
 ) -> web.StreamResponse:
     """POST `path` on the Ollama backend with the client's request; its answer back, unbuffered."""
-    if raw is None or "model" not in body:
-        # /api/show may name the model with the deprecated `name` key; the backend gets `model`
-        payload = {k: v for k, v in body.items() if k != "name" or "model" in body}
-        payload["model"] = route.upstream
-        data = orjson.dumps(payload)
-    else:
-        data = replace_model_in_body(raw, body, route.upstream)
-    rewriter = ModelLineRewriter(route.upstream, route.requested) if route.upstream != route.requested else None
-    async with state.backend_for(route).session(route) as up:
-        resp = await up.request(
-            "POST", path, data, headers=upstream_headers(request, rec), client_auth=_client_auth(request, state)
-        )
-        rec.upstream_url = resp.url
+
+    def data(r: Route, _: HTTPBackend) -> bytes:  # rebuilt for a fallback: its own upstream model name
+        if raw is None or "model" not in body:
+            # /api/show may name the model with the deprecated `name` key; the backend gets `model`
+            payload = {k: v for k, v in body.items() if k != "name" or "model" in body}
+            payload["model"] = r.upstream
+            return orjson.dumps(payload)
+        return replace_model_in_body(raw, body, r.upstream)
+
+    # retries, replicas and fallbacks happen in there, before the first byte
+    async with open_upstream(
+        state, route, path, data, rec=rec, read_body=not stream, headers=upstream_headers(request, rec),
+        client_auth=_client_auth(request, state),
+    ) as opened:
+        resp, served = opened.response, opened.route
+        rewriter = ModelLineRewriter(served.upstream, route.requested) if served.upstream != route.requested else None
         content_type = resp.headers.get("Content-Type", "")
         if not stream or "ndjson" not in content_type:
             answer = await resp.read()

@@ -13,7 +13,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .. import discovery, guard
-from ..backends.http import UpstreamResponse, error_message_from_body
+from ..backends.failover import open_upstream
+from ..backends.http import HTTPBackend, UpstreamResponse, error_message_from_body
 from ..catalog import meta_for
 from ..errors import BadRequest, OllamuxError
 from ..jsonutil import loads_object
@@ -137,17 +138,16 @@ def _handler(kind: Kind) -> Any:
         backend = state.backend_for(route)
         if backend.type == "ollama":
             return await _via_ollama(request, state, rec, route, body, kind)
-        payload = replace_model_in_body(raw, body, route.upstream)
-        async with backend.session(route) as up:
-            resp = await up.request(
-                "POST",
-                _PATHS[kind],
-                payload,
-                headers=upstream_headers(request, rec),
-                client_auth=_client_auth(request, state),
-                raise_for_status=False,
-            )
-            return await _relay(request, rec, resp)
+
+        def payload(r: Route, up: HTTPBackend) -> bytes:  # a fallback gets its own upstream model name
+            return replace_model_in_body(raw, body, r.upstream)
+
+        # retries, replicas and fallbacks happen in there, before the first byte
+        async with open_upstream(
+            state, route, _PATHS[kind], payload, rec=rec, raise_for_status=False,
+            headers=upstream_headers(request, rec), client_auth=_client_auth(request, state),
+        ) as opened:
+            return await _relay(request, rec, opened.response)
 
     return handle
 
@@ -157,22 +157,20 @@ async def _via_ollama(
 ) -> web.StreamResponse:
     """An Ollama backend: translate the request, call the native API, translate the answer back."""
     if kind == "chat":
-        payload = to_ollama.chat_request(body, route.upstream)
-        path, prefix = "/api/chat", "chatcmpl-"
+        build, path, prefix = to_ollama.chat_request, "/api/chat", "chatcmpl-"
     elif kind == "completion":
-        payload = to_ollama.completion_request(body, route.upstream)
-        path, prefix = "/api/generate", "cmpl-"
+        build, path, prefix = to_ollama.completion_request, "/api/generate", "cmpl-"
     else:
-        payload = to_ollama.embed_request(body, route.upstream)
-        path, prefix = "/api/embed", ""
-    stream = bool(payload.get("stream"))
+        build, path, prefix = to_ollama.embed_request, "/api/embed", ""
+    first = build(body, route.upstream)  # validates the request before any backend is called
+    stream = bool(first.get("stream"))
     answer_id = prefix + rec.id[:24]
     created = int(time.time())
-    async with state.backend_for(route).session(route) as up:
-        resp = await up.post_json(
-            path, payload, headers=upstream_headers(request, rec), client_auth=_client_auth(request, state)
-        )
-        rec.upstream_url = resp.url
+    async with open_upstream(
+        state, route, path, lambda r, _: first if r is route else build(body, r.upstream), rec=rec,
+        read_body=not stream, headers=upstream_headers(request, rec), client_auth=_client_auth(request, state),
+    ) as opened:
+        resp = opened.response
         if not stream:
             data = await resp.json()
             rec.first_token_ns = time.perf_counter_ns()
