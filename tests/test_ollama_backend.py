@@ -79,7 +79,8 @@ def test_request_and_stream_relayed_byte_for_byte(proxy_url: str, fake: FakeOlla
     assert r.headers["x-request-id"] == "native-7"
     got = fake.last("/api/chat")
     assert got.body == raw.replace(b'"my-qwen"', b'"qwen3:latest"')
-    assert {k.lower(): v for k, v in got.headers.items()}["x-request-id"] == "native-7"
+    sent = {k.lower(): v for k, v in got.headers.items()}
+    assert sent["x-request-id"] == "native-7" and sent["accept-encoding"] == "identity"  # lines are rewritten
     direct = httpx.post(fake_ollama[1] + "/api/chat", content=got.body)
     assert r.content == direct.content.replace(b'{"model":"qwen3:latest"', b'{"model":"my-qwen"')
 

@@ -192,7 +192,9 @@ def test_capture_byte_for_byte_and_key_replacement(proxy: str, fake_openai: tupl
     got = fake.last("/chat/completions")
     assert got.body == raw.replace(b'"fm:7b"', b'"fake-model"')  # only the model changed, byte for byte
     assert got.headers["Authorization"] == "Bearer sk-backend-secret"  # the backend's key, not the client's
-    assert {k.lower(): v for k, v in got.headers.items()}["x-request-id"] == "rq-42"  # forwarded upstream
+    sent = {k.lower(): v for k, v in got.headers.items()}
+    assert sent["x-request-id"] == "rq-42"  # forwarded upstream
+    assert sent["accept-encoding"] == r.request.headers["accept-encoding"]  # the body is relayed as encoded
     same = b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}],"cache_prompt":false}'
     httpx.post(proxy + "/v1/chat/completions", content=same)
     assert fake.last("/chat/completions").body == same

@@ -42,6 +42,11 @@ def _client_auth(request: web.Request, state: AppState) -> str | None:
     return None if state.extras.get("inbound_auth") else request.headers.get("Authorization")
 
 
+def _identity(request: web.Request, rec: RequestRecord) -> dict[str, str]:
+    # answer lines are rewritten in place, so they must come uncompressed (the client does not decompress)
+    return {**upstream_headers(request, rec), "Accept-Encoding": "identity"}
+
+
 def _record_counts(rec: RequestRecord, data: bytes) -> None:
     prompt = _PROMPT_COUNT.findall(data)
     if prompt:
@@ -73,7 +78,7 @@ async def relay(
 
     # retries, replicas and fallbacks happen in there, before the first byte
     async with open_upstream(
-        state, route, path, data, rec=rec, read_body=not stream, headers=upstream_headers(request, rec),
+        state, route, path, data, rec=rec, read_body=not stream, headers=_identity(request, rec),
         client_auth=_client_auth(request, state),
     ) as opened:
         resp, served = opened.response, opened.route

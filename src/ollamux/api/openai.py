@@ -66,6 +66,11 @@ def _client_auth(request: web.Request, state: AppState) -> str | None:
     return None if state.extras.get("inbound_auth") else request.headers.get("Authorization")
 
 
+def _identity(request: web.Request, rec: RequestRecord) -> dict[str, str]:
+    # an answer we parse or rewrite must come uncompressed (the shared client does not decompress)
+    return {**upstream_headers(request, rec), "Accept-Encoding": "identity"}
+
+
 def _record_usage(rec: RequestRecord, data: bytes) -> None:
     prompt = _PROMPT_TOKENS.findall(data)
     if prompt:
@@ -142,10 +147,13 @@ def _handler(kind: Kind) -> Any:
         def payload(r: Route, up: HTTPBackend) -> bytes:  # a fallback gets its own upstream model name
             return replace_model_in_body(raw, body, r.upstream)
 
+        headers = upstream_headers(request, rec)
+        # the body goes back as the backend encoded it, so the backend may only use what the client reads
+        headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         # retries, replicas and fallbacks happen in there, before the first byte
         async with open_upstream(
             state, route, _PATHS[kind], payload, rec=rec, raise_for_status=False,
-            headers=upstream_headers(request, rec), client_auth=_client_auth(request, state),
+            headers=headers, client_auth=_client_auth(request, state),
         ) as opened:
             return await _relay(request, rec, opened.response)
 
@@ -168,7 +176,7 @@ async def _via_ollama(
     created = int(time.time())
     async with open_upstream(
         state, route, path, lambda r, _: first if r is route else build(body, r.upstream), rec=rec,
-        read_body=not stream, headers=upstream_headers(request, rec), client_auth=_client_auth(request, state),
+        read_body=not stream, headers=_identity(request, rec), client_auth=_client_auth(request, state),
     ) as opened:
         resp = opened.response
         if not stream:
