@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
@@ -334,7 +336,10 @@ class HTTPBackend:
         replica.in_flight += 1
         first_byte = self._timeouts.first_byte
         try:
-            cm = self.client.request(method, url, data=body, headers=hdrs, timeout=self._timeout)
+            # aiohttp warns (ResourceWarning) on raw bytes over 1 MiB, e.g. images; a fresh BytesIO per
+            # attempt sends the same bytes in chunks and keeps retries able to resend them
+            data: bytes | io.BytesIO | None = io.BytesIO(body) if body is not None and len(body) > 2**20 else body
+            cm = self.client.request(method, url, data=data, headers=hdrs, timeout=self._timeout)
             if first_byte is not None:
                 async with asyncio.timeout(first_byte) as fb:
                     resp = await cm
@@ -419,7 +424,11 @@ class HTTPBackend:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
+        err = exc.os_error
+        if err.errno:
+            # asyncio words it "Connect call failed (addr)"; the errno says what happened ("Connection refused")
+            return os.strerror(err.errno)
+        return err.strerror or str(err)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
     if isinstance(exc, aiohttp.ClientPayloadError):
