@@ -12,11 +12,12 @@ a runtime can also push it with `Metrics.set_model_state`. Load time is pushed b
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from .observe import RequestRecord
@@ -33,14 +34,23 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 LOAD_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-class _Children(NamedTuple):
-    """The labelled series one (api, route, model, backend, status) combination updates."""
+class _Series:
+    """What one (api, route, model, backend, status) combination accumulated; only the event loop writes.
 
-    requests: Any
-    latency: Any
-    ttft: Any
-    prompt: Any
-    completion: Any
+    Plain integers and lists, no locks: prometheus_client's own metrics take a lock per update, which
+    made the per-request cost several times higher. Scrapes read a snapshot (see `_collect_requests`).
+    """
+
+    __slots__ = ("completion", "count", "lat", "lat_sum", "prompt", "ttft", "ttft_sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lat = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.lat_sum = 0.0
+        self.ttft = [0] * (len(TTFT_BUCKETS) + 1)
+        self.ttft_sum = 0.0
+        self.prompt = 0
+        self.completion = 0
 
 
 class _Callback:
@@ -62,27 +72,6 @@ class Metrics:
     def __init__(self, version: str = "", started_at: float | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        labels = ("api", "route", "model", "backend")
-        self.requests = Counter(
-            "ollamux_requests", "API requests by outcome", (*labels, "status"), registry=r
-        )
-        self.latency = Histogram(
-            "ollamux_request_duration_seconds", "Total request time, to the last byte of a stream", labels,
-            buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.ttft = Histogram(
-            "ollamux_time_to_first_token_seconds", "Time from the request to the first generated token", labels,
-            buckets=TTFT_BUCKETS, registry=r,
-        )
-        self.prompt_tokens = Counter(
-            "ollamux_prompt_tokens", "Prompt (input) tokens, as the backend counted them", ("model", "backend"),
-            registry=r,
-        )
-        self.completion_tokens = Counter(
-            "ollamux_completion_tokens", "Completion (output) tokens, as the backend counted them",
-            ("model", "backend"), registry=r,
-        )
-        self.in_flight = Gauge("ollamux_requests_in_flight", "API requests being handled", registry=r)
         self.backend_up = Gauge(
             "ollamux_backend_up", "1 if the backend answered its last reachability probe", ("backend",), registry=r
         )
@@ -97,38 +86,83 @@ class Metrics:
         )
         self.model_states: dict[str, str] = {}
         self._state_source: Callable[[], Iterable[tuple[str, str]]] | None = None
-        self._children: dict[tuple[str, str, str, str, int], _Children] = {}
+        self._series: dict[tuple[str, str, str, str, int], _Series] = {}
+        self.in_flight = 0
+        r.register(_Callback(self._collect_requests))
         r.register(_Callback(self._collect_model_states))
 
     # ------------------------------------------------------------------------------ observer
     def request_started(self, rec: RequestRecord) -> None:
-        self.in_flight.inc()
+        self.in_flight += 1
 
     def request_finished(self, rec: RequestRecord) -> None:
-        self.in_flight.dec()
+        self.in_flight -= 1
         key = (rec.api, rec.route_name or rec.route, rec.model_served or "", rec.backend or "", rec.status)
-        ch = self._children.get(key)
-        if ch is None:
-            ch = self._children[key] = self._make_children(key)
-        ch.requests.inc()
-        ch.latency.observe(rec.latency_s)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series()
+        s.count += 1
+        end = rec.end_ns if rec.end_ns is not None else time.perf_counter_ns()
+        lat = (end - rec.start_ns) / 1e9
+        s.lat[bisect_left(LATENCY_BUCKETS, lat)] += 1  # le: the first bound >= the value
+        s.lat_sum += lat
         if rec.first_token_ns is not None:
-            ch.ttft.observe((rec.first_token_ns - rec.start_ns) / 1e9)
+            ttft = (rec.first_token_ns - rec.start_ns) / 1e9
+            s.ttft[bisect_left(TTFT_BUCKETS, ttft)] += 1
+            s.ttft_sum += ttft
         if rec.prompt_tokens:
-            ch.prompt.inc(rec.prompt_tokens)
+            s.prompt += rec.prompt_tokens
         if rec.completion_tokens:
-            ch.completion.inc(rec.completion_tokens)
+            s.completion += rec.completion_tokens
 
-    def _make_children(self, key: tuple[str, str, str, str, int]) -> _Children:
-        # labels() takes a lock and hashes its arguments: done once per combination, not per request
-        api, route, model, backend, status = key
-        return _Children(
-            self.requests.labels(api, route, model, backend, str(status)),
-            self.latency.labels(api, route, model, backend),
-            self.ttft.labels(api, route, model, backend),
-            self.prompt_tokens.labels(model, backend),
-            self.completion_tokens.labels(model, backend),
+    def _collect_requests(self) -> Iterator[Metric]:
+        # list() copies atomically under the GIL: the loop may add a series while a scrape runs
+        snapshot = [(k, s.count, list(s.lat), s.lat_sum, list(s.ttft), s.ttft_sum, s.prompt, s.completion)
+                    for k, s in list(self._series.items())]
+        requests = CounterMetricFamily(
+            "ollamux_requests", "API requests by outcome", labels=("api", "route", "model", "backend", "status")
         )
+        hist_labels = ("api", "route", "model", "backend")
+        lat_h: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        ttft_h: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        prompt: dict[tuple[str, str], int] = {}
+        completion: dict[tuple[str, str], int] = {}
+        for (api, route, model, backend, status), count, lat, lat_sum, ttft, ttft_sum, pt, ct in snapshot:
+            requests.add_metric((api, route, model, backend, str(status)), float(count))
+            for agg, buckets, total in ((lat_h, lat, lat_sum), (ttft_h, ttft, ttft_sum)):
+                acc = agg.setdefault((api, route, model, backend), ([0] * len(buckets), [0.0]))
+                for i, n in enumerate(buckets):
+                    acc[0][i] += n
+                acc[1][0] += total
+            prompt[(model, backend)] = prompt.get((model, backend), 0) + pt
+            completion[(model, backend)] = completion.get((model, backend), 0) + ct
+        yield requests
+        for name, doc, bounds, agg in (
+            ("ollamux_request_duration_seconds", "Total request time, to the last byte of a stream",
+             LATENCY_BUCKETS, lat_h),
+            ("ollamux_time_to_first_token_seconds", "Time from the request to the first generated token",
+             TTFT_BUCKETS, ttft_h),
+        ):
+            fam = HistogramMetricFamily(name, doc, labels=hist_labels)
+            for labels, (per_bucket, acc_sum) in agg.items():
+                cumulative: list[tuple[str, float]] = []
+                running = 0
+                for bound, n in zip((*(str(b) for b in bounds), "+Inf"), per_bucket, strict=True):
+                    running += n
+                    cumulative.append((bound, float(running)))
+                fam.add_metric(labels, cumulative, acc_sum[0])
+            yield fam
+        for cname, cdoc, values in (
+            ("ollamux_prompt_tokens", "Prompt (input) tokens, as the backend counted them", prompt),
+            ("ollamux_completion_tokens", "Completion (output) tokens, as the backend counted them", completion),
+        ):
+            fam_c = CounterMetricFamily(cname, cdoc, labels=("model", "backend"))
+            for labels2, v in values.items():
+                fam_c.add_metric(labels2, float(v))
+            yield fam_c
+        gauge = GaugeMetricFamily("ollamux_requests_in_flight", "API requests being handled")
+        gauge.add_metric((), float(self.in_flight))
+        yield gauge
 
     # ------------------------------------------------------------------------------ reported by services
     def set_backend_up(self, backend: str, up: bool) -> None:

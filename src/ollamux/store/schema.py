@@ -38,8 +38,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             request_body      TEXT,                 -- only with request_log.capture_bodies, capped
             response_text     TEXT                  -- idem
         );
+        -- one index only: each one costs every insert; model filters scan (fine up to millions of rows)
         CREATE INDEX requests_ts ON requests (ts);
-        CREATE INDEX requests_model_ts ON requests (model_requested, ts);
         """,
     ),
 )
