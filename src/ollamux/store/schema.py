@@ -9,10 +9,12 @@ from pathlib import Path
 __all__ = ["COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "connect", "migrate"]
 
 # Append only: a database written by an older ollamux is brought forward by the migrations it lacks.
-MIGRATIONS: tuple[tuple[int, str], ...] = (
+# Each migration is a list of statements (not one script: sqlite3's executescript would commit midway).
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         1,
-        """
+        (
+            """
         CREATE TABLE requests (
             seq               INTEGER PRIMARY KEY,  -- insertion order: retention by count and `logs --follow`
             id                TEXT NOT NULL,        -- the x-request-id (a client may reuse one: not unique)
@@ -37,10 +39,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             key_name          TEXT,                 -- the API key's configured name, never the key
             request_body      TEXT,                 -- only with request_log.capture_bodies, capped
             response_text     TEXT                  -- idem
-        );
-        -- one index only: each one costs every insert; model filters scan (fine up to millions of rows)
-        CREATE INDEX requests_ts ON requests (ts);
-        """,
+        )
+            """,
+            # one index only, as each one costs every insert: model filters scan (fine up to millions of rows)
+            "CREATE INDEX requests_ts ON requests (ts)",
+        ),
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -77,7 +80,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Apply the migrations this database lacks; return its schema version."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
     done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
-    for version, sql in MIGRATIONS:
+    for version, statements in MIGRATIONS:
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -86,9 +89,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
                 conn.execute("ROLLBACK")
                 continue
-            for stmt in sql.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            for stmt in statements:
+                conn.execute(stmt)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
             conn.execute("COMMIT")
         except BaseException:
