@@ -152,6 +152,10 @@ class RuntimeSettings:
     max_running: int = 1
     models_dir: Path | None = None
     log_dir: Path = field(default_factory=lambda: Path.home() / ".ollamux" / "logs")
+    # how the models of models_dir run (a config model's own runtime block says it for that model)
+    ctx: int = 4096
+    ttl: float = 300.0
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -479,7 +483,7 @@ def _parse_model(
 
 
 def _parse_runtime(node: _Node, base_dir: Path | None) -> RuntimeSettings:
-    node.only({"max_running", "models_dir", "log_dir"})
+    node.only({"max_running", "models_dir", "log_dir", "ctx", "ttl", "threads"})
     d = RuntimeSettings()
     models_dir = node.opt_str("models_dir")
     log_dir = node.opt_str("log_dir")
@@ -487,6 +491,9 @@ def _parse_runtime(node: _Node, base_dir: Path | None) -> RuntimeSettings:
         max_running=node.opt_int("max_running", d.max_running, lo=1),
         models_dir=_resolve_path(models_dir, base_dir) if models_dir else None,
         log_dir=_resolve_path(log_dir, base_dir) if log_dir else d.log_dir,
+        ctx=node.opt_int("ctx", d.ctx, lo=256),
+        ttl=node.opt_float("ttl", d.ttl) or 0.0,
+        threads=node.opt_int("threads", None, lo=1) if node.has("threads") else None,
     )
 
 

@@ -19,12 +19,17 @@ async def on_startup(app: web.Application, state: AppState) -> None:
     from .backends.failover import start_health_checks
 
     start_health_checks(state)  # active health checks of backend replicas, one task per backend
+    from .runtime import start_runtime
+
+    state.runtime = start_runtime(state)  # managed models: registered now, started on first request
 
 
 async def on_shutdown(app: web.Application, state: AppState) -> None:
     from .backends.failover import stop_health_checks
 
     await stop_health_checks(state)
+    if state.runtime is not None:
+        await state.runtime.close()  # stop every model process before the client and loop go away
     from .api import ops
 
     await ops.stop(app, state)  # writes every queued request-log row

@@ -1,0 +1,28 @@
+"""Models ollamux runs itself: the built-in llama.cpp engine (GGUF files) or any server command."""
+
+from __future__ import annotations
+
+from ..state import AppState
+from .backend import ManagedBackend
+from .manager import ModelManager, RunningModel
+
+__all__ = ["ManagedBackend", "ModelManager", "RunningModel", "start_runtime"]
+
+
+def start_runtime(state: AppState) -> ModelManager | None:
+    """Build the manager of an app (None when nothing is managed) and register its backends."""
+    settings = state.settings
+    if settings.runtime.models_dir is None and not any(m.runtime for m in settings.models):
+        return None
+    manager = ModelManager(settings, state.client, state.registry, state.probed)
+
+    def register() -> None:
+        for name in manager.models:
+            if name not in state.backends:
+                state.backends[name] = ManagedBackend(name, manager)
+
+    register()
+    manager.on_new_models = register
+    manager.rescan()
+    manager.background(manager.compute_config_digests())
+    return manager

@@ -1,0 +1,578 @@
+"""The ModelManager: starts, shares, times out, evicts and stops the models ollamux runs itself.
+
+Everything here runs on the app's event loop, so the bookkeeping needs no locks: the state of each model
+(`state.ModelState`) changes only between awaits, and the eviction choice (`policy.plan_start`) is made on
+a snapshot taken in the same step as the action that follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..backends.http import HTTPBackend
+from ..config import BackendSettings, RuntimeSettings, RuntimeSpec, Settings, Timeouts
+from ..errors import BackendError, ModelNotFound, ServiceUnavailable
+from ..registry import ModelEntry, Registry
+from . import models_dir
+from .gguf_meta import DigestCache, GGUFInfo, default_cache_dir, read_gguf
+from .policy import Candidate, plan_start
+from .process import ChildProcess, free_port, tail
+from .state import Event, ModelState, Phase
+
+__all__ = ["FOREVER", "ManagedModel", "ModelManager", "ModelStartError", "RunningModel"]
+
+log = logging.getLogger("ollamux.runtime")
+
+# Ollama's "forever" is a duration of MaxInt64 nanoseconds: /api/ps shows an expiry ~292 years ahead
+FOREVER = 9_223_372_036.0
+SOURCE = "models_dir"
+RETRY_AFTER = "5"
+
+
+class ModelStartError(BackendError):
+    """The model's process exited while starting; the message carries the last lines it printed."""
+
+    status = 500
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """One line of /api/ps."""
+
+    entry: ModelEntry
+    expires_at: float  # unix time
+    ctx: int
+    size: int
+    pid: int
+
+
+class _ReadyBackend(HTTPBackend):
+    """The HTTP backend of a running model, as one request sees it (with its own load time)."""
+
+    load_ns: int = 0
+
+
+@dataclass(eq=False)
+class ManagedModel:
+    backend: str  # runtime:<model name>
+    entry: ModelEntry
+    spec: RuntimeSpec
+    gguf: Path | None  # the model file, when known (a cmd: model naming one in its arguments too)
+    max_ctx: int | None = None  # the context the model was trained for: never start with more
+    size: int = 0
+    state: ModelState = field(default_factory=ModelState)
+    proc: ChildProcess | None = None
+    http: _ReadyBackend | None = None
+    start_task: asyncio.Task[None] | None = None
+    stop_task: asyncio.Task[None] | None = None
+    keep_alive: float | None = None  # what the last request asked; None: the model's ttl
+    expires_at: float | None = None
+    timer: asyncio.TimerHandle | None = None
+    removed: bool = False  # its file left the models folder
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def log_name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.entry.name) + ".log"
+
+    def ctx_for(self, num_ctx: int | None) -> int:
+        """The context to run with: the configured one, or more when a request asks for more."""
+        base = self.spec.ctx
+        if self.spec.cmd is not None and not any("${CTX}" in a for a in self.spec.cmd):
+            return base  # the command cannot be told another context: restarting would not help
+        want = max(base, num_ctx or 0)
+        if self.max_ctx:
+            want = max(base, min(want, self.max_ctx))
+        return want
+
+
+class ModelManager:
+    """Lifecycle of every managed model of one app: what `state.runtime` is."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: aiohttp.ClientSession,
+        registry: Registry,
+        probed: dict[tuple[str, str], Mapping[str, Any]],
+        *,
+        digest_cache: DigestCache | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.settings: RuntimeSettings = settings.runtime
+        self.client = client
+        self.registry = registry
+        self.probed = probed
+        self.digests = digest_cache or DigestCache(default_cache_dir() / "digests.json")
+        self.python = python
+        self.models: dict[str, ManagedModel] = {}
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dir_stamp: int | None = None
+        self._closing = False
+        self.on_new_models: Callable[[], None] | None = None  # the app registers their backends
+        for m in settings.models:
+            if m.runtime is None or m.is_wildcard:
+                continue
+            entry = registry.find(m.name)
+            if entry is None:  # pragma: no cover - config models always resolve
+                continue
+            gguf = m.runtime.gguf or _gguf_in(m.runtime.cmd or ())
+            model = ManagedModel(backend=m.backend, entry=entry, spec=m.runtime, gguf=gguf)
+            info = self._describe(model)
+            if info is not None:
+                probed[(entry.backend, entry.upstream)] = self._meta(info, gguf)
+            self.models[m.backend] = model
+
+    # ------------------------------------------------------------------------------------- catalogue
+    def _describe(self, model: ManagedModel) -> GGUFInfo | None:
+        if model.gguf is None:
+            return None
+        try:
+            info = read_gguf(model.gguf)
+        except (OSError, ValueError) as exc:
+            log.warning("model '%s': cannot read %s: %s", model.name, model.gguf, exc)
+            return None
+        model.max_ctx = info.context_length or None
+        model.size = info.size
+        return info
+
+    def _meta(self, info: GGUFInfo, path: Path | None) -> dict[str, Any]:
+        meta = info.meta()
+        if path is not None:
+            digest = self.digests.cached(path)
+            if digest:
+                meta["digest"] = digest
+            with contextlib.suppress(OSError):
+                meta["modified_at"] = path.stat().st_mtime
+        return meta
+
+    def rescan(self) -> None:
+        """Re-read the models folder if its modification time changed (cheap when it did not)."""
+        folder = self.settings.models_dir
+        if folder is None:
+            return
+        try:
+            stamp = folder.stat().st_mtime_ns
+        except OSError:
+            stamp = -1
+        if stamp == self._dir_stamp:
+            return
+        self._dir_stamp = stamp
+        self._scan(folder)
+
+    def _scan(self, folder: Path) -> None:
+        entries: list[ModelEntry] = []
+        seen: set[str] = set()
+        missing_digest: list[Path] = []
+        for f in models_dir.scan(folder):
+            backend = f"runtime:{f.name}"
+            seen.add(backend)
+            spec = RuntimeSpec(gguf=f.path, ctx=self.settings.ctx, ttl=self.settings.ttl, threads=self.settings.threads)
+            model = self.models.get(backend)
+            probe = ManagedModel(backend=backend, entry=ModelEntry(f.name, backend, f.name, source=SOURCE), spec=spec,
+                                 gguf=f.path)
+            info = self._describe(probe)
+            meta = self._meta(info, f.path) if info else {"size": f.size, "modified_at": f.mtime}
+            if "digest" not in meta:
+                missing_digest.append(f.path)
+            entry = ModelEntry(name=f.name, backend=backend, upstream=f.name, source=SOURCE, meta=meta)
+            entries.append(entry)
+            if model is None:
+                probe.entry = entry
+                self.models[backend] = probe
+            else:
+                model.entry, model.spec, model.gguf = entry, spec, f.path
+                model.max_ctx, model.size, model.removed = probe.max_ctx, probe.size, False
+        for backend, model in self.models.items():
+            if model.entry.source == SOURCE and backend not in seen and not model.removed:
+                model.removed = True
+                self._arm(model)  # its file is gone: stop it once idle
+        self.registry.set_source(SOURCE, entries)
+        if self.on_new_models is not None:
+            self.on_new_models()
+        if missing_digest and not self._closing:
+            self._background(self._compute_digests(folder, missing_digest))
+
+    async def _compute_digests(self, folder: Path, paths: Sequence[Path]) -> None:
+        for p in paths:
+            try:
+                await asyncio.to_thread(self.digests.get, p)
+            except OSError as exc:
+                log.warning("cannot hash %s: %s", p, exc)
+        self._scan(folder)  # now with digests
+
+    async def compute_config_digests(self) -> None:
+        """Digests of configured GGUF files (slow once per file, then cached): off the request path."""
+        for model in list(self.models.values()):
+            if model.entry.source == SOURCE or model.gguf is None:
+                continue
+            try:
+                digest = await asyncio.to_thread(self.digests.get, model.gguf)
+            except OSError:
+                continue
+            key = (model.entry.backend, model.entry.upstream)
+            self.probed[key] = {**self.probed.get(key, {}), "digest": digest}
+
+    # ---------------------------------------------------------------------------------------- queries
+    def manages(self, backend: str) -> bool:
+        return backend in self.models
+
+    def model(self, backend: str) -> ManagedModel:
+        m = self.models.get(backend)
+        if m is None or m.removed:
+            raise ModelNotFound(backend.removeprefix("runtime:"))
+        return m
+
+    def running(self) -> list[RunningModel]:
+        out = []
+        now = time.time()
+        for m in self.models.values():
+            if m.state.phase is not Phase.READY or m.proc is None:
+                continue
+            if m.state.busy or m.expires_at is None:
+                ka = m.keep_alive if m.keep_alive is not None else m.spec.ttl
+                expires = now + FOREVER if ka < 0 else now + ka
+            else:
+                expires = m.expires_at
+            out.append(RunningModel(entry=m.entry, expires_at=expires, ctx=m.state.ctx, size=m.size, pid=m.proc.pid))
+        return out
+
+    def _candidates(self) -> Iterable[Candidate]:
+        return [
+            Candidate(name=b, phase=m.state.phase, busy=m.state.busy, last_used=m.state.last_used)
+            for b, m in self.models.items()
+        ]
+
+    # -------------------------------------------------------------------------------------- requests
+    async def acquire(self, backend: str, num_ctx: int | None = None) -> _ReadyBackend:
+        """Make the model ready and count one request on it; pair with `release`."""
+        m = self.model(backend)
+        t0 = time.monotonic_ns()
+        started = False
+        deadline = time.monotonic() + m.spec.startup_timeout
+        st = m.state
+        st.waiting += 1
+        try:
+            while True:
+                if self._closing:
+                    raise ServiceUnavailable("ollamux is shutting down", headers={"Retry-After": RETRY_AFTER})
+                if m.removed:
+                    raise ModelNotFound(m.name)
+                self._reap(m)
+                want = m.ctx_for(num_ctx)
+                if st.phase is Phase.READY:
+                    if want <= st.ctx:
+                        break
+                    if st.active == 0:  # restart with the larger context; nobody uses this process
+                        log.info("model '%s': restarting with context %d (was %d)", m.name, want, st.ctx)
+                        await self._stop(m)
+                    else:
+                        await self._wait_change(m, deadline)
+                elif st.phase is Phase.STARTING:
+                    start = m.start_task
+                    assert start is not None
+                    try:
+                        await asyncio.shield(start)
+                    except asyncio.CancelledError:
+                        # the start was called off (a stop while loading), not this request: look again
+                        current = asyncio.current_task()
+                        if start.cancelled() and current is not None and not current.cancelling():
+                            continue
+                        raise
+                elif st.phase is Phase.STOPPING:
+                    assert m.stop_task is not None
+                    await asyncio.shield(m.stop_task)
+                else:
+                    decision = plan_start(self._candidates(), self.settings.max_running, backend)
+                    if decision.start:
+                        self._begin_start(m, want)
+                        started = True
+                    elif decision.evict is not None:
+                        victim = self.models[decision.evict]
+                        log.info("model '%s': stopping idle '%s' to make room", m.name, victim.name)
+                        await self._stop(victim)
+                    else:
+                        await self._wait_change(m, deadline)
+        finally:
+            st.waiting -= 1
+        st.begin(time.monotonic())
+        self._disarm(m)
+        assert m.http is not None
+        ready: _ReadyBackend = _copy(m.http)
+        ready.load_ns = time.monotonic_ns() - t0 if started else 0
+        return ready
+
+    def release(self, backend: str, keep_alive: float | None) -> None:
+        """One request is done; its keep_alive (None: the model's ttl) decides when the model stops."""
+        m = self.models[backend]
+        m.state.end(time.monotonic())
+        m.keep_alive = keep_alive
+        self._arm(m)
+        self._notify()
+
+    async def load(self, backend: str, keep_alive: float | None = None, num_ctx: int | None = None) -> None:
+        """Ollama's empty prompt: start the model (if needed) without asking it anything."""
+        await self.acquire(backend, num_ctx)
+        self.release(backend, keep_alive)
+
+    async def unload(self, backend: str) -> None:
+        """Ollama's keep_alive 0 with an empty prompt: stop now, or when the requests in flight end."""
+        m = self.model(backend)
+        m.keep_alive = 0
+        if m.state.busy:
+            return
+        await self._stop(m)
+
+    async def _wait_change(self, m: ManagedModel, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServiceUnavailable(
+                f"model '{m.name}' is waiting for a free slot (runtime.max_running is {self.settings.max_running} "
+                "and every running model is busy); try again later",
+                headers={"Retry-After": RETRY_AFTER},
+            )
+        ev = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout=remaining)
+
+    def _notify(self) -> None:
+        # wake every waiter once; later waiters wait on a fresh event
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def _reap(self, m: ManagedModel) -> None:
+        """A process found dead before its watcher ran: same as the watcher would do."""
+        if m.state.phase is Phase.READY and m.proc is not None and m.proc.exited.done():
+            self._died(m)
+
+    def _died(self, m: ManagedModel) -> None:
+        proc = m.proc
+        m.state.apply(Event.DIED)
+        m.proc = None
+        m.http = None
+        self._disarm(m)
+        if proc is not None:
+            log.warning(
+                "model '%s' exited unexpectedly (code %s); the next request restarts it. Last lines of %s:\n%s",
+                m.name, proc.returncode, proc.log_path, tail(proc.log_path, 10),
+            )
+        self._notify()
+
+    def _begin_start(self, m: ManagedModel, ctx: int) -> None:
+        m.state.apply(Event.START)
+        m.state.ctx = ctx
+        task = asyncio.create_task(self._start(m, ctx, m.state.generation), name=f"start {m.name}")
+        # a start nobody awaits any more (clients gone) must not log "exception never retrieved"
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        m.start_task = task
+
+    def _argv(self, m: ManagedModel, port: int, ctx: int) -> list[str]:
+        spec = m.spec
+        if spec.cmd is not None:
+            subs = {"${PORT}": str(port), "${CTX}": str(ctx), "${HOST}": "127.0.0.1", "${MODEL}": m.name}
+
+            def fill(arg: str) -> str:
+                for k, v in subs.items():
+                    arg = arg.replace(k, v)
+                return arg
+
+            return [fill(a) for a in spec.cmd]
+        assert spec.gguf is not None
+        argv = [self.python, "-m", "ollamux.runtime.engine", "--model", str(spec.gguf), "--port", str(port),
+                "--ctx", str(ctx), "--parallel", str(spec.parallel), "--alias", m.name]
+        if spec.threads:
+            argv += ["--threads", str(spec.threads)]
+        return argv
+
+    async def _start(self, m: ManagedModel, ctx: int, gen: int) -> None:
+        spec = m.spec
+        port = free_port()
+        argv = self._argv(m, port, ctx)
+        log_path = self.settings.log_dir / m.log_name
+        deadline = time.monotonic() + spec.startup_timeout
+        log.info("model '%s': starting on port %d with context %d (log %s)", m.name, port, ctx, log_path)
+        proc: ChildProcess | None = None
+        ok = False
+        try:
+            try:
+                proc = await ChildProcess.spawn(argv, dict(spec.env), log_path)
+            except OSError as exc:
+                raise ModelStartError(f"model '{m.name}' cannot start: {argv[0]}: {exc.strerror or exc}") from None
+            m.proc = proc
+            health = spec.health if spec.cmd is not None else "/health"
+            url = health if health.startswith("http") else f"http://127.0.0.1:{port}/{health.lstrip('/')}"
+            healthy = await proc.wait_healthy(self.client, url, deadline)
+            if m.state.generation != gen or m.state.phase is not Phase.STARTING:
+                raise ServiceUnavailable(f"model '{m.name}' was stopped while starting",
+                                         headers={"Retry-After": RETRY_AFTER})
+            if healthy:
+                m.state.apply(Event.READY)
+                m.http = _ReadyBackend(_backend_settings(m.backend, port, spec), self.client)
+                self._background(self._watch(m, proc, gen))
+                ok = True
+                log.info("model '%s': ready (pid %d)", m.name, proc.pid)
+                return
+            if proc.exited.done():
+                lines = tail(log_path)
+                m.state.apply(Event.DIED)
+                raise ModelStartError(
+                    f"model '{m.name}' failed to start: its process exited with code {proc.returncode}. "
+                    f"Last lines of {log_path}:\n{lines}"
+                )
+            m.state.apply(Event.TIMEOUT)
+            raise ServiceUnavailable(
+                f"model '{m.name}' did not become ready within {spec.startup_timeout:g}s "
+                f"(runtime.startup_timeout); see {log_path}",
+                headers={"Retry-After": RETRY_AFTER},
+            )
+        finally:
+            if not ok:
+                if m.state.phase is Phase.STARTING and m.state.generation == gen:
+                    m.state.apply(Event.DIED)  # spawn failed, or this start was cancelled
+                if proc is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(proc.stop(grace=2))
+                if m.proc is proc:
+                    m.proc = None
+                m.http = None
+            self._notify()
+
+    async def _watch(self, m: ManagedModel, proc: ChildProcess, gen: int) -> None:
+        await asyncio.shield(proc.exited)  # cancelling the watcher must not cancel the wait for the exit
+        if m.state.generation == gen and m.state.phase is Phase.READY and m.proc is proc:
+            self._died(m)
+
+    async def _stop(self, m: ManagedModel) -> None:
+        phase = m.state.phase
+        if phase is Phase.STOPPING:
+            assert m.stop_task is not None
+            await asyncio.shield(m.stop_task)
+            return
+        if phase is Phase.STOPPED:
+            return
+        self._disarm(m)
+        if phase is Phase.FAILED:
+            m.state.apply(Event.STOP)
+            return
+        if phase is Phase.STARTING:
+            m.state.apply(Event.STOP)
+            if m.start_task is not None:
+                m.start_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await m.start_task
+            if m.state.phase is Phase.STOPPING:
+                m.state.apply(Event.EXITED)
+            elif m.state.phase is Phase.FAILED:
+                m.state.apply(Event.STOP)
+            self._notify()
+            return
+        m.state.apply(Event.STOP)
+        m.stop_task = asyncio.create_task(self._terminate(m, m.proc), name=f"stop {m.name}")
+        await asyncio.shield(m.stop_task)
+
+    async def _terminate(self, m: ManagedModel, proc: ChildProcess | None) -> None:
+        try:
+            if proc is not None:
+                code = await proc.stop()
+                log.info("model '%s': stopped (exit code %s)", m.name, code)
+        finally:
+            m.state.apply(Event.EXITED)
+            m.proc = None
+            m.http = None
+            m.expires_at = None
+            self._notify()
+
+    # ------------------------------------------------------------------------------------- idle timers
+    def _disarm(self, m: ManagedModel) -> None:
+        if m.timer is not None:
+            m.timer.cancel()
+            m.timer = None
+        m.expires_at = None
+
+    def _arm(self, m: ManagedModel) -> None:
+        """Once a model is idle, schedule its stop per the last keep_alive (Ollama's session duration)."""
+        self._disarm(m)
+        if m.state.busy or m.state.phase is not Phase.READY:
+            return
+        ka = 0.0 if m.removed else (m.keep_alive if m.keep_alive is not None else m.spec.ttl)
+        if ka < 0:
+            m.expires_at = time.time() + FOREVER
+            return
+        m.expires_at = time.time() + ka
+        gen = m.state.generation
+        if ka == 0:
+            self._background(self._expire(m, gen))
+        else:
+            m.timer = asyncio.get_running_loop().call_later(ka, lambda: self._background(self._expire(m, gen)))
+
+    async def _expire(self, m: ManagedModel, gen: int) -> None:
+        if m.state.generation == gen and m.state.phase is Phase.READY and not m.state.busy:
+            log.info("model '%s': idle, stopping", m.name)
+            await self._stop(m)
+
+    def background(self, coro: Any) -> None:
+        """Run `coro` as a task the manager keeps (and cancels on close)."""
+        self._background(coro)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("runtime task failed: %s", t.exception())
+
+        task.add_done_callback(done)
+
+    # -------------------------------------------------------------------------------------- shutdown
+    async def close(self) -> None:
+        """Stop every model (SIGTERM, then SIGKILL after a grace period); nothing is left behind."""
+        self._closing = True
+        self._notify()
+        for m in self.models.values():
+            self._disarm(m)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*(self._stop(m) for m in self.models.values()), return_exceptions=True)
+        for t in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await t
+
+
+def _copy(b: _ReadyBackend) -> _ReadyBackend:
+    import copy
+
+    return copy.copy(b)
+
+
+def _gguf_in(argv: Sequence[str]) -> Path | None:
+    """A `cmd:` model's GGUF file, when its command names one (for metadata and /api/ps size)."""
+    for a in argv:
+        if a.lower().endswith(".gguf") and "${" not in a:
+            p = Path(a).expanduser()
+            if p.is_file():
+                return p
+    return None
+
+
+def _backend_settings(name: str, port: int, spec: RuntimeSpec) -> BackendSettings:
+    # generation on a CPU can take minutes: no total limit; a dead child fails the connect at once
+    timeouts = replace(Timeouts(), total=None, connect=5.0)
+    return BackendSettings(name=name, type="openai", urls=(f"http://127.0.0.1:{port}/v1",), timeouts=timeouts)
