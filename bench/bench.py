@@ -222,6 +222,18 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pids: list[int], key: str = "VmRSS") -> float:
     return round(sum(status_kb(p, key) for p in pids) / 1024, 1)
 
@@ -267,6 +279,9 @@ class Proc:
 
     def rss(self) -> float:
         return rss_mb(self.pids)
+
+    def cpu(self) -> float:
+        return cpu_s(self.pids)
 
     def hwm(self) -> float:
         return rss_mb(self.pids, "VmHWM")
@@ -350,6 +365,7 @@ class Cell:
     p90_ms: float | None = None
     p99_ms: float | None = None
     added_p50_ms: float | None = None
+    cpu_us_per_req: float | None = None  # the server's own CPU per request: steadier than req/s when shared
     chunks_per_response: int | None = None
     chunks_per_s: float | None = None
     pct_of_reference: float | None = None
@@ -571,8 +587,10 @@ class Bench:
                     run_wrk(proc.url + t.path, body, conns, self.args.warmup)
                     best: dict[str, Any] | None = None
                     for _ in range(self.args.rounds):
+                        cpu0 = proc.cpu()
                         with Sampler(proc if stack != "direct" else None) as s:
                             res = run_wrk(proc.url + t.path, body, conns, self.args.duration)
+                        res["cpu_s"] = proc.cpu() - cpu0
                         rps = res["requests"] / (res["duration_us"] / 1e6)
                         cell.rounds.append(round(rps, 1))
                         res["rps"], res["peak"] = rps, s.peak
@@ -584,6 +602,7 @@ class Bench:
                         continue
                     cell.rps = round(best["rps"], 1)
                     cell.p50_ms = round(best["p50_us"] / 1000, 3)
+                    cell.cpu_us_per_req = round(1e6 * best["cpu_s"] / best["requests"], 1)
                     cell.p90_ms = round(best["p90_us"] / 1000, 3)
                     cell.p99_ms = round(best["p99_us"] / 1000, 3)
                     cell.errors = sum(best[k] for k in ("connect_errors", "read_errors", "write_errors",
@@ -664,14 +683,21 @@ def find(cells: list[Cell], scenario: str, conns: int, stack: str) -> Cell | Non
 def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
-    def add(name: str, goal: str, value: float | None, unit: str, ok: bool | None) -> None:
+    def add(name: str, goal: str, value: float | None, unit: str, ok: bool | None, by_cpu: float | None = None) -> None:
         out.append({"target": name, "goal": goal, "measured": None if value is None else round(value, 2),
-                    "unit": unit, "met": ok})
+                    "unit": unit, "met": ok, "by_cpu": None if by_cpu is None else round(by_cpu, 2)})
+
+    def cpu_ratio(a: Cell | None, b: Cell | None) -> float | None:
+        """100 * b's CPU per request / a's: the req/s ratio two stacks would have on a core each."""
+        if a is None or b is None or not a.cpu_us_per_req or not b.cpu_us_per_req:
+            return None
+        return 100 * b.cpu_us_per_req / a.cpu_us_per_req
 
     for sc in ("openai-json", "openai-sse"):
         o, r = find(cells, sc, 32, "ollamux"), find(cells, sc, 32, "reference")
         v = 100 * o.rps / r.rps if o and r and o.rps and r.rps else None
-        add(f"{sc} c=32: ollamux req/s vs reference", ">= 70%", v, "%", None if v is None else v >= 70)
+        add(f"{sc} c=32: ollamux req/s vs reference", ">= 70%", v, "%", None if v is None else v >= 70,
+            cpu_ratio(o, r))
     o, r = find(cells, "openai-json", 1, "ollamux"), find(cells, "openai-json", 1, "reference")
     v = o.p50_ms - r.p50_ms if o and r and o.p50_ms is not None and r.p50_ms is not None else None
     add("openai-json c=1: ollamux p50 minus reference p50", "<= 0.5 ms", v, "ms", None if v is None else v <= 0.5)
@@ -679,12 +705,15 @@ def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dic
         for conns in (1, 32):
             o, r = find(cells, sc, conns, "ollamux"), find(cells, sc, conns, "reference")
             v = 100 * o.rps / r.rps if o and r and o.rps and r.rps else None
-            add(f"{sc} c={conns}: ollamux req/s vs reference", ">= 60%", v, "%", None if v is None else v >= 60)
+            add(f"{sc} c={conns}: ollamux req/s vs reference", ">= 60%", v, "%", None if v is None else v >= 60,
+                cpu_ratio(o, r))
     for sc in ("openai-json", "openai-sse", "embeddings"):
         for conns in (1, 32):
             o, r = find(cells, sc, conns, "ollamux"), find(cells, sc, conns, "litellm")
             v = o.rps / r.rps if o and r and o.rps and r.rps else None
-            add(f"{sc} c={conns}: ollamux req/s / LiteLLM req/s", ">= 30x", v, "x", None if v is None else v >= 30)
+            c = cpu_ratio(o, r)
+            add(f"{sc} c={conns}: ollamux req/s / LiteLLM req/s", ">= 30x", v, "x", None if v is None else v >= 30,
+                None if c is None else c / 100)
     idle = [m["idle_rss_mb"] for m in memory if m["stack"] == "ollamux" and "idle_rss_mb" in m]
     idle_v = max(idle) if idle else info.get("ollamux", {}).get("idle_rss_mb")
     add("ollamux RSS idle", "< 80 MB", idle_v, "MB", None if idle_v is None else idle_v < 80)
@@ -696,7 +725,9 @@ def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dic
     for sc in sorted({c.scenario for c in cells}):
         on, off = find(cells, sc, 32, "ollamux"), find(cells, sc, 32, "ollamux-bare")
         v = 100 * (1 - on.rps / off.rps) if on and off and on.rps and off.rps else None
-        add(f"{sc} c=32: cost of request log + metrics", "<= 10%", v, "%", None if v is None else v <= 10)
+        c = cpu_ratio(on, off)
+        add(f"{sc} c=32: cost of request log + metrics", "<= 10%", v, "%", None if v is None else v <= 10,
+            None if c is None else 100 - c)
     return out
 
 
@@ -706,20 +737,20 @@ def fmt(v: float | None, spec: str = ",.0f") -> str:
 
 
 def table(cells: list[Cell]) -> str:
-    head = ("| scenario | conns | stack | req/s | % of ref | p50 ms | p99 ms | +p50 vs direct ms | chunks/s "
-            "| peak RSS MB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| scenario | conns | stack | req/s | % of ref | p50 ms | p99 ms | +p50 vs direct ms | CPU us/req "
+            "| chunks/s | peak RSS MB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     rows = []
     for c in cells:
         if c.rps is None and not c.note:
             continue
         if c.rps is None:
-            rows.append(f"| {c.scenario} | {c.conns} | {c.stack} | {c.note[:60]} | | | | | | |")
+            rows.append(f"| {c.scenario} | {c.conns} | {c.stack} | {c.note[:60]} | | | | | | | |")
             continue
         err = f" ({c.errors} errors)" if c.errors else ""
         rows.append(
             f"| {c.scenario} | {c.conns} | {c.stack} | {fmt(c.rps)}{err} | {fmt(c.pct_of_reference, '.0f')} "
             f"| {fmt(c.p50_ms, '.2f')} | {fmt(c.p99_ms, '.2f')} | {fmt(c.added_p50_ms, '+.2f')} "
-            f"| {fmt(c.chunks_per_s)} | {fmt(c.peak_rss_mb, '.0f')} |"
+            f"| {fmt(c.cpu_us_per_req)} | {fmt(c.chunks_per_s)} | {fmt(c.peak_rss_mb, '.0f')} |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -734,9 +765,10 @@ def memory_table(memory: list[dict[str, Any]]) -> str:
 
 def targets_table(ts: list[dict[str, Any]]) -> str:
     mark = {True: "met", False: "MISSED", None: "not measured"}
-    head = "| target | goal | measured | |\n|---|---|---:|---|\n"
+    head = "| target | goal | measured (req/s) | | same by CPU/req |\n|---|---|---:|---|---:|\n"
     return head + "\n".join(
-        f"| {t['target']} | {t['goal']} | {fmt(t['measured'], '.2f')} {t['unit']} | {mark[t['met']]} |" for t in ts
+        f"| {t['target']} | {t['goal']} | {fmt(t['measured'], '.2f')} {t['unit']} | {mark[t['met']]} "
+        f"| {fmt(t['by_cpu'], '.2f')} {t['unit'] if t['by_cpu'] is not None else ''} |" for t in ts
     ) + "\n"
 
 
@@ -760,22 +792,22 @@ def versions() -> dict[str, str]:
 
 # -------------------------------------------------------------------------------------------- profiling
 def profile(bench: Bench, seconds: float) -> str:
-    """py-spy on ollamux (log + metrics on) under 32 connections, one scenario at a time."""
+    """py-spy on ollamux (log + metrics on) under 32 connections, each scenario; the reference as a baseline."""
     pyspy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     if not Path(pyspy).exists():
         return "py-spy is not installed (pip install py-spy): no profile\n"
-    proc = bench.stacks.get("ollamux")
-    if proc is None:
-        return "ollamux is not running: no profile\n"
     out = []
-    for sc in scenarios():
-        if sc.name not in bench.args.scenarios:
+    runs = [("ollamux", sc) for sc in scenarios() if sc.name in bench.args.scenarios]
+    runs += [("reference", sc) for sc in scenarios() if sc.name == "openai-json"]
+    for stack, sc in runs:
+        proc = bench.stacks.get(stack)
+        if proc is None:
             continue
-        t = sc.targets["ollamux"]
+        t = sc.targets[stack]
         body = bench.work / f"{t.body}.json"
         if probe(proc.url + t.path, body.read_bytes(), sc.kind)[0] is None:
             continue
-        raw = bench.work / f"profile-{sc.name}.txt"
+        raw = bench.work / f"profile-{stack}-{sc.name}.txt"
         spy = subprocess.Popen([pyspy, "record", "-p", str(proc.popen.pid), "-d", str(int(seconds) + 1), "-r", "250",
                                 "-f", "raw", "-o", str(raw), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -783,12 +815,12 @@ def profile(bench: Bench, seconds: float) -> str:
         run_wrk(proc.url + t.path, body, 32, seconds)
         spy.wait(seconds + 30)
         if not raw.exists():
-            out.append(f"### {sc.name}: py-spy wrote nothing (ptrace not permitted?)\n")
+            out.append(f"#### {stack}, {sc.name}: py-spy wrote nothing (ptrace not permitted?)\n")
             continue
-        dest = REPO / "bench" / "results" / f"profile-{sc.name}.txt"
+        dest = BENCH / "results" / raw.name
         dest.parent.mkdir(exist_ok=True)
         shutil.copy(raw, dest)
-        out.append(summarize_profile(sc.name, raw.read_text()))
+        out.append(summarize_profile(f"{stack}, {sc.name}", raw.read_text()))
     return "\n".join(out)
 
 
@@ -808,7 +840,15 @@ def summarize_profile(name: str, collapsed: str, top: int = 18) -> str:
             incl[f] = incl.get(f, 0) + n
     if not total:
         return f"### {name}: no samples\n"
-    lines = [f"### {name} ({total} samples)", "", "| self % | function |", "|---:|---|"]
+    by_pkg: dict[str, int] = {}
+    for f, n in self_t.items():
+        pkg = next((m for m in ("ollamux/", "aiohttp/", "asyncio/", "prometheus_client/", "threading", "uuid")
+                    if m in f), "other")
+        by_pkg[pkg] = by_pkg.get(pkg, 0) + n
+    ranked = sorted(by_pkg.items(), key=lambda kv: -kv[1])
+    share = ", ".join(f"{k.rstrip('/')} {100 * v / total:.0f}%" for k, v in ranked)
+    lines = [f"#### {name} ({total} samples; self time by package: {share})", "",
+             "| self % | function |", "|---:|---|"]
     for f, n in sorted(self_t.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {100 * n / total:.1f} | {f} |")
     lines += ["", "| inclusive % | ollamux function |", "|---:|---|"]
@@ -823,7 +863,7 @@ def _short(frame: str) -> str:
     func, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path = where.rsplit(":", 1)[0]
-    for marker in ("ollamux/", "aiohttp/", "asyncio/", "yarl/", "multidict/", "site-packages/"):
+    for marker in ("ollamux/", "aiohttp/", "asyncio/", "yarl/", "multidict/", "prometheus_client/", "site-packages/"):
         i = path.rfind(marker)
         if i >= 0:
             path = path[i:].replace("site-packages/", "")
