@@ -15,8 +15,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -81,21 +82,7 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return d / 2 + random.random() * d / 2
 
 
-@contextlib.asynccontextmanager
-async def open_upstream(
-    state: AppState,
-    route: Route,
-    path: str,
-    make_payload: PayloadFactory,
-    *,
-    rec: RequestRecord | None = None,
-    hints: dict[str, Any] | None = None,
-    read_body: bool = False,
-    method: str = "POST",
-    raise_for_status: bool = True,
-    headers: dict[str, str] | None = None,
-    client_auth: str | None = None,
-) -> AsyncIterator[Opened]:
+class open_upstream:
     """Open the upstream answer for `route`, trying replicas, retries and then the model's fallbacks.
 
     Failures that happen before any byte of the answer exists are tried again: connection errors,
@@ -104,63 +91,105 @@ async def open_upstream(
     cut off half way is tried again too. With `raise_for_status=False` (pass-through), the last route's
     error answer is yielded as is when nothing better came. The backend's session stays open while the
     caller is inside the block; the response is released when it leaves.
+
+    A class rather than an async generator: on the healthy path this saves ~10 us per request.
     """
-    api_type = state.backends[route.backend].type
-    routes = [route]
-    failures: list[tuple[Route, OllamuxError, int]] = []
-    total_attempts = 0
-    hints = hints or {}
-    i = 0
-    while i < len(routes):
-        r = routes[i]
-        i += 1
-        backend = state.backends.get(r.backend)
-        if backend is None or backend.type != api_type:
-            # a fallback that speaks another API would need another handler; say so instead of guessing
-            log.warning("fallback %s of %s skipped: backend %s is not of type %s", r.upstream, route.requested,
-                        r.backend, api_type)
-            continue
-        yielded = False
-        try:
-            async with backend.session(r, **hints) as up:
-                body = make_payload(r, up)
+
+    __slots__ = ("_resp", "_session", "client_auth", "headers", "hints", "make_payload", "method", "path",
+                 "raise_for_status", "read_body", "rec", "route", "state")
+
+    def __init__(
+        self,
+        state: AppState,
+        route: Route,
+        path: str,
+        make_payload: PayloadFactory,
+        *,
+        rec: RequestRecord | None = None,
+        hints: dict[str, Any] | None = None,
+        read_body: bool = False,
+        method: str = "POST",
+        raise_for_status: bool = True,
+        headers: dict[str, str] | None = None,
+        client_auth: str | None = None,
+    ) -> None:
+        self.state = state
+        self.route = route
+        self.path = path
+        self.make_payload = make_payload
+        self.rec = rec
+        self.hints = hints or {}
+        self.read_body = read_body
+        self.method = method
+        self.raise_for_status = raise_for_status
+        self.headers = headers
+        self.client_auth = client_auth
+
+    async def __aenter__(self) -> Opened:
+        state, route = self.state, self.route
+        api_type = state.backends[route.backend].type
+        routes = [route]
+        failures: list[tuple[Route, OllamuxError, int]] = []
+        total_attempts = 0
+        i = 0
+        while i < len(routes):
+            r = routes[i]
+            i += 1
+            backend = state.backends.get(r.backend)
+            if backend is None or backend.type != api_type:
+                # a fallback that speaks another API would need another handler; say so instead of guessing
+                log.warning("fallback %s of %s skipped: backend %s is not of type %s", r.upstream,
+                            route.requested, r.backend, api_type)
+                continue
+            session = backend.session(r, **self.hints)
+            try:
+                up: HTTPBackend = await session.__aenter__()
+            except BackendError as exc:  # a managed model that could not be started
+                if not exc.retryable:
+                    raise
+                failures.append((r, exc, 0))
+                if len(failures) == 1:
+                    routes.extend(_fallbacks(state, route))  # resolved only once they are needed
+                continue
+            try:
+                body = self.make_payload(r, up)
                 data = body if isinstance(body, bytes) else orjson.dumps(body)
-                try:
-                    resp, attempts = await _attempts(up, method, path, data, read_body, raise_for_status,
-                                                     headers, client_auth)
-                except _RouteFailed as failed:
-                    total_attempts += failed.attempts
-                    failures.append((r, failed.error, failed.attempts))
-                    if len(failures) == 1:
-                        routes.extend(_fallbacks(state, route))  # resolved only once they are needed
-                    if failed.response is None or i < len(routes):
-                        if failed.response is not None:
-                            failed.response.release()
-                        continue
-                    # pass-through and nothing left to try: the client gets the upstream's own error answer
-                    resp, attempts = failed.response, 0
-                total_attempts += attempts
-                if failures and resp.status < 400:
-                    log.warning("model %s served by %s on backend %s after: %s", route.requested, r.upstream,
-                                r.backend, "; ".join(e.message for _, e, _ in failures))
-                if rec is not None:
-                    rec.model_served = r.upstream
-                    rec.backend = r.backend
-                    rec.upstream_url = resp.url
-                yielded = True
-                try:
-                    yield Opened(resp, r, up, total_attempts)
-                finally:
-                    resp.release()
-                return
-        except BackendError as exc:
-            # only a session that could not start lands here (a managed model that failed to load)
-            if yielded or not exc.retryable:
+                resp, attempts = await _attempts(up, self.method, self.path, data, self.read_body,
+                                                 self.raise_for_status, self.headers, self.client_auth)
+            except _RouteFailed as failed:
+                total_attempts += failed.attempts
+                failures.append((r, failed.error, failed.attempts))
+                if len(failures) == 1:
+                    routes.extend(_fallbacks(state, route))
+                if failed.response is None or i < len(routes):
+                    if failed.response is not None:
+                        failed.response.release()
+                    await session.__aexit__(None, None, None)
+                    continue
+                # pass-through and nothing left to try: the client gets the upstream's own error answer
+                resp, attempts = failed.response, 0
+            except BaseException as exc:
+                await session.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
-            failures.append((r, exc, 0))
-            if len(failures) == 1:
-                routes.extend(_fallbacks(state, route))
-    raise _final_error(route, failures)
+            total_attempts += attempts
+            if failures and resp.status < 400:
+                log.warning("model %s served by %s on backend %s after: %s", route.requested, r.upstream,
+                            r.backend, "; ".join(e.message for _, e, _ in failures))
+            rec = self.rec
+            if rec is not None:
+                rec.model_served = r.upstream
+                rec.backend = r.backend
+                rec.upstream_url = resp.url
+            self._session = session
+            self._resp = resp
+            return Opened(resp, r, up, total_attempts)
+        raise _final_error(route, failures)
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self._resp.release()  # a client gone mid-stream: this closes the upstream connection, cancelling it
+        return await self._session.__aexit__(typ, exc, tb)  # type: ignore[no-any-return]
 
 
 def _fallbacks(state: AppState, route: Route) -> list[Route]:

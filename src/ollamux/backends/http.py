@@ -7,7 +7,6 @@ says which backend and which URL failed and how; the API layer only renders it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import math
 import os
@@ -413,12 +412,26 @@ class HTTPBackend:
     def broken_error(self, exc: BaseException, url: str) -> OllamuxError:
         return BackendUnavailable(f"backend '{self.name}' connection failed ({url}): {_reason(exc)}")
 
-    @contextlib.asynccontextmanager
-    async def session(self, route: Any = None, **_: Any) -> AsyncIterator[HTTPBackend]:
+    def session(self, route: Any = None, **_: Any) -> _Ready:
         """A static backend is always ready; managed ones start their process here."""
-        yield self
+        return _Ready(self)
 
     async def close(self) -> None:
+        return None
+
+
+class _Ready:
+    """The session of a static backend: nothing to start or stop (a plain object, not a generator: cheaper)."""
+
+    __slots__ = ("backend",)
+
+    def __init__(self, backend: HTTPBackend) -> None:
+        self.backend = backend
+
+    async def __aenter__(self) -> HTTPBackend:
+        return self.backend
+
+    async def __aexit__(self, *exc: object) -> None:
         return None
 
 
