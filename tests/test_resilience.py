@@ -611,3 +611,37 @@ def test_healthy_single_replica_pick_is_cheap() -> None:
         backend.pick()
     per_call = (time.perf_counter() - t0) / n
     assert per_call < 5e-6, f"pick() took {per_call * 1e6:.2f} us"
+
+
+# ------------------------------------------------------------------------------------ the OpenAI API
+
+
+def test_openai_api_failures_use_its_envelope_and_frames(
+    proxy_for: Callable[[dict[str, Any]], Proxy], flaky: Callable[..., Flaky]
+) -> None:
+    port = free_port()
+    f = flaky(plan=["500", "cutoff"])
+    cfg = {
+        "backends": {
+            "gone": {"type": "openai", "url": f"http://127.0.0.1:{port}/v1", "retries": 0, **FAST},
+            "up": {"type": "openai", "url": f.url + "/v1", "retries": 1, **FAST},
+        },
+        "models": {"dead": {"backend": "gone"}, "m": {"backend": "up"}},
+    }
+    p = proxy_for(cfg)
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=10) as c:
+        r = c.post(p.url + "/v1/chat/completions", json={"model": "dead", **body}, headers={"x-request-id": "oa1"})
+        assert r.status_code == 502
+        err = r.json()["error"]
+        assert "backend 'gone' cannot be reached" in err["message"] and err["type"] == "api_error"
+        assert p.row("oa1")["status"] == 502
+        # a 500 retried, then the stream dies after its first chunk: one error frame, no retry
+        r = c.post(p.url + "/v1/chat/completions", json={"model": "m", "stream": True, **body},
+                   headers={"x-request-id": "oa2"})
+    assert r.status_code == 200
+    frames = [x[6:] for x in r.text.splitlines() if x.startswith("data: ")]
+    assert "flaky-0" in frames[0]
+    assert "backend 'up'" in json.loads(frames[-1])["error"]["message"]
+    assert f.requests == 2
+    assert p.row("oa2")["streamed"] == 1
