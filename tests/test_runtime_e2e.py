@@ -322,7 +322,7 @@ def test_models_dir_file_dropped_in_is_listed_and_chats(
         assert names == ["smollm2-135m-instruct:q4_1"]
         r = c.chat(model="smollm2-135m-instruct:q4_1", messages=[{"role": "user", "content": "Hi"}],
                    options={**FAST, "num_predict": 4})
-        assert r.message.content and r.eval_count == 4 or r.done_reason == "stop"
+        assert r.message.content and r.eval_count == 4
         s = c.show("smollm2-135m-instruct:q4_1")
         assert s.details and s.details.quantization_level == "Q4_1"
         wait_for(lambda: bool(c.list().models[0].digest and len(c.list().models[0].digest or "") == 64), 30,
