@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -336,3 +337,39 @@ def test_models_dir_file_dropped_in_is_listed_and_chats(
     with httpx.Client() as h:  # the app is gone: nothing answers
         with pytest.raises(httpx.ConnectError):
             h.get(p.url + "/api/ps")
+
+
+def test_no_child_outlives_a_sigkilled_ollamux(gguf: Path, tmp_path: Path) -> None:
+    from .servers import free_port
+
+    cfg = tmp_path / "ollamux.yaml"
+    cfg.write_text(json.dumps({
+        "runtime": {"log_dir": str(tmp_path / "logs")},
+        "request_log": {"path": str(tmp_path / "requests.sqlite")},
+        "models": {"smollm2": {"runtime": {"gguf": str(gguf), "ctx": CTX, "threads": 1}}},
+    }))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url), 30, "ollamux serve to listen")
+        r = httpx.post(url + "/api/generate", json={"model": "smollm2"}, timeout=60)
+        assert r.json()["done_reason"] == "load"
+        children = [int(p) for t in Path(f"/proc/{server.pid}/task").iterdir()
+                    for p in (t / "children").read_text().split()]
+        assert children
+        server.kill()  # SIGKILL: no cleanup code runs in ollamux
+        server.wait(10)
+        wait_for(lambda: not any(Path(f"/proc/{c}").exists() for c in children), 10, "the model process to die")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/api/version", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
