@@ -123,3 +123,8 @@ def test_request_lines_observer() -> None:
         assert out[0]["level"] == "warning" and "down" in out[0]["msg"]
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_json_lines_survive_undecodable_text() -> None:
+    line = json.loads(JSONFormatter().format(_record("bad \udcff byte", request_id="r")))
+    assert line["msg"] == "bad \udcff byte" and line["request_id"] == "r"

@@ -364,3 +364,17 @@ def test_key_name_logged_never_the_key(
     assert got[2]["status"] == 401
     with sqlite3.connect(db) as conn:
         assert secret not in "\n".join(conn.iterdump())
+
+
+def test_odd_rows_do_not_cost_the_batch(log_factory: Callable[..., RequestLog]) -> None:
+    rl = log_factory()
+    rl.flush_interval = 60  # everything lands in one batch, written by close()
+    rl.open()
+    rl.request_finished(_rec(1))
+    rl.request_finished(_rec(2, error="bad \udcff bytes", model_requested="m\udcfe"))  # surrogate-escaped input
+    rl.request_finished(_rec(3, completion_tokens=2**70))
+    rl.request_finished(_rec(4))
+    rl.close()
+    got = {r["id"]: r for r in rows(rl.path)}
+    assert sorted(got) == ["r1", "r2", "r3", "r4"] and rl.dropped == 0
+    assert got["r2"]["error"] == "bad ? bytes" and got["r3"]["completion_tokens"] is None

@@ -7,6 +7,7 @@ is handled, from `CURRENT_REQUEST_ID`, which the endpoint wrapper sets.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import sys
 from typing import Any, TextIO
@@ -46,7 +47,11 @@ class JSONFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except TypeError:
+            # a lone surrogate (undecodable client bytes in a message): the stdlib escapes it as \udcxx
+            return json.dumps(out, default=str)
 
 
 class TextFormatter(logging.Formatter):

@@ -61,6 +61,18 @@ def record_row(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, ...]:
     )
 
 
+def _repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What SQLite can store of a row: valid UTF-8 text, 64-bit integers."""
+    out: list[Any] = []
+    for v in row:
+        if isinstance(v, str):
+            v = v.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
+        elif isinstance(v, int) and not -(2**63) <= v < 2**63:
+            v = None
+        out.append(v)
+    return tuple(out)
+
+
 class RequestLog:
     """An observer that logs every finished request to SQLite, off the request path.
 
@@ -182,11 +194,11 @@ class RequestLog:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
                 stopping = self._stop
-                self._drain()
+                self._drain_safely()
                 if time.monotonic() - self._last_retention > self.retention_interval:
                     self._retain()
                 if stopping:
-                    self._drain()
+                    self._drain_safely()
                     break
         finally:
             try:
@@ -194,6 +206,14 @@ class RequestLog:
             except sqlite3.Error:  # pragma: no cover
                 pass
             self._conn = None
+
+    def _drain_safely(self) -> None:
+        # the writer thread must outlive any bug: a dead writer would silently drop every later row
+        try:
+            self._drain()
+        except Exception:
+            log.exception("request log writer: unexpected error (the batch is lost)")
+            self._idle.set()
 
     def _drain(self) -> None:
         q = self._queue
@@ -211,17 +231,16 @@ class RequestLog:
         rows = [record_row(r, capture, cap) for r in batch]
         for attempt in range(3):
             try:
-                self._conn.execute("BEGIN")
-                self._conn.executemany(_INSERT, rows)
-                self._conn.execute("COMMIT")
+                self._insert(rows)
                 self.written += len(rows)
                 self.error = None
                 return
+            except (UnicodeEncodeError, OverflowError, ValueError):
+                # one odd row (a lone surrogate in a client-sent string, a token count beyond 64 bits) must
+                # not cost the whole batch: write row by row, repairing what SQLite cannot take
+                self._write_one_by_one(rows)
+                return
             except sqlite3.Error as exc:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 self.error = f"write failed: {exc}"
                 if attempt == 2:
                     # the rows are lost: count them as dropped so the metric tells the operator
@@ -229,6 +248,28 @@ class RequestLog:
                     self._dropped_failed += len(rows)
                     return
                 time.sleep(0.1 * (attempt + 1))  # a reader holding a lock (ollamux logs) may let go
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        assert self._conn is not None
+        self._conn.execute("BEGIN")
+        try:
+            self._conn.executemany(_INSERT, rows)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    def _write_one_by_one(self, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            try:
+                self._insert([_repair(row)])
+                self.written += 1
+            except (sqlite3.Error, UnicodeEncodeError, OverflowError, ValueError) as exc:
+                log.error("request log: row %r dropped: %s", row[0], exc)
+                self._dropped_failed += 1
 
     def _retain(self) -> None:
         """Delete rows older than retention_days and beyond retention_rows."""
