@@ -176,10 +176,6 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
-class Settings:
-    server: ServerSettings = field(default_factory=ServerSettings)
-    backends: Mapping[str, BackendSettings] = field(default_factory=dict)
-@dataclass(frozen=True)
 class ApiKeySettings:
     """One named inbound key. Only its sha256 digest is kept, so no dump of the settings holds the key."""
 
@@ -225,15 +221,19 @@ class LimitSettings:
     model_concurrency: Mapping[str, ConcurrencyLimit] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    backends: Mapping[str, BackendSettings] = field(default_factory=dict)
     models: tuple[ModelSettings, ...] = ()
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     default_model: str | None = None
     source: str | None = None  # the config file it came from, for messages
 
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
     def with_server(self, **changes: Any) -> Settings:
         return replace(self, server=replace(self.server, **changes))
 
@@ -286,15 +286,15 @@ def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | Non
     default_model = root.opt_str("default_model")
     request_log = _parse_request_log(root.child("request_log"), base_dir)
     metrics = _parse_metrics(root.child("metrics"))
+    auth = _parse_auth(root.child("auth"))
+    limits = _parse_limits(root.child("limits"), backends)
     return Settings(
+        auth=auth,
+        limits=limits,
         server=server,
         backends=backends,
         models=tuple(models),
-    auth = _parse_auth(root.child("auth"))
-    limits = _parse_limits(root.child("limits"), backends)
         runtime=runtime,
-        auth=auth,
-        limits=limits,
         request_log=request_log,
         metrics=metrics,
         default_model=default_model,
@@ -523,13 +523,6 @@ def _parse_metrics(node: _Node) -> MetricsSettings:
     )
 
 
-class _Node:
-    """A mapping in the YAML tree that knows its dotted path, for error messages."""
-
-    def __init__(self, path: str, value: Any, environ: Mapping[str, str]) -> None:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
 def _parse_rates(node: _Node) -> dict[str, Any]:
     rpm = node.opt_float("requests_per_minute", None, lo=0.001, nullable=True)
     tpm = node.opt_float("tokens_per_minute", None, lo=0.001, nullable=True)
@@ -610,6 +603,13 @@ def _parse_limits(node: _Node, backends: Mapping[str, BackendSettings]) -> Limit
     )
 
 
+class _Node:
+    """A mapping in the YAML tree that knows its dotted path, for error messages."""
+
+    def __init__(self, path: str, value: Any, environ: Mapping[str, str]) -> None:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
             raise ConfigError(path or "(top level)", f"must be a mapping, not {type(value).__name__}")
         self.path = path
         self.data: dict[str, Any] = {str(k): v for k, v in value.items()}

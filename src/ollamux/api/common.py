@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import OllamuxError
-from ..guard.core import KEY_NAME
+from ..guard.core import KEY_NAME, client_request_id
 from ..jsonutil import dumps
-from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord, new_request_id
+from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
 from ..state import STATE, AppState
 
 __all__ = [
@@ -48,7 +48,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        rid = request.headers.get(REQUEST_ID) or new_request_id()
+        rid = client_request_id(request.headers)  # a hostile id must not break headers or the log
         rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=request.remote)
         rec.key_name = request.get(KEY_NAME)  # set by the guard middleware: the key's name, never the key
         resource = request.match_info.route.resource

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..guard.core import client_request_id
 from ..metrics import CONTENT_TYPE, Metrics, log_collector
-from ..observe import new_request_id
 from ..state import SETTINGS, STATE, AppState
 from .common import REQUEST_ID, json_response
 
@@ -32,7 +32,7 @@ PROBE_TIMEOUT = 2.0  # readiness must answer quickly even when a backend hangs
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     # endpoint() already set it on API answers; this covers /, /api/version, 404s and the ops routes
     if REQUEST_ID not in response.headers:
-        response.headers[REQUEST_ID] = request.headers.get(REQUEST_ID) or new_request_id()
+        response.headers[REQUEST_ID] = client_request_id(request.headers)  # a hostile id cannot break it
 
 
 # ---------------------------------------------------------------------------------------- routes

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from ..config import Settings
+from ..errors import OllamuxError
 from ..observe import RequestRecord
 from ..registry import Route
 from ..state import STATE, AppState
+from . import core as guard_core
 from .core import CORS_ORIGIN, GUARD, KEY_NAME, Guard, on_prepare_cors
 
 __all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "authorize_model", "handler_args", "install"]
@@ -35,7 +38,26 @@ def install(app: web.Application, settings: Settings) -> Guard:
             state.observers.add(guard)
 
     app.on_startup.append(startup)
+    app.on_startup.append(_safe_expect_handlers)
     return guard
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's own Expect handler puts the header in its 417 text and fails with a 500 when the header
+    holds undecodable bytes; it runs before any middleware, so it is replaced on every route."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await _default_expect_handler(request)  # writes "100 Continue"
+        return None
+    return guard_core.reject_outside(request, OllamuxError("only 'Expect: 100-continue' is supported", status=417))
+
+
+async def _safe_expect_handlers(app: web.Application) -> None:
+    for route in app.router.routes():
+        # a private attribute, but the only way to reach routes added without an expect_handler
+        if getattr(route, "_expect_handler", None) is _default_expect_handler:
+            route._expect_handler = _expect
 
 
 def handler_args(settings: Settings) -> dict[str, Any]:

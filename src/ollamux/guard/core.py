@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -30,7 +31,7 @@ from .hostguard import HostGuard, is_loopback_bind
 from .limits import json_depth_exceeds
 from .ratelimit import Gate, RateLimiter
 
-__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard"]
+__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "client_request_id", "reject_outside"]
 
 log = logging.getLogger("ollamux")
 
@@ -44,6 +45,12 @@ INFERENCE_PATHS = frozenset(
         "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
     }
 )
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A header value fit for a message: aiohttp keeps undecodable bytes as surrogates, which orjson
+    refuses to encode (a 500 instead of the 4xx being sent); show them as U+FFFD instead."""
+    return text[:limit].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def api_of(path: str) -> str:
@@ -83,16 +90,18 @@ class Guard:
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         headers = request.headers
         if self.hosts is not None and not self.hosts.allowed(headers.get("Host", "")):
+            host = printable(headers.get("Host", ""), 100)
             return self.reject(request, Forbidden(
-                f"host '{headers.get('Host', '')[:100]}' is not allowed: this server is bound to loopback and "
-                "accepts only local host names (limits.allowed_hosts adds more)",
+                f"host '{host}' is not allowed: this server is bound to loopback and accepts only local host "
+                "names (limits.allowed_hosts adds more)",
                 code="host_not_allowed",
             ))
         origin = headers.get("Origin")
         if origin is not None and not self.cors.same_origin(origin, headers.get("Host")):
             if not self.cors.origin_allowed(origin):
                 return self.reject(request, Forbidden(
-                    f"origin '{origin[:200]}' is not allowed (server.cors_origins adds more)", code="origin_not_allowed"
+                    f"origin '{printable(origin)}' is not allowed (server.cors_origins adds more)",
+                    code="origin_not_allowed",
                 ))
             if request.method == "OPTIONS":
                 return web.Response(status=204, headers=self.cors.preflight_headers(origin, headers))
@@ -186,26 +195,9 @@ class Guard:
 
     # ------------------------------------------------------------------------------------- refusals
     def reject(self, request: web.Request, exc: OllamuxError) -> web.Response:
-        api = api_of(request.path)
-        rid = request.headers.get("x-request-id") or new_request_id()
-        body = exc.openai_body() if api == "openai" else exc.ollama_body()
-        resp = web.Response(
-            body=body, status=exc.status, content_type="application/json",
-            headers={"x-request-id": rid, **exc.headers},
-        )
-        if exc.status == 408:
-            resp.force_close()  # the rest of the body may still be on its way: do not read it as a request
-        state: AppState | None = request.app.get(STATE)
-        if state is not None:
-            rec = RequestRecord(
-                id=rid, api=api,  # type: ignore[arg-type]
-                route=request.path, method=request.method, client=request.remote,
-                key_name=request.get(KEY_NAME), status=exc.status, error=exc.message,
-            )
-            state.observers.started(rec)
-            state.observers.finished(rec)
-        return resp
+        return reject_outside(request, exc)
 
+    # ----------------------------------------------------------------------------- after a request
     # ----------------------------------------------------------------------------- after a request
     def request_started(self, rec: RequestRecord) -> None:
         return None
@@ -220,6 +212,39 @@ class Guard:
     def authorize(self, rec: RequestRecord, route: Route) -> None:
         if self.keys:
             self.keys.authorize(rec.key_name, route)
+
+
+def client_request_id(headers: Mapping[str, str]) -> str:
+    """The client's x-request-id when it is a sane one, else a new id. The id goes into response and
+    upstream headers and the request log: undecodable bytes (kept by aiohttp as surrogates) would fail
+    all three, and a huge id would bloat them."""
+    rid = headers.get("x-request-id", "")
+    if 0 < len(rid) <= 200 and rid.isascii() and rid.isprintable():
+        return rid
+    return new_request_id()
+
+
+def reject_outside(request: web.Request, exc: OllamuxError) -> web.Response:
+    """A refusal made before any handler ran: rendered in the client's envelope and recorded."""
+    api = api_of(request.path)
+    rid = client_request_id(request.headers)
+    body = exc.openai_body() if api == "openai" else exc.ollama_body()
+    resp = web.Response(
+        body=body, status=exc.status, content_type="application/json",
+        headers={"x-request-id": rid, **exc.headers},
+    )
+    if exc.status == 408:
+        resp.force_close()  # the rest of the body may still be on its way: do not read it as a request
+    state: AppState | None = request.app.get(STATE)
+    if state is not None:
+        rec = RequestRecord(
+            id=rid, api=api,  # type: ignore[arg-type]
+            route=request.path, method=request.method, client=request.remote,
+            key_name=request.get(KEY_NAME), status=exc.status, error=exc.message,
+        )
+        state.observers.started(rec)
+        state.observers.finished(rec)
+    return resp
 
 
 def on_prepare_cors(guard: Guard) -> Any:
