@@ -26,7 +26,9 @@ def http() -> Iterator[httpx.Client]:
         yield c
 
 
-def _preflight(http: httpx.Client, url: str, origin: str, headers: str = "content-type,authorization") -> httpx.Response:
+def _preflight(
+    http: httpx.Client, url: str, origin: str, headers: str = "content-type,authorization"
+) -> httpx.Response:
     return http.options(url, headers={
         "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers,
     })
@@ -139,7 +141,9 @@ def test_host_guard_allows_local_names(proxy: str, host: str) -> None:
     assert _raw_get(proxy, host).startswith(b"HTTP/1.1 200"), host
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:11434", "localhost.evil.example", "local", "x.localhost.com"])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:11434", "localhost.evil.example", "local", "x.localhost.com"]
+)
 def test_host_guard_refuses_other_names(proxy: str, host: str) -> None:
     data = _raw_get(proxy, host, "/api/tags")
     assert data.startswith(b"HTTP/1.1 403") and b"is not allowed" in data, data

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from ollamux.config import ConcurrencyLimit
+from ollamux.errors import RateLimited, ServiceUnavailable
 from ollamux.guard.limits import json_depth_exceeds
 from ollamux.guard.ratelimit import Bucket, Gate, RateLimiter
-from ollamux.errors import RateLimited, ServiceUnavailable
 
 from .conftest import ProxyFactory, basic_config
 from .fakes.openai_upstream import FakeOpenAI
