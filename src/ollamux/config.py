@@ -328,7 +328,7 @@ def _parse_server(node: _Node) -> ServerSettings:
         version=version,
         max_body_bytes=node.opt_int("max_body_bytes", d.max_body_bytes, lo=1024),
         cors_origins=node.str_list("cors_origins"),
-        shutdown_grace=node.opt_float("shutdown_grace", d.shutdown_grace, lo=0),
+        shutdown_grace=node.opt_float("shutdown_grace", d.shutdown_grace, lo=0) or 0.0,
     )
 
 
