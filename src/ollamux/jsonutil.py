@@ -10,7 +10,7 @@ import orjson
 
 from .errors import BadRequest
 
-__all__ = ["dumps", "dumps_line", "loads", "loads_object", "now_rfc3339", "rfc3339"]
+__all__ = ["dumps", "dumps_line", "escape_line_breakers", "loads", "loads_object", "now_rfc3339", "rfc3339"]
 
 # httpx (and so ollama-python) splits lines like str.splitlines(), which also breaks on these three.
 # orjson writes them raw, so they are escaped after the fact; the check is a cheap bytes scan.
@@ -25,8 +25,13 @@ def dumps_line(obj: Any) -> bytes:
     """One compact JSON object and a newline: a safe NDJSON line."""
     data = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
     if b"\xe2\x80" in data or b"\xc2\x85" in data:
-        for raw, escaped in _LINE_BREAKERS:
-            data = data.replace(raw, escaped)
+        data = escape_line_breakers(data)
+    return data
+
+
+def escape_line_breakers(data: bytes) -> bytes:
+    for raw, escaped in _LINE_BREAKERS:
+        data = data.replace(raw, escaped)
     return data
 
 
@@ -64,5 +69,14 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+_ts_cache: list[object] = [-1, ""]  # [whole second, its "YYYY-MM-DDTHH:MM:SS" text]
+
+
 def now_rfc3339() -> str:
-    return rfc3339(time.time())
+    """rfc3339(time.time()), formatting the date part once a second: every streamed line carries one."""
+    now = time.time()
+    sec = int(now)
+    if _ts_cache[0] != sec:
+        _ts_cache[0] = sec
+        _ts_cache[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_ts_cache[1]}.{int((now - sec) * 1e6):06d}Z"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import orjson
 
 from ..errors import UpstreamError
-from ..jsonutil import dumps_line, now_rfc3339
+from ..jsonutil import dumps_line, escape_line_breakers, now_rfc3339
 from ..translate.from_openai import Timing, done_reason, final_metrics
 from ..translate.tools import arguments_to_object
 
@@ -53,19 +53,30 @@ class OpenAIToOllamaStream:
         self.text_parts: list[str] = []  # what the model said, for the request log
         self._calls: list[_Call] = []
         self._by_index: dict[int, _Call] = {}
+        # byte templates of a content line; same key order as the dict form (Go's struct order)
+        self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
+        if kind == "chat":
+            self._mid = b'","message":{"role":"assistant","content":'
+            self._tail = b'},"done":false}\n'
+        else:
+            self._mid = b'","response":'
+            self._tail = b',"done":false}\n'
 
     # -------------------------------------------------------------------------------------- chunks
     def _chunk(self, content: str = "", thinking: str | None = None) -> bytes:
+        if thinking is None:
+            # the common line (a content delta) from prebuilt bytes: ~3x cheaper than a dict + dumps_line
+            line = self._head + now_rfc3339().encode() + self._mid + orjson.dumps(content) + self._tail
+            if b"\xe2\x80" in line or b"\xc2\x85" in line:
+                line = escape_line_breakers(line)
+            return line
         if self.kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if thinking is not None:
-                message["thinking"] = thinking
+            message: dict[str, Any] = {"role": "assistant", "content": content, "thinking": thinking}
             return dumps_line(
                 {"model": self.model, "created_at": now_rfc3339(), "message": message, "done": False}
             )
         obj: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339(), "response": content}
-        if thinking is not None:
-            obj["thinking"] = thinking
+        obj["thinking"] = thinking
         obj["done"] = False
         return dumps_line(obj)
 
