@@ -23,6 +23,7 @@ __all__ = ["discover_backend", "probe", "refresh_all", "refresh_if_stale", "remo
 log = logging.getLogger("ollamux.discovery")
 
 PROBE_TIMEOUT = 3.0
+RETRY_FAILED = 2.0  # seconds before a failed discovery is tried again
 _LAST = "discovery_last"
 
 
@@ -46,8 +47,10 @@ def openai_entries(backend: str, payload: Any) -> list[ModelEntry]:
         if isinstance(m, dict):
             if isinstance(m.get("n_params"), int):
                 meta["parameter_count"] = m["n_params"]
-            if isinstance(m.get("n_ctx_train"), int):
-                meta["context_length"] = m["n_ctx_train"]
+            # the context the server runs with is what a client can use; the trained one is the fallback
+            ctx = m.get("n_ctx") if isinstance(m.get("n_ctx"), int) else m.get("n_ctx_train")
+            if isinstance(ctx, int):
+                meta["context_length"] = ctx
             if isinstance(m.get("n_embd"), int):
                 meta["embedding_length"] = m["n_embd"]
             if isinstance(m.get("size"), int):
@@ -88,6 +91,10 @@ async def _refresh_one(state: AppState, backend: HTTPBackend) -> None:
         entries = await discover_backend(state, backend)
     except (OllamuxError, TimeoutError) as exc:
         log.warning("model discovery on backend '%s' failed: %s", backend.name, getattr(exc, "message", exc))
+        # a backend still starting (ollamux and llama-server launched together) is asked again soon,
+        # not after a whole discover_interval with an empty model list
+        bs = state.settings.backends[backend.name]
+        state.extras[_LAST][backend.name] = time.monotonic() - bs.discover_interval + RETRY_FAILED
         return
     state.registry.set_source(f"backend:{backend.name}", entries)
 

@@ -46,7 +46,7 @@ def build_params(args: argparse.Namespace) -> Any:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
     if args.alias:
-        params.model_alias = args.alias
+        params.model_alias = {args.alias}  # a set in this binding: a bare string became its letters
     # One process serves chat and embeddings. llama.cpp refuses OpenAI embeddings from a model whose
     # GGUF names no pooling type ("Pooling type 'none' is not OAI compatible"), so chat models get mean
     # pooling, as `llama-server --embeddings --pooling mean` would; embedding models keep their own.
