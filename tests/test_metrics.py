@@ -182,7 +182,11 @@ def test_managed_model_state_in_metrics_and_readiness(
         assert state_of(scrape(c)) == "stopped"
         r = c.post("/api/generate", json={"model": "webby"})  # an empty prompt loads the model
         assert r.status_code == 200 and r.json()["done_reason"] == "load"
-        assert state_of(scrape(c)) == "ready"
+        samples = scrape(c)
+        assert state_of(samples) == "ready"
+        loads = [v for (n, ls), v in samples.items()
+                 if n == "ollamux_model_load_seconds_count" and any("webby" in val for _, val in ls)]
+        assert loads == [1.0]  # the runtime reports each load to the histogram
         models = c.get("/health/ready").json()["models"]
         assert [(m["model"], m["state"]) for m in models] == [("webby:latest", "ready")] and models[0]["pid"]
         r = c.post("/api/generate", json={"model": "webby", "keep_alive": 0})

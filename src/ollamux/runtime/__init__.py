@@ -23,6 +23,9 @@ def start_runtime(state: AppState) -> ModelManager | None:
 
     register()
     manager.on_new_models = register
+    metrics = state.extras.get("metrics")
+    if metrics is not None:
+        manager.on_loaded = metrics.observe_model_load  # ollamux_model_load_seconds
     manager.rescan()
     manager.background(manager.compute_config_digests())
     return manager

@@ -119,6 +119,8 @@ class ModelManager:
         self.probed = probed
         self.digests = digest_cache or DigestCache(default_cache_dir() / "digests.json")
         self.python = python
+        # told (model, seconds) each time a model becomes ready: the metrics' load-time histogram
+        self.on_loaded: Callable[[str, float], None] | None = None
         self.models: dict[str, ManagedModel] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -427,6 +429,8 @@ class ModelManager:
                 self._background(self._watch(m, proc, gen))
                 ok = True
                 log.info("model '%s': ready (pid %d)", m.name, proc.pid)
+                if self.on_loaded is not None:
+                    self.on_loaded(m.name, spec.startup_timeout - (deadline - time.monotonic()))
                 return
             if proc.exited.done():
                 lines = tail(log_path)
