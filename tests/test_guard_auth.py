@@ -135,6 +135,29 @@ def test_key_allowed_one_model_and_refused_another(keyed: str) -> None:
         o.close()
 
 
+def test_listings_show_only_the_models_a_key_may_use(keyed: str) -> None:
+    c = _ollama(keyed, ALICE)
+    o = _openai(keyed, ALICE)
+    try:
+        assert [m.model for m in c.list().models] == ["fake-model:latest"]
+        assert [m.id for m in o.models.list()] == ["fake-model"]
+        assert o.models.retrieve("fm:7b").id == "fm:7b"
+        with pytest.raises(openai.PermissionDeniedError):
+            o.models.retrieve("tools")
+        assert c.pull("fake-model").status == "success"
+        with pytest.raises(ollama.ResponseError) as ei:
+            c.pull("tools")
+        assert ei.value.status_code == 403
+    finally:
+        c._client.close()
+        o.close()
+    b = _ollama(keyed, BOB)  # every model
+    try:
+        assert {"fake-model:latest", "tools:latest", "llama3.2:latest"} <= {m.model for m in b.list().models}
+    finally:
+        b._client.close()
+
+
 def test_x_api_key_hashed_key_and_wildcards(keyed: str, http: httpx.Client) -> None:
     # carol's key is configured only as its sha256; she may use x-* models and nothing else
     r = http.post(keyed + "/api/chat", json={"model": "x-fake-model", "messages": HI, "stream": False},

@@ -284,7 +284,7 @@ async def embeddings_legacy(request: web.Request, state: AppState, rec: RequestR
 async def tags(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
     await discovery.refresh_if_stale(state)
     items = []
-    for entry in state.registry.entries():
+    for entry in guard.visible_entries(state, rec):
         meta = meta_for(entry, state.probed.get((entry.backend, entry.upstream)), state.started_at)
         items.append(tag_item(entry, meta))
     items.sort(key=lambda m: m["modified_at"], reverse=True)
@@ -329,6 +329,8 @@ async def pull(request: web.Request, state: AppState, rec: RequestRecord) -> web
         raise BadRequest("model is required")
     rec.model_requested = name
     entry = state.registry.find(name)
+    if entry is not None:
+        guard.authorize_model(state, rec, Route(name, entry, entry.upstream))
     if entry is None:
         raise OllamuxError(
             f"pull model manifest: model '{name}' is not served by ollamux; ollamux does not download models, "

@@ -263,7 +263,7 @@ def _model_object(state: AppState, entry: ModelEntry, model_id: str) -> dict[str
 
 async def list_models(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
     await discovery.refresh_if_stale(state)
-    objects = [_model_object(state, e, _model_id(state, e)) for e in state.registry.entries()]
+    objects = [_model_object(state, e, _model_id(state, e)) for e in guard.visible_entries(state, rec)]
     return json_response(from_ollama.models_list(objects))
 
 
@@ -272,6 +272,7 @@ async def retrieve_model(request: web.Request, state: AppState, rec: RequestReco
     rec.model_requested = name
     await discovery.refresh_if_stale(state)
     route = state.registry.resolve(name)
+    guard.authorize_model(state, rec, route)
     rec.backend = route.backend
     return json_response(_model_object(state, route.entry, name))  # the id as the client asked for it
 

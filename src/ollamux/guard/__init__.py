@@ -14,12 +14,13 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 from ..config import Settings
 from ..errors import OllamuxError
 from ..observe import RequestRecord
-from ..registry import Route
+from ..registry import ModelEntry, Route
 from ..state import STATE, AppState
 from . import core as guard_core
 from .core import CORS_ORIGIN, GUARD, KEY_NAME, Guard, on_prepare_cors
 
-__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "authorize_model", "handler_args", "install"]
+__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "authorize_model", "visible_entries",
+    "visible_entries", "handler_args", "install"]
 
 
 def install(app: web.Application, settings: Settings) -> Guard:
@@ -71,3 +72,12 @@ def authorize_model(state: AppState, rec: RequestRecord, route: Route) -> None:
     guard: Guard | None = state.extras.get("guard")
     if guard is not None:
         guard.authorize(rec, route)
+
+
+def visible_entries(state: AppState, rec: RequestRecord) -> list[ModelEntry]:
+    """The models a listing shows this caller: all of them when the server is open, else those its key may use."""
+    entries = state.registry.entries()
+    guard: Guard | None = state.extras.get("guard")
+    if guard is None or not guard.keys:
+        return entries
+    return [e for e in entries if guard.may_use(rec, Route(e.name, e, e.upstream))]

@@ -213,6 +213,13 @@ class Guard:
         if self.keys:
             self.keys.authorize(rec.key_name, route)
 
+    def may_use(self, rec: RequestRecord, route: Route) -> bool:
+        try:
+            self.authorize(rec, route)
+        except Forbidden:
+            return False
+        return True
+
 
 def client_request_id(headers: Mapping[str, str]) -> str:
     """The client's x-request-id when it is a sane one, else a new id. The id goes into response and
