@@ -19,8 +19,16 @@ from ..state import STATE, AppState
 from . import core as guard_core
 from .core import CORS_ORIGIN, GUARD, KEY_NAME, Guard, on_prepare_cors
 
-__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "authorize_model", "visible_entries",
-    "visible_entries", "handler_args", "install"]
+__all__ = [
+    "CORS_ORIGIN",
+    "GUARD",
+    "KEY_NAME",
+    "Guard",
+    "authorize_model",
+    "handler_args",
+    "install",
+    "visible_entries",
+]
 
 
 def install(app: web.Application, settings: Settings) -> Guard:
