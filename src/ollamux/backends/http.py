@@ -241,6 +241,11 @@ class HTTPBackend:
         self._headers: dict[str, str] = dict(settings.headers)
         if settings.api_key:
             self._headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._base_headers: dict[str, str] = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            **self._headers,
+        }
 
     @property
     def has_key(self) -> bool:
@@ -326,10 +331,10 @@ class HTTPBackend:
         if replica is None:
             replica = self.pick()
         url = replica.url + path
-        hdrs = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        hdrs = self._base_headers.copy()  # defaults, then the caller's, then the backend's own (key wins)
         if headers:
             hdrs.update(headers)
-        hdrs.update(self._headers)
+            hdrs.update(self._headers)
         if client_auth and "Authorization" not in self._headers:
             hdrs["Authorization"] = client_auth
         replica.in_flight += 1

@@ -134,7 +134,8 @@ class Guard:
         if request.content_type.startswith("multipart/"):
             return None  # uploads are read by their handler as a stream
         try:
-            if self.body_timeout is not None:
+            # a body already in the buffer (the usual small JSON request) needs no timer
+            if self.body_timeout is not None and not request.content.is_eof():
                 async with asyncio.timeout(self.body_timeout):
                     raw = await request.read()  # aiohttp keeps it: the handler's read() returns it again
             else:
