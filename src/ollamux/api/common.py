@@ -9,10 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import guard
 from ..errors import OllamuxError
 from ..guard.core import KEY_NAME, client_request_id
 from ..jsonutil import dumps
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
+from ..registry import Route
 from ..state import STATE, AppState
 
 __all__ = [
@@ -20,9 +22,12 @@ __all__ = [
     "NDJSON_CT",
     "SSE_CT",
     "Handler",
+    "client_auth",
     "endpoint",
     "error_response",
+    "identity_headers",
     "json_response",
+    "resolve_model",
     "start_stream",
     "upstream_headers",
 ]
@@ -122,3 +127,25 @@ async def start_stream(request: web.Request, rec: RequestRecord, content_type: s
 
 def upstream_headers(request: web.Request, rec: RequestRecord) -> dict[str, str]:
     return {REQUEST_ID: rec.id}
+
+
+def identity_headers(request: web.Request, rec: RequestRecord) -> dict[str, str]:
+    """Upstream headers for an answer we parse or rewrite: it must come uncompressed (the client does not
+    decompress)."""
+    return {REQUEST_ID: rec.id, "Accept-Encoding": "identity"}
+
+
+def client_auth(request: web.Request, state: AppState) -> str | None:
+    """The client's Authorization to pass on: none when inbound keys are on (the key is ours, not the
+    backend's); HTTPBackend replaces it anyway with a backend's configured key."""
+    return None if state.extras.get("inbound_auth") else request.headers.get("Authorization")
+
+
+def resolve_model(state: AppState, rec: RequestRecord, model: Any) -> Route:
+    """Resolve a client's model name, check the caller's key may use it, and record what was asked."""
+    rec.model_requested = model
+    route = state.registry.resolve(model)
+    guard.authorize_model(state, rec, route)  # 403 when the client's key may not use this model
+    rec.model_served = route.upstream
+    rec.backend = route.backend
+    return route

@@ -20,7 +20,7 @@ from ..streams.codecs import SSEDecoder
 from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
 from ..translate import from_openai, to_openai
 from ..translate.from_openai import Timing
-from .common import NDJSON_CT, endpoint, json_response, start_stream, upstream_headers
+from .common import NDJSON_CT, client_auth, endpoint, json_response, resolve_model, start_stream, upstream_headers
 
 __all__ = ["add_routes"]
 
@@ -40,12 +40,7 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
         model = body["name"]  # the deprecated key some clients still send
     if model is not None and not isinstance(model, str):
         raise BadRequest("model must be a string")
-    rec.model_requested = model
-    route = state.registry.resolve(model)
-    guard.authorize_model(state, rec, route)  # 403 when the client's key may not use this model
-    rec.model_served = route.upstream
-    rec.backend = route.backend
-    return route
+    return resolve_model(state, rec, model)
 
 
 def _hints(body: dict[str, Any]) -> dict[str, Any]:
@@ -156,11 +151,10 @@ async def _call_openai(
     timing: Timing,
     think: Any,
 ) -> web.StreamResponse:
-    client_auth = request.headers.get("Authorization") if not state.extras.get("inbound_auth") else None
     # retries, replicas and fallbacks happen in there, before the first byte; `route` is what answered
     async with open_upstream(
         state, route, path, payload, rec=rec, hints=hints, read_body=not stream,
-        headers=upstream_headers(request, rec), client_auth=client_auth,
+        headers=upstream_headers(request, rec), client_auth=client_auth(request, state),
     ) as opened:
         timing.load_ns = opened.load_ns
         return await _answer(request, rec, opened.response, opened.route, kind, stream, timing, think)

@@ -25,7 +25,7 @@ from ..observe import RequestRecord
 from ..registry import ModelEntry, Route
 from ..state import AppState
 from ..translate.passthrough import ModelLineRewriter, replace_model_in_body
-from .common import JSON_CT, NDJSON_CT, REQUEST_ID, upstream_headers
+from .common import JSON_CT, NDJSON_CT, REQUEST_ID, client_auth, identity_headers
 
 __all__ = ["discover", "relay", "remote_ps", "tags_entries"]
 
@@ -36,15 +36,6 @@ PS_TIMEOUT = 3.0
 
 _PROMPT_COUNT = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 _EVAL_COUNT = re.compile(rb'"eval_count"\s*:\s*(\d+)')
-
-
-def _client_auth(request: web.Request, state: AppState) -> str | None:
-    return None if state.extras.get("inbound_auth") else request.headers.get("Authorization")
-
-
-def _identity(request: web.Request, rec: RequestRecord) -> dict[str, str]:
-    # answer lines are rewritten in place, so they must come uncompressed (the client does not decompress)
-    return {**upstream_headers(request, rec), "Accept-Encoding": "identity"}
 
 
 def _record_counts(rec: RequestRecord, data: bytes) -> None:
@@ -78,8 +69,8 @@ async def relay(
 
     # retries, replicas and fallbacks happen in there, before the first byte
     async with open_upstream(
-        state, route, path, data, rec=rec, read_body=not stream, headers=_identity(request, rec),
-        client_auth=_client_auth(request, state),
+        state, route, path, data, rec=rec, read_body=not stream, headers=identity_headers(request, rec),
+        client_auth=client_auth(request, state),
     ) as opened:
         resp, served = opened.response, opened.route
         rewriter = ModelLineRewriter(served.upstream, route.requested) if served.upstream != route.requested else None

@@ -25,7 +25,15 @@ from ..state import AppState
 from ..streams.ollama_to_openai import OllamaToOpenAIStream, error_frame
 from ..translate import from_ollama, to_ollama
 from ..translate.passthrough import replace_model_in_body
-from .common import REQUEST_ID, endpoint, json_response, upstream_headers
+from .common import (
+    REQUEST_ID,
+    client_auth,
+    endpoint,
+    identity_headers,
+    json_response,
+    resolve_model,
+    upstream_headers,
+)
 
 __all__ = ["add_routes"]
 
@@ -52,23 +60,7 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"invalid type for 'model' field: {to_ollama.go_type(model)}", param="model")
-    rec.model_requested = model
-    route = state.registry.resolve(model)
-    guard.authorize_model(state, rec, route)  # 403 when the client's key may not use this model
-    rec.model_served = route.upstream
-    rec.backend = route.backend
-    return route
-
-
-def _client_auth(request: web.Request, state: AppState) -> str | None:
-    # with inbound auth on, the client's key is ours, never the backend's; otherwise it goes on
-    # (HTTPBackend replaces it with the backend's configured key when there is one)
-    return None if state.extras.get("inbound_auth") else request.headers.get("Authorization")
-
-
-def _identity(request: web.Request, rec: RequestRecord) -> dict[str, str]:
-    # an answer we parse or rewrite must come uncompressed (the shared client does not decompress)
-    return {**upstream_headers(request, rec), "Accept-Encoding": "identity"}
+    return resolve_model(state, rec, model)
 
 
 def _record_usage(rec: RequestRecord, data: bytes) -> None:
@@ -153,7 +145,7 @@ def _handler(kind: Kind) -> Any:
         # retries, replicas and fallbacks happen in there, before the first byte
         async with open_upstream(
             state, route, _PATHS[kind], payload, rec=rec, raise_for_status=False,
-            headers=headers, client_auth=_client_auth(request, state),
+            headers=headers, client_auth=client_auth(request, state),
         ) as opened:
             return await _relay(request, rec, opened.response)
 
@@ -176,7 +168,7 @@ async def _via_ollama(
     created = int(time.time())
     async with open_upstream(
         state, route, path, lambda r, _: first if r is route else build(body, r.upstream), rec=rec,
-        read_body=not stream, headers=_identity(request, rec), client_auth=_client_auth(request, state),
+        read_body=not stream, headers=identity_headers(request, rec), client_auth=client_auth(request, state),
     ) as opened:
         resp = opened.response
         if not stream:

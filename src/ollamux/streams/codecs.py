@@ -6,13 +6,13 @@ the unit tests prove by feeding byte by byte and in random splits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["NDJSONDecoder", "SSEDecoder", "SSEEvent", "encode_sse"]
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
+    # a tuple, not a frozen dataclass: one is built per token, and this is 3x cheaper to build
     data: bytes
     event: str | None = None
 
