@@ -23,6 +23,14 @@ __all__ = ["RequestLog", "record_row"]
 log = logging.getLogger("ollamux.store")
 
 _INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# Rows go in 32 to a statement: Python's sqlite3 releases the GIL around every statement step, and one
+# step per row made the writer thread and the event loop trade the GIL thousands of times per batch
+# (measured: 16% of throughput at 4,000 req/s, against ~5 us of real work per row).
+_MULTI = 32
+_INSERT_MULTI = (
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
+    + ", ".join([f"({', '.join('?' * len(COLUMNS))})"] * _MULTI)
+)
 
 
 def _cap_bytes(data: bytes | None, cap: int) -> str | None:
@@ -255,7 +263,11 @@ class RequestLog:
         assert self._conn is not None
         self._conn.execute("BEGIN")
         try:
-            self._conn.executemany(_INSERT, rows)
+            whole = len(rows) - len(rows) % _MULTI
+            for i in range(0, whole, _MULTI):
+                self._conn.execute(_INSERT_MULTI, [v for row in rows[i : i + _MULTI] for v in row])
+            if whole < len(rows):
+                self._conn.executemany(_INSERT, rows[whole:])
             self._conn.execute("COMMIT")
         except BaseException:
             try:
