@@ -27,11 +27,13 @@ from ..translate import from_ollama, to_ollama
 from ..translate.passthrough import replace_model_in_body
 from .common import (
     REQUEST_ID,
+    SSE_CT,
     client_auth,
     endpoint,
     identity_headers,
     json_response,
     resolve_model,
+    start_stream,
     upstream_headers,
 )
 
@@ -202,18 +204,7 @@ async def _relay_ndjson_as_sse(
     request: web.Request, rec: RequestRecord, resp: UpstreamResponse, translator: OllamaToOpenAIStream
 ) -> web.StreamResponse:
     """Upstream NDJSON in, OpenAI SSE out, one write per upstream read (no buffering)."""
-    out = web.StreamResponse(
-        status=200,
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx in front must not hold the stream back
-            REQUEST_ID: rec.id,
-        },
-    )
-    rec.streamed = True
-    rec.status = 200
-    await out.prepare(request)
+    out = await start_stream(request, rec, SSE_CT)
     try:
         try:
             async for chunk in resp.iter_chunks():
