@@ -32,17 +32,11 @@ def create_app(settings: Settings) -> web.Application:
     guard.install(app, settings)  # keys, rate limits, body limits, CORS, Host guard (one middleware)
 
     from .api import ollama as ollama_api
+    from .api import openai as openai_api
+    from .api import ops
 
     ollama_api.add_routes(app)
-    import importlib
-
-    try:
-        openai_api = importlib.import_module(".api.openai", __package__)
-    except ImportError:  # pragma: no cover - while the OpenAI API is being built
-        openai_api = None
-    if openai_api is not None:
-        openai_api.add_routes(app)
-    from .api import ops
+    openai_api.add_routes(app)
 
     ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
     app.cleanup_ctx.append(_lifespan)

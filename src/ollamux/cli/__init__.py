@@ -1,4 +1,4 @@
-"""The `ollamux` command line: `serve` and `check` here; each further command lives in its own module."""
+"""The `ollamux` command line: each group of commands lives in its own module (serve, client, logs)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import serve
+from . import client, logs, serve
 
 __all__ = ["main"]
 
@@ -16,12 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ollamux", description="One server, two APIs (Ollama and OpenAI), many model backends."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve.register(sub)
-    for name in ("client", "logs"):
-        try:
-            module = __import__(f"{__name__}.{name}", fromlist=["register"])
-        except ImportError:
-            continue
+    for module in (serve, client, logs):
         module.register(sub)
     return parser
 

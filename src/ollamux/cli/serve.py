@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -65,10 +64,8 @@ def _load(args: argparse.Namespace) -> Settings | None:
             args.config, getattr(args, "host", None), getattr(args, "port", None), getattr(args, "backend", None),
             os.environ,
         )
-        try:
-            from ..runtime.checks import check_runtime
-        except ImportError:  # pragma: no cover - only while the runtime package is absent
-            return settings
+        from ..runtime.checks import check_runtime
+
         check_runtime(settings)  # e.g. a gguf model without the llama extra installed
         return settings
     except ConfigError as exc:
@@ -115,9 +112,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def setup_logging(fmt: str, level: str) -> None:
-    try:
-        from ..oplog import configure
-    except ImportError:  # pragma: no cover
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
+    from ..oplog import configure
+
     configure(fmt, level)
