@@ -13,6 +13,7 @@ import sys
 from typing import Any, TextIO
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .observe import CURRENT_REQUEST_ID, RequestRecord
 
@@ -80,7 +81,32 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     root.setLevel(lvl if isinstance(lvl, int) else logging.INFO)
     # aiohttp logs each failed connection at error level with a traceback; that is client noise
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
     return handler
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs every malformed request (bad request line, broken header) at error level with a full
+    traceback: hostile or broken clients could flood the operator log. The client got its 400 already; one
+    info line without the traceback is what an operator needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.getMessage()}: malformed request ({printable(str(exc))})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            return logging.getLogger("aiohttp.server").isEnabledFor(logging.INFO)
+        return True
+
+
+def printable(text: str, limit: int = 200) -> str:
+    # aiohttp's parser messages span lines with a caret under the bad byte: one line is enough here
+    return " ".join("".join(c if c.isprintable() else " " for c in text[:limit]).split())
 
 
 class RequestLines:
