@@ -86,11 +86,13 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
             rec.abandoned = True
             rec.error = rec.error or "request canceled"
             raise
-        except (ConnectionResetError, OSError) as exc:
+        except ConnectionError as exc:
             rec.status = 499
             rec.abandoned = True
             rec.error = f"client connection lost: {exc}"
-            raise
+            # returned, not raised: aiohttp drops a response it cannot write quietly, but logs a raised
+            # error with a traceback (a client hanging up is no server fault)
+            return web.Response(status=499, headers={REQUEST_ID: rid})
         except Exception as exc:  # nothing crashes the server; the operator log gets the traceback
             log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
             err = OllamuxError(f"internal error: {type(exc).__name__}: {exc}", status=500)
