@@ -123,21 +123,11 @@ class RateLimiter:
         if r.tokens is not None:
             wait = r.tokens.in_debt(now)
             if wait:
-                raise RateLimited(
-                    f"rate limit exceeded for {label}: {_per_minute(r.tokens)} tokens per minute; "
-                    f"retry in {_retry_after(wait)} s",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": _retry_after(wait)},
-                )
+                raise _refusal(label, f"{_per_minute(r.tokens)} tokens", wait)
         if r.requests is not None:
             wait = r.requests.take(1.0, now)
             if wait:
-                raise RateLimited(
-                    f"rate limit exceeded for {label}: {_per_minute(r.requests)} requests per minute; "
-                    f"retry in {_retry_after(wait)} s",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": _retry_after(wait)},
-                )
+                raise _refusal(label, f"{_per_minute(r.requests)} requests", wait)
 
     def charge_tokens(self, caller: str, tokens: int) -> None:
         if tokens <= 0:
@@ -209,3 +199,11 @@ class Gate:
                 fut.set_result(None)
                 return
         self.active -= 1
+
+
+def _refusal(label: str, limit: str, wait: float) -> RateLimited:
+    return RateLimited(
+        f"rate limit exceeded for {label}: {limit} per minute; retry in {_retry_after(wait)} s",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": _retry_after(wait)},
+    )
