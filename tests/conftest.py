@@ -9,6 +9,7 @@ import pytest
 from ollamux import create_app
 from ollamux.config import parse_settings
 
+from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
 from .servers import LoopThread
 
@@ -25,6 +26,14 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.fixture(scope="session")
 def fake_openai(loop_thread: LoopThread) -> Iterator[tuple[FakeOpenAI, str]]:
     fake = FakeOpenAI()
+    runner, url = loop_thread.start_app(fake.app())
+    yield fake, url
+    loop_thread.stop_app(runner)
+
+
+@pytest.fixture(scope="session")
+def fake_ollama(loop_thread: LoopThread) -> Iterator[tuple[FakeOllama, str]]:
+    fake = FakeOllama()
     runner, url = loop_thread.start_app(fake.app())
     yield fake, url
     loop_thread.stop_app(runner)

@@ -12,17 +12,8 @@ import pytest
 
 from .conftest import ProxyFactory
 from .fakes.ollama_upstream import DETAILS, FakeOllama
-from .servers import LoopThread
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def fake_ollama(loop_thread: LoopThread) -> Iterator[tuple[FakeOllama, str]]:
-    fake = FakeOllama()
-    runner, url = loop_thread.start_app(fake.app())
-    yield fake, url
-    loop_thread.stop_app(runner)
 
 
 @pytest.fixture

@@ -19,20 +19,11 @@ import pytest
 from .conftest import ProxyFactory
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
-from .servers import LoopThread
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 HI = [{"role": "user", "content": "hi"}]
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n0000").decode()
-
-
-@pytest.fixture(scope="module")
-def fake_ollama(loop_thread: LoopThread) -> Iterator[tuple[FakeOllama, str]]:
-    fake = FakeOllama()
-    runner, url = loop_thread.start_app(fake.app())
-    yield fake, url
-    loop_thread.stop_app(runner)
 
 
 def ollama_backend_config(url: str, **backend: Any) -> dict[str, Any]:

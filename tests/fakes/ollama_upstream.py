@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .openai_upstream import Captured
+from .capture import Captured, Recorder
 
 CONTENT = ["Hello", " from", " Ollama!"]
 TEXT = ["Once", " upon", " a time"]
@@ -43,15 +43,8 @@ def line(obj: Any) -> bytes:
 
 
 @dataclass
-class FakeOllama:
+class FakeOllama(Recorder):
     models: list[str] = field(default_factory=lambda: ["qwen3:latest", "tools:latest", "think:latest", "nomic:v1"])
-    requests: list[Captured] = field(default_factory=list)
-
-    def last(self, path: str | None = None) -> Captured:
-        for c in reversed(self.requests):
-            if path is None or c.path.endswith(path):
-                return c
-        raise AssertionError(f"no request to {path}")
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -65,11 +58,6 @@ class FakeOllama:
         app.router.add_post("/api/embed", self.embed)
         app.router.add_post("/api/embeddings", self.embeddings)
         return app
-
-    async def _capture(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        self.requests.append(Captured(request.path, dict(request.headers), raw))
-        return json.loads(raw) if raw else {}
 
     # ----------------------------------------------------------------------------------- catalogue
     async def banner(self, request: web.Request) -> web.Response:
@@ -109,6 +97,12 @@ class FakeOllama:
         })
 
     # ---------------------------------------------------------------------------------- generation
+    async def _begin(self, request: web.Request) -> tuple[dict[str, Any], str, web.Response | None]:
+        """The request body, the model asked (without :latest), and the scripted refusal if any."""
+        body = await self._capture(request)
+        model = str(body.get("model", "")).removesuffix(":latest")
+        return body, model, await self._error(model)
+
     async def _error(self, model: str) -> web.Response | None:
         if model == "bad-request":
             return web.json_response({"error": "the request is bad: temperature too hot"}, status=400)
@@ -117,9 +111,7 @@ class FakeOllama:
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._capture(request)
-        model = str(body.get("model", "")).removesuffix(":latest")
-        err = await self._error(model)
+        body, model, err = await self._begin(request)
         if err is not None:
             return err
         reason = "length" if model == "length" else "stop"
@@ -155,9 +147,7 @@ class FakeOllama:
         return resp
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        body = await self._capture(request)
-        model = str(body.get("model", "")).removesuffix(":latest")
-        err = await self._error(model)
+        body, model, err = await self._begin(request)
         if err is not None:
             return err
         reason = "length" if model == "length" else "stop"

@@ -25,30 +25,14 @@ from typing import Any
 
 from aiohttp import web
 
+from .capture import Captured, Recorder
+
 CONTENT = ["Hello", " from the", " fake!"]
 
 
 @dataclass
-class Captured:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class FakeOpenAI:
+class FakeOpenAI(Recorder):
     models: list[str] = field(default_factory=lambda: ["fake-model", "tools", "think", "embed-model"])
-    requests: list[Captured] = field(default_factory=list)
-
-    def last(self, path: str | None = None) -> Captured:
-        for c in reversed(self.requests):
-            if path is None or c.path.endswith(path):
-                return c
-        raise AssertionError(f"no request to {path}")
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -58,11 +42,6 @@ class FakeOpenAI:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
-
-    async def _capture(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        self.requests.append(Captured(request.path, dict(request.headers), raw))
-        return json.loads(raw) if raw else {}
 
     async def list_models(self, request: web.Request) -> web.Response:
         self.requests.append(Captured(request.path, dict(request.headers), b""))
