@@ -34,11 +34,15 @@ LITELLM_BIN = Path.home() / ".cache" / "ollamux" / "bench-venv" / "bin" / "litel
 PY = sys.executable
 
 STACKS = ("direct", "reference", "ollamux", "ollamux-bare", "litellm")
+# not run unless named in --stacks: what the request log and the metrics each cost, one switched on at a time
+EXTRA_STACKS = ("ollamux-log", "ollamux-metrics")
 STACK_TITLES = {
     "direct": "upstream directly (nginx)",
     "reference": "reference pass-through (aiohttp, 15 lines)",
     "ollamux": "ollamux (request log + metrics on)",
     "ollamux-bare": "ollamux (request log + metrics off)",
+    "ollamux-log": "ollamux (request log on, metrics off)",
+    "ollamux-metrics": "ollamux (metrics on, request log off)",
     "litellm": "LiteLLM proxy (1 worker)",
 }
 SSE_CHUNKS = 50
@@ -152,7 +156,7 @@ def nginx_conf(d: Path, port: int) -> str:
     )
 
 
-def ollamux_conf(d: Path, port: int, up: int, slow: int, *, observed: bool, metrics_key: bool) -> str:
+def ollamux_conf(d: Path, port: int, up: int, slow: int, *, log: bool, metrics: bool, metrics_key: bool) -> str:
     lines = [
         f"server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 1}}",
         "backends:",
@@ -164,12 +168,12 @@ def ollamux_conf(d: Path, port: int, up: int, slow: int, *, observed: bool, metr
         "  bench-stream: {backend: sse}",
         "  bench-slow: {backend: slow}",
     ]
-    if observed:
+    if log:
         lines.append(f"request_log: {{path: '{d}/requests-{port}.sqlite'}}")
     else:
         lines.append("request_log: {enabled: false}")
-        if metrics_key:
-            lines.append("metrics: {enabled: false, backend_probe_interval: 0}")
+    if not metrics and metrics_key:
+        lines.append("metrics: {enabled: false, backend_probe_interval: 0}")
     return "\n".join(lines) + "\n"
 
 
@@ -503,13 +507,13 @@ class Bench:
                            env={**os.environ, **self.ollamux_env()}, cwd=REPO, check=False)
         return r.returncode == 0
 
-    def start_ollamux(self, name: str, up: int, slow: int, *, observed: bool) -> Proc:
+    def start_ollamux(self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True) -> Proc:
         port = free_port()
         known = self.metrics_key_known()
-        if not observed and not known:
+        if not metrics and not known:
             self.notes.append("this ollamux has no `metrics:` switch: 'ollamux-bare' turns off the request log only")
         cfg = self.work / f"{name}.yaml"
-        cfg.write_text(ollamux_conf(self.work, port, up, slow, observed=observed, metrics_key=known))
+        cfg.write_text(ollamux_conf(self.work, port, up, slow, log=log, metrics=metrics, metrics_key=known))
         return self.start(name, self.ollamux_cmd(cfg), port, self.ollamux_env())
 
     def start_all(self) -> None:
@@ -525,9 +529,13 @@ class Bench:
             self.stacks["reference"] = self.start(
                 "reference", [PY, str(BENCH / "reference_proxy.py"), str(port), f"http://127.0.0.1:{up}"], port)
         if "ollamux" in wanted:
-            self.stacks["ollamux"] = self.start_ollamux("ollamux", up, up, observed=True)
+            self.stacks["ollamux"] = self.start_ollamux("ollamux", up, up)
         if "ollamux-bare" in wanted:
-            self.stacks["ollamux-bare"] = self.start_ollamux("ollamux-bare", up, up, observed=False)
+            self.stacks["ollamux-bare"] = self.start_ollamux("ollamux-bare", up, up, log=False, metrics=False)
+        if "ollamux-log" in wanted:
+            self.stacks["ollamux-log"] = self.start_ollamux("ollamux-log", up, up, log=True, metrics=False)
+        if "ollamux-metrics" in wanted:
+            self.stacks["ollamux-metrics"] = self.start_ollamux("ollamux-metrics", up, up, log=False, metrics=True)
         if "litellm" in wanted:
             if not LITELLM_BIN.exists():
                 self.notes.append(f"LiteLLM proxy not installed ({LITELLM_BIN}): its column is skipped")
@@ -639,7 +647,7 @@ class Bench:
                 p = self.start("reference-mem", [PY, str(BENCH / "reference_proxy.py"), str(port),
                                                  f"http://127.0.0.1:{slow}"], port)
             else:
-                p = self.start_ollamux(f"ollamux-mem-{len(out)}", self.up_port, slow, observed=True)
+                p = self.start_ollamux(f"ollamux-mem-{len(out)}", self.up_port, slow)
             body = (self.work / f"{body_name}.json").read_bytes()
             entry: dict[str, Any] = {"stack": stack, "path": path, "streams": self.args.streams}
             try:

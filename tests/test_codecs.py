@@ -54,6 +54,33 @@ def test_sse_random_splits(cuts: list[int]) -> None:
     assert _feed_all(SSEDecoder(), _split(SSE, cuts)) == EXPECTED
 
 
+# what backends send (one `data:` line per event, the fast path), then everything else SSE allows
+TYPICAL = b"".join(b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i for i in range(5))
+MIXED = TYPICAL + b"\n" + SSE + TYPICAL + b"data: last"
+MIXED_EXPECTED = [b'{"choices":[{"delta":{"content":"t%d"}}]}' % i for i in range(5)]
+MIXED_EXPECTED = MIXED_EXPECTED + EXPECTED + MIXED_EXPECTED + [b"last"]
+
+
+def _payloads_all(dec: SSEDecoder, parts: list[bytes]) -> list[bytes]:
+    out = []
+    for p in parts:
+        out.extend(dec.payloads(p))
+    out.extend(e.data for e in dec.flush())
+    return out
+
+
+def test_sse_payloads_match_feed() -> None:
+    assert _feed_all(SSEDecoder(), [MIXED]) == MIXED_EXPECTED
+    assert _payloads_all(SSEDecoder(), [MIXED]) == MIXED_EXPECTED
+    assert _payloads_all(SSEDecoder(), [MIXED[i : i + 1] for i in range(len(MIXED))]) == MIXED_EXPECTED
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=30))
+@settings(max_examples=300)
+def test_sse_payloads_random_splits(cuts: list[int]) -> None:
+    assert _payloads_all(SSEDecoder(), _split(MIXED, cuts)) == MIXED_EXPECTED
+
+
 def test_sse_event_name_and_unterminated_last_event() -> None:
     dec = SSEDecoder()
     events = dec.feed(b"event: error\ndata: {\"x\":1}\n\ndata: tail")

@@ -123,3 +123,119 @@ def test_generate_kind_uses_response_field() -> None:
     objs = [json.loads(x) for x in lines]
     assert objs[0]["response"] == "hi" and "message" not in objs[0]
     assert objs[-1]["response"] == "" and objs[-1]["done"] is True
+
+
+# ----------------------------------------------------------------------------------- the batch fast path
+def _llama_cpp(i: int, content: Any, created: int = 1700000000, **choice: Any) -> bytes:
+    """llama-server's key order and compact JSON: the events the fast path learns."""
+    ch = {"finish_reason": None, "index": 0, "delta": {"content": content}, **choice}
+    return json.dumps({"choices": [ch], "created": created, "id": "chatcmpl-x", "model": "m",
+                       "system_fingerprint": "b1", "object": "chat.completion.chunk"},
+                      separators=(",", ":"), ensure_ascii=i % 2 == 0).encode()
+
+
+TRICKY = sse(
+    chunk({"role": "assistant", "content": ""}),
+    *[_llama_cpp(i, t) for i, t in enumerate(["Hel", "lo", " \"quoted\"", "back\\slash", "é€", "\u2028sep",
+                                               "\n", "", "tab\t", "{\"content\":1}"])],
+    _llama_cpp(20, "new second", created=1700000001),  # a new `created`: the learnt bytes no longer fit
+    _llama_cpp(21, "again", created=1700000001),
+    _llama_cpp(22, None),  # content null: no line
+    _llama_cpp(23, "x", logprobs={"content": []}),
+    chunk({"content": "two"}, None, choices_extra=1),
+    {"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]},
+    _llama_cpp(24, "after"),
+    chunk({"reasoning_content": "hmm"}),
+    _llama_cpp(25, "tail"),
+    chunk({}, "stop", usage={"prompt_tokens": 3, "completion_tokens": 14, "total_tokens": 17}),
+    b"[DONE]",
+)
+
+
+def _batched(data: bytes, parts: list[bytes], kind: str = "chat") -> tuple[list[dict[str, Any]], Any]:
+    tr = OpenAIToOllamaStream("m:latest", kind, Timing(start_ns=0))  # type: ignore[arg-type]
+    dec = SSEDecoder()
+    lines: list[bytes] = []
+    for p in parts:
+        tr.feed_batch(dec.payloads(p), lines)
+    tr.feed_batch([ev.data for ev in dec.flush()], lines)
+    lines.extend(tr.finish(end_ns=10_000_000))
+    raw = b"".join(lines)
+    assert raw.endswith(b"\n") and b"\xe2\x80\xa8" not in raw  # whole NDJSON lines, U+2028 escaped
+    return [json.loads(line) for line in raw.splitlines()], tr
+
+
+def _one_by_one(data: bytes, kind: str = "chat") -> tuple[list[dict[str, Any]], Any]:
+    tr = OpenAIToOllamaStream("m:latest", kind, Timing(start_ns=0))  # type: ignore[arg-type]
+    dec = SSEDecoder()
+    lines = [line for ev in dec.feed(data) + dec.flush() for line in tr.feed(ev.data)]
+    lines.extend(tr.finish(end_ns=10_000_000))
+    return [json.loads(line) for line in lines], tr
+
+
+def _strip_times(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in o.items() if k != "created_at" and not k.endswith("duration")} for o in objs]
+
+
+def test_batch_fast_path_equals_event_by_event() -> None:
+    slow, tr_slow = _one_by_one(TRICKY)
+    contents = [o["message"]["content"] for o in slow if o["message"]["content"]]
+    assert contents == ["Hel", "lo", " \"quoted\"", "back\\slash", "é€", "\u2028sep", "\n", "tab\t",
+                        "{\"content\":1}", "new second", "again", "x", "two", "a", "after", "tail"]
+    rng = random.Random(7)
+    for parts in ([TRICKY], [TRICKY[i : i + 1] for i in range(len(TRICKY))],
+                  *[_cut(TRICKY, rng) for _ in range(200)]):
+        fast, tr_fast = _batched(TRICKY, parts)
+        assert _strip_times(fast) == _strip_times(slow)
+        assert tr_fast.text_parts == tr_slow.text_parts and tr_fast.usage == tr_slow.usage
+        assert tr_fast.finish_reason == "stop" and tr_fast.done_seen
+
+
+def _cut(data: bytes, rng: random.Random) -> list[bytes]:
+    points = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def test_batch_fast_path_takes_plain_events() -> None:
+    # what makes it fast: after the first plain event, the others are not parsed one by one
+    tr = OpenAIToOllamaStream("m", "chat", Timing(start_ns=0))
+    calls = 0
+    feed = tr.feed
+
+    def counting(data: bytes) -> list[bytes]:
+        nonlocal calls
+        calls += 1
+        return feed(data)
+
+    tr.feed = counting  # type: ignore[method-assign]
+    out: list[bytes] = []
+    tr.feed_batch([_llama_cpp(1, f"t{i}") for i in range(50)], out)
+    assert calls == 1 and len(b"".join(out).splitlines()) == 50
+
+
+def test_batch_keeps_lines_made_before_an_error() -> None:
+    tr = OpenAIToOllamaStream("m", "chat", Timing(start_ns=0))
+    out: list[bytes] = []
+    with pytest.raises(UpstreamError, match="boom"):
+        tr.feed_batch([_llama_cpp(1, "a"), _llama_cpp(1, "b"), b'{"error":{"message":"boom"}}'], out)
+    assert [json.loads(x)["message"]["content"] for x in b"".join(out).splitlines()] == ["a", "b"]
+
+
+def test_batch_event_that_is_not_json_is_a_502() -> None:
+    tr = OpenAIToOllamaStream("m", "chat", Timing(start_ns=0))
+    out: list[bytes] = []
+    pre = _llama_cpp(1, "a")
+    with pytest.raises(UpstreamError) as e:
+        # fits the learnt bytes around a "string" that is not one: parsed in full, refused
+        tr.feed_batch([pre, pre.replace(b'"a"', b'"a","b"'), pre.replace(b'"a"', b'"unterminated')], out)
+    assert e.value.status == 502
+
+
+def test_batch_generate_and_raw_kinds() -> None:
+    gen = sse(*[_llama_cpp(i, f"w{i}") for i in range(6)], b"[DONE]")
+    assert _strip_times(_batched(gen, [gen], "generate")[0]) == _strip_times(_one_by_one(gen, "generate")[0])
+    raw = sse(*[{"choices": [{"index": 0, "text": f"r{i}", "finish_reason": None}], "id": "c", "created": 1}
+                for i in range(6)], b"[DONE]")
+    fast, _ = _batched(raw, [raw], "raw")
+    assert "".join(o["response"] for o in fast) == "r0r1r2r3r4r5"
+    assert _strip_times(fast) == _strip_times(_one_by_one(raw, "raw")[0])

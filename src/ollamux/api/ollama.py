@@ -191,13 +191,11 @@ async def relay_sse_as_ndjson(
     try:
         try:
             async for chunk in resp.iter_chunks():
-                for ev in decoder.feed(chunk):
-                    lines.extend(translator.feed(ev.data))
+                translator.feed_batch(decoder.payloads(chunk), lines)
                 if lines:
-                    await out.write(b"".join(lines))
+                    await out.write(b"".join(lines) if len(lines) > 1 else lines[0])
                     lines.clear()
-            for ev in decoder.flush():
-                lines.extend(translator.feed(ev.data))
+            translator.feed_batch([ev.data for ev in decoder.flush()], lines)
             lines.extend(translator.finish())
         except OllamuxError as exc:
             # after the first byte an error is one more NDJSON line; the status stays 200

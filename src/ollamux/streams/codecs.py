@@ -46,6 +46,56 @@ class SSEDecoder:
             self._line(line, events)
         return events
 
+    def payloads(self, chunk: bytes) -> list[bytes]:
+        """The data of every event this chunk completes, event names dropped: the per-token hot path.
+
+        Backends send one `data: {...}` line per event; such an event is cut out whole, without the line
+        loop. Anything else (CRs, comments, named or multi-line events, an event begun in an earlier
+        chunk) goes through `feed`, so both give the same data for any split of the stream.
+        """
+        if self._pending_cr or self._data or self._event is not None or b"\r" in chunk:
+            return [ev.data for ev in self.feed(chunk)]
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            out: list[bytes] = []
+            self._rest(buf, out)
+            return out
+        if buf.startswith(b"data: "):
+            # the usual case, counted and split in C: every complete event is one `data: ` line
+            parts = buf[6:end].split(b"\n\ndata: ")
+            if buf.count(b"\n", 0, end) == 2 * len(parts) - 2:
+                self._buf = b""
+                rest = buf[end + 2 :]
+                if rest:
+                    self._rest(rest, parts)
+                return parts
+        blocks = buf[:end].split(b"\n\n")
+        rest = buf[end + 2 :]
+        out = []
+        slow: list[SSEEvent] = []
+        for block in blocks:
+            if block[:6] == b"data: " and b"\n" not in block:
+                out.append(block[6:])
+                continue
+            for line in block.split(b"\n"):
+                self._line(line, slow)
+            self._line(b"", slow)  # the blank line the split consumed
+            if slow:
+                out.extend(ev.data for ev in slow)
+                slow.clear()
+        self._rest(rest, out)
+        return out
+
+    def _rest(self, rest: bytes, out: list[bytes]) -> None:
+        """The unfinished event: its whole lines are taken in now, its last (partial) line waits."""
+        lines = rest.split(b"\n")
+        self._buf = lines.pop()
+        slow: list[SSEEvent] = []
+        for line in lines:
+            self._line(line, slow)
+        out.extend(ev.data for ev in slow)
+
     def flush(self) -> list[SSEEvent]:
         events: list[SSEEvent] = []
         if self._buf:

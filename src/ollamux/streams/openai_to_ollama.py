@@ -7,6 +7,7 @@ after the finish chunk when include_usage is on) are held until the stream ends,
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Literal
 
@@ -20,6 +21,12 @@ from ..translate.tools import arguments_to_object
 __all__ = ["OpenAIToOllamaStream", "upstream_error_message"]
 
 Kind = Literal["chat", "generate", "raw"]
+
+# The fast path (see `feed_batch`): what a plain token event may hold besides its text.
+_PLAIN_TOP = frozenset({"id", "object", "created", "model", "system_fingerprint", "choices", "usage", "service_tier"})
+_PLAIN_CHOICE = frozenset({"index", "delta", "text", "finish_reason", "logprobs"})
+_PLAIN_DELTA = frozenset({"content", "role"})
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def upstream_error_message(err: Any) -> str:
@@ -53,6 +60,7 @@ class OpenAIToOllamaStream:
         self.text_parts: list[str] = []  # what the model said, for the request log
         self._calls: list[_Call] = []
         self._by_index: dict[int, _Call] = {}
+        self._template: tuple[bytes, bytes] | None = None  # bytes around a plain event's token (feed_batch)
         # byte templates of a content line; same key order as the dict form (Go's struct order)
         self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
         if kind == "chat":
@@ -79,6 +87,81 @@ class OpenAIToOllamaStream:
         obj["thinking"] = thinking
         obj["done"] = False
         return dumps_line(obj)
+
+    def feed_batch(self, datas: list[bytes], out: list[bytes]) -> None:
+        """`feed` for every event of one upstream read, with a fast path for plain token events.
+
+        In a stream, the events that carry one token differ only in the token: same id, model, created,
+        same keys in the same order. The first such event is parsed in full (`feed`), which learns its
+        bytes before and after the token's JSON string. Every later event with exactly those bytes
+        around a string is the same kind of event, so its string is cut out by two comparisons, and
+        all strings of the read are parsed in one call: ~1 us an event instead of ~3. Anything else
+        (another key, a finish reason, usage, tool calls, thinking, a new `created`) takes the full path,
+        in order. The lines of one read share one timestamp (they arrived together). Lines are appended
+        to `out` as they are made, so those before an event that raises are kept.
+        """
+        i, n = 0, len(datas)
+        while i < n:
+            template = self._template
+            if template is not None:
+                pre, suf = template
+                lp, ls = len(pre), len(suf)
+                rest = datas[i:] if i else datas
+                fits = [d.startswith(pre) and d.endswith(suf) and len(d) >= lp + ls + 2 for d in rest]
+                j = i + fits.index(False) if False in fits else n
+                if j > i:
+                    self._plain([d[lp : len(d) - ls] for d in datas[i:j]], datas[i:j], out)
+                    i = j
+                    if i == n:
+                        break
+            out.extend(self.feed(datas[i]))
+            i += 1
+
+    def _plain(self, raws: list[bytes], datas: list[bytes], out: list[bytes]) -> None:
+        """Lines for plain token events from their raw JSON strings (validated and decoded in one parse)."""
+        try:
+            texts = orjson.loads(b"[" + b",".join(raws) + b"]")
+        except orjson.JSONDecodeError:
+            texts = None
+        if texts is None or len(texts) != len(raws) or any(t.__class__ is not str for t in texts):
+            for d in datas:  # not one string each after all: the full path says what they are
+                out.extend(self.feed(d))
+            return
+        texts = [t for t in texts if t]
+        if not texts:
+            return
+        self._first()
+        self.text_parts.extend(texts)
+        head = self._head + now_rfc3339().encode() + self._mid
+        lines = head + (self._tail + head).join([orjson.dumps(t) for t in texts]) + self._tail
+        if b"\xe2\x80" in lines or b"\xc2\x85" in lines:
+            lines = escape_line_breakers(lines)
+        out.append(lines)
+
+    def _learn(self, data: bytes, obj: dict[str, Any], ch: dict[str, Any], text: Any) -> None:
+        """Remember the bytes around this event's token if it is a plain token event (see `feed_batch`)."""
+        self._template = None
+        if not isinstance(text, str) or not text or not obj.keys() <= _PLAIN_TOP or obj.get("usage") is not None:
+            return
+        if len(obj["choices"]) != 1 or not ch.keys() <= _PLAIN_CHOICE or ch.get("index", 0) != 0:
+            return
+        if ch.get("finish_reason") is not None or ch.get("logprobs") is not None:
+            return
+        key = b'"text":' if self.kind == "raw" else b'"content":'
+        if self.kind != "raw":
+            delta = ch.get("delta")
+            if "text" in ch or not isinstance(delta, dict) or not delta.keys() <= _PLAIN_DELTA:
+                return
+            if delta.get("role", "assistant") != "assistant":
+                return
+        elif "delta" in ch:
+            return
+        if data.count(key) != 1:  # an unescaped `"key":` is a key: there must be just the one
+            return
+        m = _JSON_STRING.match(data, data.index(key) + len(key))
+        if m is None or orjson.loads(m.group()) != text:
+            return
+        self._template = (data[: m.start()], data[m.end() :])
 
     def feed(self, data: bytes) -> list[bytes]:
         if data == b"[DONE]":
@@ -111,6 +194,7 @@ class OpenAIToOllamaStream:
                 self._first()
                 self.text_parts.append(text)
                 out.append(self._chunk(text))
+            self._learn(data, obj, ch, text)
         else:
             delta = ch.get("delta") or {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
@@ -122,6 +206,7 @@ class OpenAIToOllamaStream:
                 self._first()
                 self.text_parts.append(content)
                 out.append(self._chunk(content))
+            self._learn(data, obj, ch, content)
             calls = delta.get("tool_calls")
             if calls:
                 self._first()
@@ -196,3 +281,4 @@ class OpenAIToOllamaStream:
         obj["done_reason"] = done_reason(self.finish_reason)
         obj.update(final_metrics(self.usage, self.timings, self.timing, end))
         return obj
+
