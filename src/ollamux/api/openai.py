@@ -55,7 +55,7 @@ _NOT_RELAYED = frozenset(
 # usage from a relayed answer without parsing it: the counts are plain integers wherever they sit
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-_SCAN_LIMIT = 256 * 1024  # bigger answers (embeddings) are scanned at their end, where usage sits
+_USAGE_SPAN = 1024  # a usage object, with its *_details, fits in this
 
 
 def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
@@ -66,12 +66,17 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
 
 
 def _record_usage(rec: RequestRecord, data: bytes) -> None:
-    prompt = _PROMPT_TOKENS.findall(data)
+    """Token counts from the last `"usage"` object in an answer's bytes (scanned from there on only)."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return
+    usage = data[at : at + _USAGE_SPAN]
+    prompt = _PROMPT_TOKENS.search(usage)
     if prompt:
-        rec.prompt_tokens = int(prompt[-1])
-    completion = _COMPLETION_TOKENS.findall(data)
+        rec.prompt_tokens = int(prompt[1])
+    completion = _COMPLETION_TOKENS.search(usage)
     if completion:
-        rec.completion_tokens = int(completion[-1])
+        rec.completion_tokens = int(completion[1])
 
 
 def _relay_headers(upstream: Mapping[str, str], rec: RequestRecord) -> CIMultiDict[str]:
@@ -100,7 +105,7 @@ async def _relay(request: web.Request, rec: RequestRecord, resp: UpstreamRespons
     if not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
         data = await resp.read()
         rec.first_token_ns = time.perf_counter_ns()
-        _record_usage(rec, data if len(data) <= _SCAN_LIMIT else data[-4096:])
+        _record_usage(rec, data)
         return web.Response(body=data, status=status, headers=headers)
     out = web.StreamResponse(status=status, headers=headers)
     rec.streamed = True
@@ -119,7 +124,8 @@ async def _relay(request: web.Request, rec: RequestRecord, resp: UpstreamRespons
         await out.write(error_frame(exc))
     finally:
         resp.release()  # now, not when the generator is collected: a client gone frees the backend slot
-    _record_usage(rec, prev + last)  # the usage chunk is among the last frames
+    # the usage chunk is among the last frames, perhaps cut between the last two reads
+    _record_usage(rec, last if b'"usage"' in last else prev[-_USAGE_SPAN:] + last)
     await out.write_eof()
     return out
 
