@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -14,6 +14,7 @@ from .fakes.openai_upstream import FakeOpenAI
 from .servers import LoopThread
 
 ProxyFactory = Callable[[dict[str, Any]], str]
+F = TypeVar("F", FakeOpenAI, FakeOllama)
 
 
 @pytest.fixture(scope="session")
@@ -23,20 +24,21 @@ def loop_thread() -> Iterator[LoopThread]:
     lt.close()
 
 
-@pytest.fixture(scope="session")
-def fake_openai(loop_thread: LoopThread) -> Iterator[tuple[FakeOpenAI, str]]:
-    fake = FakeOpenAI()
+def _served(loop_thread: LoopThread, fake: F) -> Iterator[tuple[F, str]]:
+    """A fake upstream served on a real socket for the fixture's lifetime."""
     runner, url = loop_thread.start_app(fake.app())
     yield fake, url
     loop_thread.stop_app(runner)
+
+
+@pytest.fixture(scope="session")
+def fake_openai(loop_thread: LoopThread) -> Iterator[tuple[FakeOpenAI, str]]:
+    yield from _served(loop_thread, FakeOpenAI())
 
 
 @pytest.fixture(scope="session")
 def fake_ollama(loop_thread: LoopThread) -> Iterator[tuple[FakeOllama, str]]:
-    fake = FakeOllama()
-    runner, url = loop_thread.start_app(fake.app())
-    yield fake, url
-    loop_thread.stop_app(runner)
+    yield from _served(loop_thread, FakeOllama())
 
 
 @pytest.fixture

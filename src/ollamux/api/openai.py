@@ -65,11 +65,12 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
     return resolve_model(state, rec, model)
 
 
-def _record_usage(rec: RequestRecord, data: bytes) -> None:
-    """Token counts from the last `"usage"` object in an answer's bytes (scanned from there on only)."""
+def _record_usage(rec: RequestRecord, data: bytes) -> bool:
+    """Token counts from the last `"usage"` object in an answer's bytes (scanned from there on only);
+    False when there is none."""
     at = data.rfind(b'"usage"')
     if at < 0:
-        return
+        return False
     usage = data[at : at + _USAGE_SPAN]
     prompt = _PROMPT_TOKENS.search(usage)
     if prompt:
@@ -77,6 +78,7 @@ def _record_usage(rec: RequestRecord, data: bytes) -> None:
     completion = _COMPLETION_TOKENS.search(usage)
     if completion:
         rec.completion_tokens = int(completion[1])
+    return True
 
 
 def _relay_headers(upstream: Mapping[str, str], rec: RequestRecord) -> CIMultiDict[str]:
@@ -125,7 +127,8 @@ async def _relay(request: web.Request, rec: RequestRecord, resp: UpstreamRespons
     finally:
         resp.release()  # now, not when the generator is collected: a client gone frees the backend slot
     # the usage chunk is among the last frames, perhaps cut between the last two reads
-    _record_usage(rec, last if b'"usage"' in last else prev[-_USAGE_SPAN:] + last)
+    if not _record_usage(rec, last):
+        _record_usage(rec, prev[-_USAGE_SPAN:] + last)
     await out.write_eof()
     return out
 

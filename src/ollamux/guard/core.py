@@ -199,7 +199,6 @@ class Guard:
         return reject_outside(request, exc)
 
     # ----------------------------------------------------------------------------- after a request
-    # ----------------------------------------------------------------------------- after a request
     def request_started(self, rec: RequestRecord) -> None:
         return None
 

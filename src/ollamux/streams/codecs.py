@@ -58,43 +58,25 @@ class SSEDecoder:
         buf = self._buf + chunk if self._buf else chunk
         end = buf.rfind(b"\n\n")
         if end < 0:
-            out: list[bytes] = []
-            self._rest(buf, out)
-            return out
+            return [ev.data for ev in self.feed(chunk)]  # no event ends in this chunk
+        self._buf = b""
+        rest = buf[end + 2 :]  # the start of an unfinished event: `feed` keeps it
         if buf.startswith(b"data: "):
             # the usual case, counted and split in C: every complete event is one `data: ` line
-            parts = buf[6:end].split(b"\n\ndata: ")
-            if buf.count(b"\n", 0, end) == 2 * len(parts) - 2:
-                self._buf = b""
-                rest = buf[end + 2 :]
+            out = buf[6:end].split(b"\n\ndata: ")
+            if buf.count(b"\n", 0, end) == 2 * len(out) - 2:
                 if rest:
-                    self._rest(rest, parts)
-                return parts
-        blocks = buf[:end].split(b"\n\n")
-        rest = buf[end + 2 :]
+                    out.extend(ev.data for ev in self.feed(rest))
+                return out
         out = []
-        slow: list[SSEEvent] = []
-        for block in blocks:
+        for block in buf[:end].split(b"\n\n"):
             if block[:6] == b"data: " and b"\n" not in block:
                 out.append(block[6:])
-                continue
-            for line in block.split(b"\n"):
-                self._line(line, slow)
-            self._line(b"", slow)  # the blank line the split consumed
-            if slow:
-                out.extend(ev.data for ev in slow)
-                slow.clear()
-        self._rest(rest, out)
+            else:  # comments, named or multi-line events: the line-by-line rules
+                out.extend(ev.data for ev in self.feed(block + b"\n\n"))
+        if rest:
+            out.extend(ev.data for ev in self.feed(rest))
         return out
-
-    def _rest(self, rest: bytes, out: list[bytes]) -> None:
-        """The unfinished event: its whole lines are taken in now, its last (partial) line waits."""
-        lines = rest.split(b"\n")
-        self._buf = lines.pop()
-        slow: list[SSEEvent] = []
-        for line in lines:
-            self._line(line, slow)
-        out.extend(ev.data for ev in slow)
 
     def flush(self) -> list[SSEEvent]:
         events: list[SSEEvent] = []

@@ -73,11 +73,7 @@ class OpenAIToOllamaStream:
     # -------------------------------------------------------------------------------------- chunks
     def _chunk(self, content: str = "", thinking: str | None = None) -> bytes:
         if thinking is None:
-            # the common line (a content delta) from prebuilt bytes: ~3x cheaper than a dict + dumps_line
-            line = self._head + now_rfc3339().encode() + self._mid + orjson.dumps(content) + self._tail
-            if b"\xe2\x80" in line or b"\xc2\x85" in line:
-                line = escape_line_breakers(line)
-            return line
+            return self._content_lines([content])
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": content, "thinking": thinking}
             return dumps_line(
@@ -110,7 +106,8 @@ class OpenAIToOllamaStream:
                 fits = [d.startswith(pre) and d.endswith(suf) and len(d) >= lp + ls + 2 for d in rest]
                 j = i + fits.index(False) if False in fits else n
                 if j > i:
-                    self._plain([d[lp : len(d) - ls] for d in datas[i:j]], datas[i:j], out)
+                    run = datas[i:j]
+                    self._plain([d[lp : len(d) - ls] for d in run], run, out)
                     i = j
                     if i == n:
                         break
@@ -132,11 +129,15 @@ class OpenAIToOllamaStream:
             return
         self._first()
         self.text_parts.extend(texts)
+        out.append(self._content_lines(texts))
+
+    def _content_lines(self, texts: list[str]) -> bytes:
+        """One content line per text, from prebuilt bytes (~3x cheaper than a dict and dumps_line each)."""
         head = self._head + now_rfc3339().encode() + self._mid
         lines = head + (self._tail + head).join([orjson.dumps(t) for t in texts]) + self._tail
         if b"\xe2\x80" in lines or b"\xc2\x85" in lines:
             lines = escape_line_breakers(lines)
-        out.append(lines)
+        return lines
 
     def _learn(self, data: bytes, obj: dict[str, Any], ch: dict[str, Any], text: Any) -> None:
         """Remember the bytes around this event's token if it is a plain token event (see `feed_batch`)."""
