@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ollamux.config import ConfigError, load_settings, parse_settings
+from ollamux.config import BackendSettings, ConfigError, load_settings, parse_settings
 
 EXAMPLE = """
 server: {host: 127.0.0.1, port: 11434}
@@ -71,6 +71,84 @@ def test_runtime_cmd_keeps_port_placeholders() -> None:
     rt = s.models[0].runtime
     assert rt is not None and rt.cmd == ("llama-server", "--port", "${PORT}", "-c", "${CTX}", "/root")
     assert s.models[0].backend == "runtime:q"
+
+
+def _cmd(cmd: object, environ: dict[str, str]) -> tuple[str, ...]:
+    s = parse_settings({"models": {"q": {"runtime": {"cmd": cmd}}}}, environ)
+    rt = s.models[0].runtime
+    assert rt is not None and rt.cmd is not None
+    return rt.cmd
+
+
+# PORT and HOST are set here on purpose: the runtime placeholders must survive even when the environment has them.
+CMD_ENV = {"MODELS": "/my models", "EXTRA": "--flash-attn on", "PORT": "1", "HOST": "0.0.0.0"}
+CMD_EXPECTED = ("llama-server", "--port", "${PORT}", "--host", "${HOST}", "-c", "${CTX}", "--alias", "${MODEL}",
+                "-m", "/my models/a b.gguf", "--flash-attn on")
+
+
+def test_runtime_cmd_string_expands_like_the_list() -> None:
+    as_string = ("llama-server --port ${PORT} --host ${HOST} -c ${CTX} --alias ${MODEL}"
+                 " -m '${MODELS}/a b.gguf' ${EXTRA}")
+    as_list = ["llama-server", "--port", "${PORT}", "--host", "${HOST}", "-c", "${CTX}", "--alias", "${MODEL}",
+               "-m", "${MODELS}/a b.gguf", "${EXTRA}"]
+    # split before expanding: a value with spaces (EXTRA) stays one argument, as in the list form
+    assert _cmd(as_string, CMD_ENV) == CMD_EXPECTED
+    assert _cmd(as_list, CMD_ENV) == CMD_EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("cmd", "key", "words"),
+    [
+        ("llama-server -m ${NOPE}/m.gguf --port ${PORT}", "models.q.runtime.cmd", "NOPE is not set"),
+        (["llama-server", "-m", "${NOPE}/m.gguf", "--port", "${PORT}"], "models.q.runtime.cmd[2]", "NOPE is not set"),
+        ("llama-server -m 'unclosed.gguf", "models.q.runtime.cmd", "not a valid command line"),
+        ("", "models.q.runtime.cmd", "must not be empty"),
+        ([], "models.q.runtime.cmd", "must not be empty"),
+        (["llama-server", {"a": 1}], "models.q.runtime.cmd[1]", "must be a string"),
+    ],
+)
+def test_runtime_cmd_errors_name_the_key(cmd: object, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _cmd(cmd, {})
+    assert e.value.key == key
+    assert words in str(e.value)
+
+
+def test_backend_stream_limits() -> None:
+    s = parse_settings(
+        {"backends": {
+            "d": {"url": "http://d/v1"},
+            "b": {"url": "http://b/v1", "max_event_bytes": 1024, "max_response_bytes": "${MAXRESP}"},
+        }},
+        {"MAXRESP": "1048576"},
+    )
+    assert s.backends["d"].max_event_bytes == 64 * 1024 * 1024
+    assert s.backends["d"].max_response_bytes == 256 * 1024 * 1024
+    assert s.backends["b"].max_event_bytes == 1024
+    assert s.backends["b"].max_response_bytes == 1024 * 1024
+    # backends ollamux builds itself (managed models, --backend) get the same defaults
+    bs = BackendSettings(name="runtime:m", type="openai", urls=("http://127.0.0.1:1/v1",))
+    assert (bs.max_event_bytes, bs.max_response_bytes) == (64 * 1024 * 1024, 256 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("max_event_bytes", 1023, "at least 1024"),
+        ("max_event_bytes", 0, "at least 1024"),
+        ("max_event_bytes", -5, "at least 1024"),
+        ("max_event_bytes", 4096.5, "must be an integer"),
+        ("max_event_bytes", "64MB", "must be a number"),
+        ("max_response_bytes", True, "must be an integer"),
+        ("max_response_bytes", 10, "at least 1024"),
+        ("max_response_bytes", [1], "must be an integer"),
+    ],
+)
+def test_backend_stream_limit_errors(key: str, value: object, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_settings({"backends": {"b": {"url": "http://b/v1", key: value}}}, {})
+    assert e.value.key == f"backends.b.{key}"
+    assert words in str(e.value)
 
 
 def test_dialect_auto() -> None:

@@ -38,9 +38,9 @@ def settings_from_args(
     path = config or environ.get("OLLAMUX_CONFIG")
     settings = load_settings(path, environ) if path else Settings()
     if backend:
-        from ..config import _parse_url
+        from ..config.parse import parse_url
 
-        url = _parse_url("--backend", backend)
+        url = parse_url("--backend", backend)
         name = "default"
         while name in settings.backends:
             name += "_"

@@ -1,0 +1,219 @@
+"""The settings value objects: frozen dataclasses with their defaults, and ConfigError.
+
+Nothing here reads a file or the environment; `parse.py` builds these from YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_PORT = 11434
+# Copilot rejects versions below 0.6.4 and Open WebUI int()s each part: numeric, recent enough.
+DEFAULT_VERSION = "0.12.0"
+
+BackendType = Literal["openai", "ollama"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be served; `key` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-backend timeouts in seconds; None means no limit."""
+
+    connect: float | None = 10.0
+    first_byte: float | None = None  # until the status line and headers arrive
+    idle: float | None = None  # the longest gap between two chunks of a stream
+    total: float | None = 600.0
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """Retries, circuit breaker and active health checks of one backend (README: Routing and resilience)."""
+
+    retries: int = 2  # extra attempts for a failure before any byte of the answer was sent
+    retry_budget: float = 10.0  # seconds all attempts of one request may take on this backend, waits included
+    backoff: float = 0.1  # the first wait between attempts; doubles each retry, with jitter
+    backoff_max: float = 2.0
+    breaker_failures: int = 5  # consecutive failures that open a replica's circuit; 0: no breaker
+    breaker_cooldown: float = 10.0  # seconds a tripped replica stays out before one probe request is let through
+    health_interval: float = 0.0  # seconds between active health checks of every replica; 0: off
+    health_path: str = "/models"  # GET base URL + this; any answer below 500 means healthy
+    health_timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    name: str
+    type: BackendType
+    urls: tuple[str, ...]
+    api_key: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    discover: bool = False
+    discover_interval: float = 60.0
+    headers: tuple[tuple[str, str], ...] = ()
+    max_connections: int = 256
+    # which OpenAI dialect the backend speaks: "openai" refuses llama.cpp's extra sampling parameters
+    dialect: Literal["openai", "llama.cpp", "vllm"] = "llama.cpp"
+    resilience: Resilience = field(default_factory=Resilience)
+    # Bounds on what the relay holds in memory at once for this backend, so one runaway upstream cannot
+    # exhaust the process: the largest single SSE event or NDJSON line of a stream, and the largest
+    # non-streamed answer read whole to translate it (pass-through streams are never held whole).
+    max_event_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How ollamux runs a model itself: the built-in llama.cpp engine (`gguf`) or a server command."""
+
+    gguf: Path | None = None
+    cmd: tuple[str, ...] | None = None
+    ctx: int = 4096
+    ttl: float = 300.0
+    health: str = "/health"
+    startup_timeout: float = 120.0
+    env: tuple[tuple[str, str], ...] = ()
+    threads: int | None = None
+    parallel: int = 1
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str  # as configured; may hold a '*' wildcard
+    backend: str  # for a managed model, the synthetic backend named after the model
+    upstream: str | None = None  # None: the name the client asked for (wildcards) or the model's own
+    aliases: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    runtime: RuntimeSpec | None = None
+    context_length: int | None = None
+    capabilities: tuple[str, ...] | None = None
+    family: str | None = None
+    parameter_size: str | None = None
+    quantization_level: str | None = None
+    template: str | None = None
+    system: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        return "*" in self.name
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    version: str = DEFAULT_VERSION
+    max_body_bytes: int = 64 * 1024 * 1024  # images travel base64 inside JSON bodies
+    cors_origins: tuple[str, ...] = ()
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    max_running: int = 1
+    models_dir: Path | None = None
+    log_dir: Path = field(default_factory=lambda: Path.home() / ".ollamux" / "logs")
+    # how the models of models_dir run (a config model's own runtime block says it for that model)
+    ctx: int = 4096
+    ttl: float = 300.0
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestLogSettings:
+    enabled: bool = True
+    path: Path = field(default_factory=lambda: Path.home() / ".ollamux" / "requests.sqlite")
+    capture_bodies: bool = False
+    body_cap_bytes: int = 64 * 1024
+    retention_days: float | None = 30.0
+    retention_rows: int | None = 1_000_000
+    queue_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = True  # GET /metrics and the per-request counters
+    backend_probe_interval: float = 30.0  # seconds between reachability probes (ollamux_backend_up); 0: off
+
+
+@dataclass(frozen=True)
+class ApiKeySettings:
+    """One named inbound key. Only its sha256 digest is kept, so no dump of the settings holds the key."""
+
+    name: str
+    sha256: bytes = field(repr=False)
+    models: tuple[str, ...] = ("*",)  # names or wildcards this key may use
+    requests_per_minute: float | None = None  # None: the `limits` default
+    tokens_per_minute: float | None = None
+    burst: int | None = None  # requests allowed at once before the per-minute rate applies
+    token_burst: int | None = None
+
+
+# What a load balancer or a liveness probe may call without a key.
+DEFAULT_PUBLIC_PATHS = ("/", "/api/version", "/health", "/health/ready", "/healthz", "/livez", "/readyz")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    keys: tuple[ApiKeySettings, ...] = ()  # none: open, as Ollama is
+    public_paths: tuple[str, ...] = DEFAULT_PUBLIC_PATHS
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimit:
+    max: int  # requests running at once
+    queue: int = 0  # requests that may wait for a slot; more get 503 at once
+    timeout: float = 30.0  # the longest wait for a slot, then 503
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    # per key without its own values, or per client address when no keys are configured
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    burst: int | None = None
+    token_burst: int | None = None
+    max_json_depth: int = 100  # orjson writes at most 254 levels; deeper bodies could never be forwarded
+    header_timeout: float | None = 60.0  # aiohttp's keep-alive timer also bounds the wait for headers
+    body_timeout: float | None = 120.0
+    host_guard: bool | None = None  # None: on when bound to loopback, as Ollama does
+    allowed_hosts: tuple[str, ...] = ()
+    backend_concurrency: Mapping[str, ConcurrencyLimit] = field(default_factory=dict)
+    model_concurrency: Mapping[str, ConcurrencyLimit] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    backends: Mapping[str, BackendSettings] = field(default_factory=dict)
+    models: tuple[ModelSettings, ...] = ()
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    request_log: RequestLogSettings = field(default_factory=RequestLogSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    default_model: str | None = None
+    source: str | None = None  # the config file it came from, for messages
+
+    def with_server(self, **changes: Any) -> Settings:
+        return replace(self, server=replace(self.server, **changes))
+
+
+def default_models_dir(environ: Mapping[str, str]) -> Path:
+    """Where `ollamux serve` looks for GGUF files when nothing else is configured (setup puts SmolLM2 here)."""
+    override = environ.get("OLLAMUX_MODELS")
+    return Path(override).expanduser() if override else Path.home() / ".ollamux" / "models"
