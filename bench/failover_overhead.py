@@ -2,7 +2,7 @@
 
 The backend's `request()` is overridden to do no I/O, so only the wrapper is timed:
     /work/venv/bin/python bench/failover_overhead.py
-Measured on the 2-core dev box: a bare session + request ~0.6-3 us, through open_upstream ~2-5 us: ~1.5-2 us added.
+Measured on the 2-core dev box: a bare lease + request ~0.6-3 us, through open_upstream ~2-5 us: ~1.5-2 us added.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class _NoIO(HTTPBackend):
         return _Answer()
 
 
-def _payload(route: Route, backend: HTTPBackend) -> bytes:
-    return b"{}"
+def _payload(route: Route, backend: HTTPBackend) -> tuple[str, bytes]:
+    return "/x", b"{}"
 
 
 async def main(n: int = 100_000) -> None:
@@ -44,13 +44,13 @@ async def main(n: int = 100_000) -> None:
     for _ in range(2):  # the first round warms up
         t0 = time.perf_counter()
         for _ in range(n):
-            async with b.session(route) as up:
-                resp = await up.request("POST", "/x", b"{}")
+            async with b.lease(route) as lease:
+                resp = await lease.http.request("POST", "/x", b"{}")
                 resp.release()
         direct = (time.perf_counter() - t0) / n
         t0 = time.perf_counter()
         for _ in range(n):
-            async with open_upstream(state, route, "/x", _payload):
+            async with open_upstream(state, route, _payload):
                 pass
         wrapped = (time.perf_counter() - t0) / n
     added = (wrapped - direct) * 1e6

@@ -122,13 +122,13 @@ def test_backend_stream_limits() -> None:
         }},
         {"MAXRESP": "1048576"},
     )
-    assert s.backends["d"].max_event_bytes == 64 * 1024 * 1024
+    assert s.backends["d"].max_event_bytes == 128 * 1024 * 1024
     assert s.backends["d"].max_response_bytes == 256 * 1024 * 1024
     assert s.backends["b"].max_event_bytes == 1024
     assert s.backends["b"].max_response_bytes == 1024 * 1024
     # backends ollamux builds itself (managed models, --backend) get the same defaults
     bs = BackendSettings(name="runtime:m", type="openai", urls=("http://127.0.0.1:1/v1",))
-    assert (bs.max_event_bytes, bs.max_response_bytes) == (64 * 1024 * 1024, 256 * 1024 * 1024)
+    assert (bs.max_event_bytes, bs.max_response_bytes) == (128 * 1024 * 1024, 256 * 1024 * 1024)
 
 
 @pytest.mark.parametrize(

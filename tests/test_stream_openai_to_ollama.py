@@ -48,10 +48,10 @@ def run(data: bytes, parts: list[bytes], **kw: Any) -> list[dict[str, Any]]:
     lines: list[bytes] = []
     for p in parts:
         for ev in dec.feed(p):
-            lines.extend(tr.feed(ev.data))
+            lines.extend(tr.feed_event(ev.data))
     for ev in dec.flush():
-        lines.extend(tr.feed(ev.data))
-    lines.extend(tr.finish(end_ns=10_000_000))
+        lines.extend(tr.feed_event(ev.data))
+    lines.extend(tr.finish_lines(end_ns=10_000_000))
     return [json.loads(line) for line in lines]
 
 
@@ -112,14 +112,14 @@ def test_timings_only_counts() -> None:
 def test_error_event_raises() -> None:
     tr = OpenAIToOllamaStream("m", "chat", Timing(start_ns=0))
     with pytest.raises(UpstreamError, match="boom"):
-        tr.feed(b'{"error": {"message": "boom"}}')
+        tr.feed_event(b'{"error": {"message": "boom"}}')
 
 
 def test_generate_kind_uses_response_field() -> None:
     data = sse(chunk({"content": "hi"}), chunk({}, "stop"), b"[DONE]")
     tr = OpenAIToOllamaStream("m", "generate", Timing(start_ns=0))
     dec = SSEDecoder()
-    lines = [line for ev in dec.feed(data) for line in tr.feed(ev.data)] + tr.finish()
+    lines = [line for ev in dec.feed(data) for line in tr.feed_event(ev.data)] + tr.finish_lines()
     objs = [json.loads(x) for x in lines]
     assert objs[0]["response"] == "hi" and "message" not in objs[0]
     assert objs[-1]["response"] == "" and objs[-1]["done"] is True
@@ -159,7 +159,7 @@ def _batched(data: bytes, parts: list[bytes], kind: str = "chat") -> tuple[list[
     for p in parts:
         tr.feed_batch(dec.payloads(p), lines)
     tr.feed_batch([ev.data for ev in dec.flush()], lines)
-    lines.extend(tr.finish(end_ns=10_000_000))
+    lines.extend(tr.finish_lines(end_ns=10_000_000))
     raw = b"".join(lines)
     assert raw.endswith(b"\n") and b"\xe2\x80\xa8" not in raw  # whole NDJSON lines, U+2028 escaped
     return [json.loads(line) for line in raw.splitlines()], tr
@@ -168,8 +168,8 @@ def _batched(data: bytes, parts: list[bytes], kind: str = "chat") -> tuple[list[
 def _one_by_one(data: bytes, kind: str = "chat") -> tuple[list[dict[str, Any]], Any]:
     tr = OpenAIToOllamaStream("m:latest", kind, Timing(start_ns=0))  # type: ignore[arg-type]
     dec = SSEDecoder()
-    lines = [line for ev in dec.feed(data) + dec.flush() for line in tr.feed(ev.data)]
-    lines.extend(tr.finish(end_ns=10_000_000))
+    lines = [line for ev in dec.feed(data) + dec.flush() for line in tr.feed_event(ev.data)]
+    lines.extend(tr.finish_lines(end_ns=10_000_000))
     return [json.loads(line) for line in lines], tr
 
 
@@ -200,14 +200,14 @@ def test_batch_fast_path_takes_plain_events() -> None:
     # what makes it fast: after the first plain event, the others are not parsed one by one
     tr = OpenAIToOllamaStream("m", "chat", Timing(start_ns=0))
     calls = 0
-    feed = tr.feed
+    feed = tr.feed_event
 
     def counting(data: bytes) -> list[bytes]:
         nonlocal calls
         calls += 1
         return feed(data)
 
-    tr.feed = counting  # type: ignore[method-assign]
+    tr.feed_event = counting  # type: ignore[method-assign]
     out: list[bytes] = []
     tr.feed_batch([_llama_cpp(1, f"t{i}") for i in range(50)], out)
     assert calls == 1 and len(b"".join(out).splitlines()) == 50

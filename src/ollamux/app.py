@@ -9,11 +9,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .backends.http import HTTPBackend, new_client_session
+from . import discovery, guard
+from .api import ollama as ollama_api
+from .api import openai as openai_api
+from .api import ops
+from .backends import Backend, make_backend, new_client_session
 from .config import Settings
 from .observe import Observers
 from .registry import Registry
-from .state import SETTINGS, STATE, AppState, Backend
+from .runtime import start_runtime
+from .state import SETTINGS, STATE, AppState
 
 __all__ = ["create_app"]
 
@@ -22,22 +27,14 @@ log = logging.getLogger("ollamux")
 
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application for these settings; nothing starts until it is run."""
-    from . import guard
-
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         handler_args={"max_field_size": 16384, **guard.handler_args(settings)},
     )
     app[SETTINGS] = settings
     guard.install(app, settings)  # keys, rate limits, body limits, CORS, Host guard (one middleware)
-
-    from .api import ollama as ollama_api
-    from .api import openai as openai_api
-    from .api import ops
-
     ollama_api.add_routes(app)
     openai_api.add_routes(app)
-
     ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
     app.cleanup_ctx.append(_lifespan)
     return app
@@ -47,16 +44,14 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = new_client_session()
     registry = Registry(settings.models, settings.default_model)
-    backends: dict[str, Backend] = {name: HTTPBackend(bs, client) for name, bs in settings.backends.items()}
+    backends: dict[str, Backend] = {name: make_backend(bs, client) for name, bs in settings.backends.items()}
     state = AppState(settings=settings, registry=registry, client=client, backends=backends, observers=Observers())
     app[STATE] = state
     tasks: list[asyncio.Task[None]] = []
     try:
-        from . import hooks
-
-        await hooks.on_startup(app, state)
-        from . import discovery
-
+        # request log, metrics, operator lines and the backend prober, before any request is served
+        await ops.start(app, state)
+        state.runtime = await start_runtime(state)  # managed models: registered now, started on first request
         await discovery.refresh_all(state)
         if any(bs.discover for bs in settings.backends.values()):
             tasks.append(asyncio.create_task(discovery.run_refresher(state)))
@@ -67,10 +62,11 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        from . import hooks
-
+        if state.runtime is not None:
+            with contextlib.suppress(Exception):
+                await state.runtime.close()  # stop every model process before the client and loop go away
         with contextlib.suppress(Exception):
-            await hooks.on_shutdown(app, state)
+            await ops.stop(app, state)  # stops the prober, writes every queued request-log row
         for b in backends.values():
             with contextlib.suppress(Exception):
                 await b.close()

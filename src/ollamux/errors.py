@@ -15,6 +15,7 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "BadRequest",
+    "EventTooLarge",
     "Forbidden",
     "ModelNotFound",
     "NotImplementedByProxy",
@@ -141,3 +142,16 @@ class UpstreamError(BackendError):
         super().__init__(message, status=status)
         self.body = body
         self.retryable = status >= 500 or status == 429
+
+
+class EventTooLarge(UpstreamError):
+    """One stream event (SSE) or line (NDJSON) grew past the backend's `max_event_bytes`.
+
+    Raised by the decoders as soon as the unfinished event passes the limit, so one runaway upstream
+    cannot make the relay hold an unbounded buffer; it happens mid-stream, after the first byte, so it
+    ends the stream with an error frame rather than choosing a fallback.
+    """
+
+    def __init__(self, limit: int, *, unit: str = "event") -> None:
+        super().__init__(f"backend sent a stream {unit} larger than {limit} bytes (max_event_bytes)", status=502)
+        self.limit = limit

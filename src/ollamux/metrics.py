@@ -6,7 +6,7 @@ request path pays only for what truly happens per request.
 
 Managed model state is read at scrape time from the runtime (`state.runtime.models`, see api/ops.py);
 a runtime can also push it with `Metrics.set_model_state`. Load time is pushed by the runtime with
-`Metrics.observe_model_load(model, seconds)` (the app's `Metrics` is `state.extras["metrics"]`).
+`Metrics.observe_model_load(model, seconds)` (the app's `Metrics` is `state.metrics`).
 """
 
 from __future__ import annotations

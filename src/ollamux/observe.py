@@ -7,6 +7,7 @@ block: the request log queues the record and writes it off the request path.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from contextvars import ContextVar
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 __all__ = ["CURRENT_REQUEST_ID", "Observer", "Observers", "RequestRecord", "new_request_id"]
+
+log = logging.getLogger("ollamux")
 
 ApiName = Literal["ollama", "openai", "other"]
 
@@ -88,9 +91,7 @@ class Observers:
             try:
                 o.request_started(rec)
             except Exception:  # pragma: no cover - an observer bug must not become a 500
-                import logging
-
-                logging.getLogger("ollamux").exception("observer failed at request start")
+                log.exception("observer failed at request start")
 
     def finished(self, rec: RequestRecord) -> None:
         if rec.end_ns is None:
@@ -99,6 +100,4 @@ class Observers:
             try:
                 o.request_finished(rec)
             except Exception:  # pragma: no cover
-                import logging
-
-                logging.getLogger("ollamux").exception("observer failed at request end")
+                log.exception("observer failed at request end")

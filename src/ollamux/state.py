@@ -1,11 +1,14 @@
-"""Everything an app owns, built in its lifespan and closed by it (two apps never share any of it)."""
+"""Everything an app owns, built in its lifespan and closed by it (two apps never share any of it).
+
+Each service is a named, typed field; the optional ones are None when their settings turn them off.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -14,23 +17,15 @@ from .config import Settings
 from .observe import Observers
 from .registry import Registry, Route
 
-__all__ = ["SETTINGS", "STATE", "AppState", "Backend"]
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .backends.health import HealthMonitor
+    from .guard.core import Guard
+    from .metrics import Metrics
+    from .runtime.manager import ModelManager
+    from .store import RequestLog
 
-
-class Backend(Protocol):
-    """What the API layer needs of a backend (static HTTP, or a managed model process)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def type(self) -> str: ...
-
-    def session(self, route: Route | None = None, **hints: Any) -> Any:
-        """An async context manager yielding an HTTPBackend that is ready to take the request."""
-        ...
-
-    async def close(self) -> None: ...
+__all__ = ["SETTINGS", "STATE", "AppState"]
 
 
 @dataclass
@@ -41,10 +36,19 @@ class AppState:
     backends: dict[str, Backend]
     observers: Observers = field(default_factory=Observers)
     started_at: float = field(default_factory=time.time)
-    # what a backend told us about a model (llama-server /props, Ollama /api/show), by (backend, upstream)
+    # what a backend told us about a model (llama-server /props, a GGUF file), by (backend, upstream)
     probed: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
-    runtime: Any = None  # the managed-model manager, when any model is run by ollamux
-    extras: dict[str, Any] = field(default_factory=dict)
+    guard: Guard | None = None  # keys, limits, CORS, Host guard (None only in apps built without one)
+    request_log: RequestLog | None = None  # request_log.enabled
+    metrics: Metrics | None = None  # metrics.enabled
+    runtime: ModelManager | None = None  # when any model is run by ollamux itself
+    health: HealthMonitor | None = None  # probes of the HTTP backends' replicas
+    discovered_at: dict[str, float] = field(default_factory=dict)  # backend -> monotonic time of its last list
+
+    @property
+    def inbound_auth(self) -> bool:
+        """Inbound keys are on: the client's key is ours, never forwarded to a backend."""
+        return self.guard is not None and bool(self.guard.keys)
 
     def backend_for(self, route: Route) -> Backend:
         return self.backends[route.backend]

@@ -14,6 +14,7 @@ from ..errors import OllamuxError
 from ..guard.core import KEY_NAME, client_request_id
 from ..jsonutil import dumps
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
+from ..pipeline import PREPARED, stream_headers
 from ..registry import Route
 from ..state import STATE, AppState
 
@@ -71,6 +72,8 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
                 rec.status = resp.status
             return resp
         except OllamuxError as exc:
+            if _started(request, rec, exc):
+                return request[PREPARED]
             rec.status = exc.status
             rec.error = exc.message
             return error_response(exc, api, rec)
@@ -96,6 +99,8 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         except Exception as exc:  # nothing crashes the server; the operator log gets the traceback
             log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
             err = OllamuxError(f"internal error: {type(exc).__name__}: {exc}", status=500)
+            if _started(request, rec, err):
+                return request[PREPARED]
             rec.status = 500
             rec.error = err.message
             return error_response(err, api, rec)
@@ -106,24 +111,26 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
     return wrapped
 
 
+def _started(request: web.Request, rec: RequestRecord, err: OllamuxError) -> bool:
+    """A failure after the status line went out: a second response would land inside the first one's
+    body, so there is none; the record keeps what the client got (the relay wrote its final frame)."""
+    if request.get(PREPARED) is None:
+        return False
+    rec.error = rec.error or err.message
+    return True
+
+
 def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=dumps(obj), status=status, content_type="application/json", charset="utf-8")
 
 
 async def start_stream(request: web.Request, rec: RequestRecord, content_type: str) -> web.StreamResponse:
     """Send the status line and headers of a streamed answer; chunks follow unbuffered."""
-    resp = web.StreamResponse(
-        status=200,
-        headers={
-            "Content-Type": content_type,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx in front must not hold the stream back
-            REQUEST_ID: rec.id,
-        },
-    )
+    resp = web.StreamResponse(status=200, headers=stream_headers(content_type, rec))
     rec.streamed = True
     rec.status = 200
     await resp.prepare(request)
+    request[PREPARED] = resp
     return resp
 
 
@@ -140,7 +147,7 @@ def identity_headers(request: web.Request, rec: RequestRecord) -> dict[str, str]
 def client_auth(request: web.Request, state: AppState) -> str | None:
     """The client's Authorization to pass on: none when inbound keys are on (the key is ours, not the
     backend's); HTTPBackend replaces it anyway with a backend's configured key."""
-    return None if state.extras.get("inbound_auth") else request.headers.get("Authorization")
+    return None if state.inbound_auth else request.headers.get("Authorization")
 
 
 def resolve_model(state: AppState, rec: RequestRecord, model: Any) -> Route:

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from .. import discovery, guard
-from ..backends.failover import PayloadFactory, open_upstream
+from ..backends.base import Answer, PivotKind
+from ..backends.failover import open_upstream
 from ..backends.http import HTTPBackend
 from ..catalog import meta_for, ps_item, show_body, tag_item
 from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy, OllamuxError
 from ..jsonutil import dumps_line, loads_object, now_rfc3339
 from ..observe import RequestRecord
+from ..pipeline import relay_json, relay_stream
 from ..registry import Route
 from ..state import SETTINGS, AppState
-from ..streams.codecs import SSEDecoder
 from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
+from ..streams.translator import Chain, StreamTranslator
 from ..translate import from_openai, to_openai
 from ..translate.from_openai import Timing
+from . import ollama_native
 from .common import NDJSON_CT, client_auth, endpoint, json_response, resolve_model, start_stream, upstream_headers
 
 __all__ = ["add_routes"]
@@ -43,27 +47,27 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
     return resolve_model(state, rec, model)
 
 
-def _hints(body: dict[str, Any]) -> dict[str, Any]:
+def _hints(body: dict[str, Any]) -> tuple[float | None, int | None]:
     """What a managed backend needs to know to be ready: keep_alive and a larger context if asked."""
     opts = body.get("options")
     num_ctx = opts.get("num_ctx") if isinstance(opts, dict) else None
     if num_ctx is not None and (isinstance(num_ctx, bool) or not isinstance(num_ctx, int)):
         raise BadRequest("option 'num_ctx' must be an integer")
-    return {"keep_alive": to_openai.parse_keep_alive(body.get("keep_alive")), "num_ctx": num_ctx}
+    return to_openai.parse_keep_alive(body.get("keep_alive")), num_ctx
 
 
 async def _load_or_unload(
     state: AppState, route: Route, body: dict[str, Any], *, chat: bool
 ) -> dict[str, Any]:
     """Empty messages/prompt: load (or, with keep_alive 0, unload) without calling the backend."""
-    hints = _hints(body)
-    unload = hints["keep_alive"] == 0
+    keep_alive, num_ctx = _hints(body)
+    unload = keep_alive == 0
     runtime = state.runtime
     if runtime is not None and runtime.manages(route.backend):
         if unload:
             await runtime.unload(route.backend)
         else:
-            await runtime.load(route.backend, **hints)
+            await runtime.load(route.backend, keep_alive=keep_alive, num_ctx=num_ctx)
     out: dict[str, Any] = {"model": route.requested, "created_at": now_rfc3339()}
     if chat:
         out["message"] = {"role": "assistant", "content": ""}
@@ -87,20 +91,13 @@ async def chat(request: web.Request, state: AppState, rec: RequestRecord) -> web
         if messages is not None and not isinstance(messages, list):
             raise BadRequest("messages must be a list")
         return json_response(await _load_or_unload(state, route, body, chat=True))
-    backend = state.backend_for(route)
-    if backend.type == "ollama":
-        from . import ollama_native
-
+    if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, raw, "/api/chat", stream)
-    timing = Timing(start_ns=rec.start_ns)
 
-    def payload(r: Route, up: HTTPBackend) -> dict[str, Any]:  # rebuilt for a fallback's model and dialect
+    def pivot(r: Route, up: HTTPBackend) -> dict[str, Any]:  # rebuilt for a fallback's model and dialect
         return to_openai.chat_request(body, r.upstream, stream=stream, dialect=up.settings.dialect)
 
-    return await _call_openai(
-        request, state, rec, _hints(body), route, "/chat/completions", payload, "chat", stream, timing,
-        body.get("think"),
-    )
+    return await _via_pivot(request, state, rec, body, route, "chat", pivot, "chat", stream)
 
 
 # --------------------------------------------------------------------------------------- generate
@@ -119,99 +116,75 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
         raise BadRequest("prompt must be a string")
     if not prompt and not body.get("images"):
         return json_response(await _load_or_unload(state, route, body, chat=False))
-    backend = state.backend_for(route)
-    if backend.type == "ollama":
-        from . import ollama_native
-
+    if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, raw, "/api/generate", stream)
-    timing = Timing(start_ns=rec.start_ns)
     suffix = body.get("suffix")
     use_completions = is_raw or (isinstance(suffix, str) and bool(suffix))
     build = to_openai.completion_request if use_completions else to_openai.generate_as_chat_request
-    path, kind = ("/completions", "raw") if use_completions else ("/chat/completions", "generate")
+    pivot_kind: PivotKind = "completion" if use_completions else "chat"
+    kind: Kind = "raw" if use_completions else "generate"
 
-    def payload(r: Route, up: HTTPBackend) -> dict[str, Any]:
+    def pivot(r: Route, up: HTTPBackend) -> dict[str, Any]:
         return build(body, r.upstream, stream=stream, dialect=up.settings.dialect)
 
-    return await _call_openai(
-        request, state, rec, _hints(body), route, path, payload, kind, stream, timing, body.get("think")  # type: ignore[arg-type]
-    )
+    return await _via_pivot(request, state, rec, body, route, pivot_kind, pivot, kind, stream)
 
 
-async def _call_openai(
+PivotFactory = Callable[[Route, HTTPBackend], dict[str, Any]]
+
+
+async def _via_pivot(
     request: web.Request,
     state: AppState,
     rec: RequestRecord,
-    hints: dict[str, Any],
+    body: dict[str, Any],
     route: Route,
-    path: str,
-    payload: PayloadFactory,
+    pivot_kind: PivotKind,
+    make_pivot: PivotFactory,
     kind: Kind,
     stream: bool,
-    timing: Timing,
-    think: Any,
 ) -> web.StreamResponse:
-    # retries, replicas and fallbacks happen in there, before the first byte; `route` is what answered
+    """An Ollama request on a backend that does not speak Ollama: through the OpenAI pivot and back."""
+    timing = Timing(start_ns=rec.start_ns)
+    think = body.get("think")
+    keep_alive, num_ctx = _hints(body)
+
+    def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
+        plan = up.pivot_plan(pivot_kind)
+        return plan.path, plan.build(make_pivot(r, up), r.upstream)
+
+    # retries, replicas and fallbacks happen in there, before the first byte; `opened.route` is what answered
     async with open_upstream(
-        state, route, path, payload, rec=rec, hints=hints, read_body=not stream,
+        state, route, wire, rec=rec, keep_alive=keep_alive, num_ctx=num_ctx, read_body=not stream,
         headers=upstream_headers(request, rec), client_auth=client_auth(request, state),
     ) as opened:
         timing.load_ns = opened.load_ns
-        return await _answer(request, rec, opened.response, opened.route, kind, stream, timing, think)
+        up = opened.backend
+        plan = up.pivot_plan(pivot_kind)
+        answer = Answer(model=opened.route.requested, id=rec.id, created=int(time.time()))
+        if not stream:
+            to_pivot = plan.json
 
+            def translate(data: Any) -> dict[str, Any]:
+                pivot = to_pivot(data, answer) if to_pivot is not None else data
+                end = time.perf_counter_ns()
+                if kind == "chat":
+                    return from_openai.chat_response(pivot, route.requested, timing, end, think=think)
+                return from_openai.generate_response(pivot, route.requested, timing, end, raw=kind == "raw",
+                                                     think=think)
 
-async def _answer(
-    request: web.Request, rec: RequestRecord, resp: Any, route: Route, kind: Kind, stream: bool, timing: Timing,
-    think: Any,
-) -> web.StreamResponse:
-    if not stream:
-        data = await resp.json()
-        end = time.perf_counter_ns()
-        if kind == "chat":
-            out = from_openai.chat_response(data, route.requested, timing, end, think=think)
-            rec.response_text = out["message"].get("content")
-        else:
-            out = from_openai.generate_response(data, route.requested, timing, end, raw=kind == "raw", think=think)
-            rec.response_text = out.get("response")
-        rec.prompt_tokens = out.get("prompt_eval_count")
-        rec.completion_tokens = out.get("eval_count")
-        rec.first_token_ns = end
-        return json_response(out)
-    translator = OpenAIToOllamaStream(route.requested, kind, timing, think=think)
-    return await relay_sse_as_ndjson(request, rec, resp, translator)
-
-
-async def relay_sse_as_ndjson(
-    request: web.Request, rec: RequestRecord, resp: Any, translator: OpenAIToOllamaStream
-) -> web.StreamResponse:
-    """Upstream SSE in, Ollama NDJSON out, one write per upstream read (no buffering)."""
-    out = await start_stream(request, rec, NDJSON_CT)
-    decoder = SSEDecoder()
-    lines: list[bytes] = []
-    try:
-        try:
-            async for chunk in resp.iter_chunks():
-                translator.feed_batch(decoder.payloads(chunk), lines)
-                if lines:
-                    await out.write(b"".join(lines) if len(lines) > 1 else lines[0])
-                    lines.clear()
-            translator.feed_batch([ev.data for ev in decoder.flush()], lines)
-            lines.extend(translator.finish())
-        except OllamuxError as exc:
-            # after the first byte an error is one more NDJSON line; the status stays 200
-            rec.error = exc.message
-            rec.status = exc.status
-            lines.append(dumps_line({"error": exc.message}))
-        await out.write(b"".join(lines))
-    finally:
-        resp.release()
-        rec.first_token_ns = translator.timing.first_token_ns
-        usage = translator.usage if isinstance(translator.usage, dict) else {}
-        rec.prompt_tokens = usage.get("prompt_tokens", rec.prompt_tokens)
-        rec.completion_tokens = usage.get("completion_tokens", rec.completion_tokens)
-        rec.response_text = "".join(translator.text_parts)
-    await out.write_eof()
-    return out
+            out = await relay_json(opened.response, translate)
+            rec.response_text = out["message"].get("content") if kind == "chat" else out.get("response")
+            rec.prompt_tokens = out.get("prompt_eval_count")
+            rec.completion_tokens = out.get("eval_count")
+            rec.first_token_ns = time.perf_counter_ns()
+            return json_response(out)
+        translator: StreamTranslator = OpenAIToOllamaStream(
+            route.requested, kind, timing, think=think, max_event_bytes=up.settings.max_event_bytes
+        )
+        if plan.stream is not None:
+            translator = Chain(plan.stream(answer), translator)
+        return await relay_stream(request, rec, opened.response, translator, expect=plan.stream_type)
 
 
 # ------------------------------------------------------------------------------------- embeddings
@@ -223,30 +196,45 @@ async def embed(request: web.Request, state: AppState, rec: RequestRecord) -> we
     if not inputs:
         await _load_or_unload(state, route, body, chat=False)
         return json_response({"model": route.requested, "embeddings": []})
-    backend = state.backend_for(route)
-    timing = Timing(start_ns=rec.start_ns)
-    if backend.type == "ollama":
-        from . import ollama_native
-
+    if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, None, "/api/embed", False)
-    async with open_upstream(
-        state, route, "/embeddings", lambda r, _: {"model": r.upstream, "input": inputs}, rec=rec,
-        hints=_hints(body), read_body=True, headers=upstream_headers(request, rec),
-    ) as opened:
-        timing.load_ns = opened.load_ns
-        vectors, tokens = from_openai.embed_vectors(await opened.response.json(), len(inputs))
+    vectors, tokens, load_ns = await _embed_via_pivot(request, state, rec, body, route, inputs)
     vectors = [from_openai.l2_normalize(from_openai.truncate_dimensions(v, dims)) for v in vectors]
-    rec.prompt_tokens = tokens
     end = time.perf_counter_ns()
     return json_response(
         {
             "model": route.requested,
             "embeddings": vectors,
             "total_duration": end - rec.start_ns,
-            "load_duration": timing.load_ns,
+            "load_duration": load_ns,
             "prompt_eval_count": tokens,
         }
     )
+
+
+async def _embed_via_pivot(
+    request: web.Request, state: AppState, rec: RequestRecord, body: dict[str, Any], route: Route, inputs: list[str]
+) -> tuple[list[list[float]], int, int]:
+    """Vectors, token count and load time from a backend that does not speak Ollama, through the pivot."""
+    keep_alive, num_ctx = _hints(body)
+
+    def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
+        plan = up.pivot_plan("embedding")
+        return plan.path, plan.build({"model": r.upstream, "input": inputs}, r.upstream)
+
+    async with open_upstream(
+        state, route, wire, rec=rec, keep_alive=keep_alive, num_ctx=num_ctx, read_body=True,
+        headers=upstream_headers(request, rec),
+    ) as opened:
+        to_pivot = opened.backend.pivot_plan("embedding").json
+        answer = Answer(model=route.requested, id=rec.id, created=0)
+
+        def translate(data: Any) -> tuple[list[list[float]], int]:
+            return from_openai.embed_vectors(to_pivot(data, answer) if to_pivot else data, len(inputs))
+
+        vectors, tokens = await relay_json(opened.response, translate)
+    rec.prompt_tokens = tokens
+    return vectors, tokens, opened.load_ns
 
 
 async def embeddings_legacy(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
@@ -258,17 +246,9 @@ async def embeddings_legacy(request: web.Request, state: AppState, rec: RequestR
     if not prompt:
         await _load_or_unload(state, route, body, chat=False)
         return json_response({"embedding": []})
-    backend = state.backend_for(route)
-    if backend.type == "ollama":
-        from . import ollama_native
-
+    if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, None, "/api/embeddings", False)
-    async with open_upstream(
-        state, route, "/embeddings", lambda r, _: {"model": r.upstream, "input": [prompt]}, rec=rec,
-        hints=_hints(body), read_body=True, headers=upstream_headers(request, rec),
-    ) as opened:
-        vectors, tokens = from_openai.embed_vectors(await opened.response.json(), 1)
-    rec.prompt_tokens = tokens
+    vectors, _, _ = await _embed_via_pivot(request, state, rec, body, route, [prompt])
     return json_response({"embedding": vectors[0]})  # the legacy route is not normalised
 
 
@@ -289,10 +269,7 @@ async def show(request: web.Request, state: AppState, rec: RequestRecord) -> web
     if not name:
         raise BadRequest("model is required")
     route = _begin(state, rec, body)
-    backend = state.backend_for(route)
-    if backend.type == "ollama":
-        from . import ollama_native
-
+    if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, None, "/api/show", False)
     probed = await discovery.probe(state, route)
     meta = meta_for(route.entry, probed, state.started_at)

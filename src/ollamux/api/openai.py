@@ -4,237 +4,137 @@ path), full translation to Ollama's native API for Ollama backends, and the mode
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from .. import discovery, guard
+from ..backends.base import Answer, PivotKind
 from ..backends.failover import open_upstream
-from ..backends.http import HTTPBackend, UpstreamResponse, error_message_from_body
+from ..backends.http import HTTPBackend
 from ..catalog import meta_for
-from ..errors import BadRequest, OllamuxError
+from ..errors import BadRequest, UpstreamError
 from ..jsonutil import loads_object
 from ..names import strip_latest
 from ..observe import RequestRecord
+from ..pipeline import relay_json, relay_passthrough, relay_stream
 from ..registry import ModelEntry, Route
 from ..state import AppState
-from ..streams.ollama_to_openai import OllamaToOpenAIStream, error_frame
-from ..translate import from_ollama, to_ollama
+from ..streams.translator import SSEPassthrough, StreamTranslator
+from ..translate import from_ollama
+from ..translate.checks import json_type
 from ..translate.passthrough import replace_model_in_body
-from .common import (
-    REQUEST_ID,
-    SSE_CT,
-    client_auth,
-    endpoint,
-    identity_headers,
-    json_response,
-    resolve_model,
-    start_stream,
-    upstream_headers,
-)
+from ..translate.to_ollama import go_type
+from .common import SSE_CT, client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
 
-Kind = Literal["chat", "completion", "embedding"]
+_PATHS: dict[PivotKind, str] = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 
-_PATHS: dict[Kind, str] = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
-
-# never relayed: they describe one connection, not the answer (RFC 9110 section 7.6.1), or aiohttp
-# writes its own (length, date, server), or ours replaces the backend's (request id)
-_NOT_RELAYED = frozenset(
-    {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-        "trailer", "transfer-encoding", "upgrade", "content-length", "date", "server", REQUEST_ID,
-    }
-)
-
-# usage from a relayed answer without parsing it: the counts are plain integers wherever they sit
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
-_USAGE_SPAN = 1024  # a usage object, with its *_details, fits in this
+_PREFIXES: dict[PivotKind, str] = {"chat": "chatcmpl-", "completion": "cmpl-", "embedding": ""}
 
 
 def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise BadRequest(f"invalid type for 'model' field: {to_ollama.go_type(model)}", param="model")
+        raise BadRequest(f"invalid type for 'model' field: {go_type(model)}", param="model")
     return resolve_model(state, rec, model)
 
 
-def _record_usage(rec: RequestRecord, data: bytes) -> bool:
-    """Token counts from the last `"usage"` object in an answer's bytes (scanned from there on only);
-    False when there is none."""
-    at = data.rfind(b'"usage"')
-    if at < 0:
-        return False
-    usage = data[at : at + _USAGE_SPAN]
-    prompt = _PROMPT_TOKENS.search(usage)
-    if prompt:
-        rec.prompt_tokens = int(prompt[1])
-    completion = _COMPLETION_TOKENS.search(usage)
-    if completion:
-        rec.completion_tokens = int(completion[1])
-    return True
-
-
-def _relay_headers(upstream: Mapping[str, str], rec: RequestRecord) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for k, v in upstream.items():
-        if k.lower() not in _NOT_RELAYED:
-            headers.add(k, v)
-    headers[REQUEST_ID] = rec.id
-    return headers
-
-
-# ------------------------------------------------------------------------------------ pass-through
-async def _relay(request: web.Request, rec: RequestRecord, resp: UpstreamResponse) -> web.StreamResponse:
-    """The backend's status, headers and body as they came; SSE chunk by chunk, as each arrives."""
-    rec.upstream_url = resp.url
-    status = resp.status
-    headers = _relay_headers(resp.headers, rec)
-    if status >= 400:
-        data = await resp.read()
-        rec.status = status
-        rec.error = error_message_from_body(data, status)
-        if not _is_openai_error(data):  # keep the client's envelope: wrap plain text, {"detail"}, ...
-            data = OllamuxError(rec.error, status=status).openai_body()
-            headers["Content-Type"] = "application/json"
-        return web.Response(body=data, status=status, headers=headers)
-    if not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-        data = await resp.read()
-        rec.first_token_ns = time.perf_counter_ns()
-        _record_usage(rec, data)
-        return web.Response(body=data, status=status, headers=headers)
-    out = web.StreamResponse(status=status, headers=headers)
-    rec.streamed = True
-    rec.status = status
-    await out.prepare(request)
-    prev = last = b""
-    try:
-        async for chunk in resp.iter_chunks():
-            if rec.first_token_ns is None:
-                rec.first_token_ns = time.perf_counter_ns()
-            await out.write(chunk)
-            prev, last = last, chunk
-    except OllamuxError as exc:
-        # after the first byte a failure is one more frame in the client's format; the status stays
-        rec.error = exc.message
-        await out.write(error_frame(exc))
-    finally:
-        resp.release()  # now, not when the generator is collected: a client gone frees the backend slot
-    # the usage chunk is among the last frames, perhaps cut between the last two reads
-    if not _record_usage(rec, last):
-        _record_usage(rec, prev[-_USAGE_SPAN:] + last)
-    await out.write_eof()
-    return out
-
-
-def _is_openai_error(data: bytes) -> bool:
-    return data.lstrip()[:1] == b"{" and b'"error"' in data and b'"message"' in data
+def _stream_flag(body: dict[str, Any]) -> bool:
+    stream = body.get("stream")
+    if stream is None:
+        return False  # OpenAI's default (Ollama's is the opposite)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"invalid type for 'stream' field: {go_type(stream)}")
+    return stream
 
 
 # ---------------------------------------------------------------------------------- generation
-def _handler(kind: Kind) -> Any:
+def _handler(kind: PivotKind) -> Any:
     async def handle(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
         raw = await request.read()
         body = loads_object(raw)
         route = _begin(state, rec, body)
-        backend = state.backend_for(route)
-        if backend.type == "ollama":
-            return await _via_ollama(request, state, rec, route, body, kind)
+        if not state.backend_for(route).speaks("openai"):
+            return await _via_pivot(request, state, rec, route, body, kind)
+        path = _PATHS[kind]
 
-        def payload(r: Route, up: HTTPBackend) -> bytes:  # a fallback gets its own upstream model name
-            return replace_model_in_body(raw, body, r.upstream)
+        def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:  # a fallback gets its own model name
+            return path, replace_model_in_body(raw, body, r.upstream)
 
         headers = upstream_headers(request, rec)
         # the body goes back as the backend encoded it, so the backend may only use what the client reads
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         # retries, replicas and fallbacks happen in there, before the first byte
         async with open_upstream(
-            state, route, _PATHS[kind], payload, rec=rec, raise_for_status=False,
-            headers=headers, client_auth=client_auth(request, state),
+            state, route, payload, rec=rec, raise_for_status=False, headers=headers,
+            client_auth=client_auth(request, state),
         ) as opened:
-            return await _relay(request, rec, opened.response)
+            up = opened.backend
+            resp = opened.response
+            translator = SSEPassthrough(resp.headers.get("Content-Type", SSE_CT), up.redact.data if up.redact else None)
+            return await relay_passthrough(request, rec, resp, translator)
 
     return handle
 
 
-async def _via_ollama(
-    request: web.Request, state: AppState, rec: RequestRecord, route: Route, body: dict[str, Any], kind: Kind
+async def _via_pivot(
+    request: web.Request, state: AppState, rec: RequestRecord, route: Route, body: dict[str, Any], kind: PivotKind
 ) -> web.StreamResponse:
-    """An Ollama backend: translate the request, call the native API, translate the answer back."""
-    if kind == "chat":
-        build, path, prefix = to_ollama.chat_request, "/api/chat", "chatcmpl-"
-    elif kind == "completion":
-        build, path, prefix = to_ollama.completion_request, "/api/generate", "cmpl-"
-    else:
-        build, path, prefix = to_ollama.embed_request, "/api/embed", ""
-    first = build(body, route.upstream)  # validates the request before any backend is called
-    stream = bool(first.get("stream"))
-    answer_id = prefix + rec.id[:24]
-    created = int(time.time())
+    """A backend that does not speak OpenAI: the request is already the pivot, the backend's plan
+    turns it into its wire format and its answers back."""
+    stream = _stream_flag(body)
+    opts = body.get("stream_options")
+    answer = Answer(
+        model=route.requested, id=_PREFIXES[kind] + rec.id[:24], created=int(time.time()),
+        include_usage=isinstance(opts, dict) and opts.get("include_usage") is True,
+        encoding_format=_encoding_format(body) if kind == "embedding" else "float",
+    )
+
+    def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
+        plan = up.pivot_plan(kind)
+        return plan.path, plan.build(body, r.upstream)  # validates the request (400) before it is sent
+
     async with open_upstream(
-        state, route, path, lambda r, _: first if r is route else build(body, r.upstream), rec=rec,
-        read_body=not stream, headers=identity_headers(request, rec), client_auth=client_auth(request, state),
+        state, route, wire, rec=rec, read_body=not stream, headers=identity_headers(request, rec),
+        client_auth=client_auth(request, state),
     ) as opened:
-        resp = opened.response
-        if not stream:
-            data = await resp.json()
+        plan = opened.backend.pivot_plan(kind)
+        if not stream or kind == "embedding":
+            to_pivot = plan.json
+            out: dict[str, Any] = await relay_json(
+                opened.response, (lambda data: to_pivot(data, answer)) if to_pivot is not None else _object
+            )
             rec.first_token_ns = time.perf_counter_ns()
-            if not isinstance(data, dict):
-                raise OllamuxError("backend answered with something that is not a JSON object", status=502)
-            if kind == "embedding":
-                out = from_ollama.embeddings(data, route.requested, encoding_format=to_ollama.encoding_format(body))
-                rec.prompt_tokens = out["usage"]["prompt_tokens"]
-                return json_response(out)
-            if kind == "chat":
-                out = from_ollama.chat_completion(data, route.requested, id=answer_id, created=created)
-                rec.response_text = out["choices"][0]["message"]["content"]
-            else:
-                out = from_ollama.text_completion(data, route.requested, id=answer_id, created=created)
-                rec.response_text = out["choices"][0]["text"]
-            rec.prompt_tokens = out["usage"]["prompt_tokens"]
-            rec.completion_tokens = out["usage"]["completion_tokens"]
+            usage = out.get("usage")
+            usage = usage if isinstance(usage, dict) else {}
+            rec.prompt_tokens = usage.get("prompt_tokens")
+            rec.completion_tokens = usage.get("completion_tokens")
+            if kind != "embedding":
+                choice = out["choices"][0]
+                rec.response_text = choice["message"]["content"] if kind == "chat" else choice["text"]
             return json_response(out)
-        opts = body.get("stream_options")
-        include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        translator = OllamaToOpenAIStream(
-            route.requested, "chat" if kind == "chat" else "completion",
-            id=answer_id, created=created, include_usage=include_usage,
+        translator: StreamTranslator = (
+            plan.stream(answer) if plan.stream is not None else SSEPassthrough(SSE_CT, opened.backend.redact.data)
         )
-        return await _relay_ndjson_as_sse(request, rec, resp, translator)
+        return await relay_stream(request, rec, opened.response, translator, expect=plan.stream_type)
 
 
-async def _relay_ndjson_as_sse(
-    request: web.Request, rec: RequestRecord, resp: UpstreamResponse, translator: OllamaToOpenAIStream
-) -> web.StreamResponse:
-    """Upstream NDJSON in, OpenAI SSE out, one write per upstream read (no buffering)."""
-    out = await start_stream(request, rec, SSE_CT)
-    try:
-        try:
-            async for chunk in resp.iter_chunks():
-                if rec.first_token_ns is None:
-                    rec.first_token_ns = time.perf_counter_ns()
-                frames = translator.feed(chunk)
-                if frames:
-                    await out.write(b"".join(frames))
-            await out.write(b"".join(translator.finish()))
-        except OllamuxError as exc:
-            rec.error = exc.message
-            rec.status = exc.status
-            await out.write(error_frame(exc))
-    finally:
-        resp.release()
-        if translator.usage is not None:
-            rec.prompt_tokens = translator.usage["prompt_tokens"]
-            rec.completion_tokens = translator.usage["completion_tokens"]
-        rec.response_text = "".join(translator.text_parts)
-    await out.write_eof()
-    return out
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise UpstreamError(f"backend answered with {json_type(data)}, not a JSON object", status=502)
+    return data
+
+
+def _encoding_format(body: dict[str, Any]) -> str:
+    fmt = body.get("encoding_format")
+    if fmt is None or fmt == "":
+        return "float"
+    if fmt not in ("float", "base64"):
+        raise BadRequest(f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64'].")
+    return str(fmt)
 
 
 # -------------------------------------------------------------------------------------- models
@@ -243,7 +143,7 @@ def _model_id(state: AppState, entry: ModelEntry) -> str:
     if entry.settings is not None and not entry.settings.is_wildcard:
         return entry.settings.name
     backend = state.backends.get(entry.backend)
-    if backend is not None and backend.type == "ollama":
+    if backend is not None and backend.speaks("ollama"):
         return entry.name
     return strip_latest(entry.name) if not entry.upstream.lower().endswith(":latest") else entry.name
 

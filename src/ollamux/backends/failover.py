@@ -1,17 +1,16 @@
-"""Opening an upstream answer with retries, backoff, the circuit breaker and model fallbacks; health checks.
+"""Opening an upstream answer with retries, backoff, the circuit breaker and model fallbacks.
 
 `open_upstream()` is the one call handlers make to get an upstream answer. Everything here happens before
 the first byte of the answer goes to the client, so trying again is safe; once a stream has started,
 nothing is retried (a failure then becomes one final error frame, written by the handler).
 
-Cost on the healthy path (one replica, nothing failing): one context manager, one `session()`, one
+Cost on the healthy path (one replica, nothing failing): one context manager, one `lease()`, one
 `pick()` that reads one float, and the request itself. No tasks, no locks, no clock reads of our own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -20,33 +19,22 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import BackendError, ModelNotFound, OllamuxError, UpstreamError
 from ..observe import RequestRecord
 from ..registry import Route
 from ..state import AppState
+from .base import Lease, LeaseContext
 from .http import CircuitOpen, HTTPBackend, Replica, UpstreamResponse, retry_after_seconds
 
-__all__ = [
-    "HealthChecks",
-    "Opened",
-    "PayloadFactory",
-    "backoff_delay",
-    "open_upstream",
-    "start_health_checks",
-    "stop_health_checks",
-]
+__all__ = ["Opened", "PayloadFactory", "backoff_delay", "open_upstream"]
 
 log = logging.getLogger("ollamux.failover")
 
-# Rebuilds the request body for one route on one backend: a fallback has its own upstream model name and
-# maybe another dialect, so the handler's payload cannot simply be resent.
-PayloadFactory = Callable[[Route, HTTPBackend], "dict[str, Any] | bytes"]
-
-_HEALTH_KEY = "failover_health_checks"
-
+# The upstream path and body for one route on one backend: a fallback has its own upstream model name and
+# maybe another dialect or wire format, so the handler's payload cannot simply be resent.
+PayloadFactory = Callable[[Route, HTTPBackend], "tuple[str, dict[str, Any] | bytes]"]
 
 @dataclass(slots=True)
 class Opened:
@@ -54,12 +42,16 @@ class Opened:
 
     response: UpstreamResponse
     route: Route  # the route that answered: the model's own, or one of its fallbacks
-    backend: HTTPBackend  # what the backend's session yielded (managed models add `load_ns`)
+    lease: Lease  # the HTTP backend that answered, and how long it took to make ready
     attempts: int
 
     @property
+    def backend(self) -> HTTPBackend:
+        return self.lease.http
+
+    @property
     def load_ns(self) -> int:
-        return int(getattr(self.backend, "load_ns", 0) or 0)
+        return self.lease.load_ns
 
 
 class _RouteFailed(Exception):
@@ -90,23 +82,24 @@ class open_upstream:
     (at once, on to the fallbacks). `read_body` reads a non-streamed answer inside the loop, so a body
     cut off half way is tried again too. With `raise_for_status=False` (pass-through), the last route's
     error answer is yielded as is when nothing better came. The backend's session stays open while the
-    caller is inside the block; the response is released when it leaves.
+    caller is inside the block; the response is released when it leaves. Fallbacks are tried only on
+    backends that speak the same API as the model's own (the request was built for that API).
 
     A class rather than an async generator: on the healthy path this saves ~10 us per request.
     """
 
-    __slots__ = ("_resp", "_session", "client_auth", "headers", "hints", "make_payload", "method", "path",
+    __slots__ = ("_resp", "_session", "client_auth", "headers", "keep_alive", "make_payload", "method", "num_ctx",
                  "raise_for_status", "read_body", "rec", "route", "state")
 
     def __init__(
         self,
         state: AppState,
         route: Route,
-        path: str,
         make_payload: PayloadFactory,
         *,
         rec: RequestRecord | None = None,
-        hints: dict[str, Any] | None = None,
+        keep_alive: float | None = None,
+        num_ctx: int | None = None,
         read_body: bool = False,
         method: str = "POST",
         raise_for_status: bool = True,
@@ -115,10 +108,10 @@ class open_upstream:
     ) -> None:
         self.state = state
         self.route = route
-        self.path = path
         self.make_payload = make_payload
         self.rec = rec
-        self.hints = hints or {}
+        self.keep_alive = keep_alive
+        self.num_ctx = num_ctx
         self.read_body = read_body
         self.method = method
         self.raise_for_status = raise_for_status
@@ -127,7 +120,7 @@ class open_upstream:
 
     async def __aenter__(self) -> Opened:
         state, route = self.state, self.route
-        api_type = state.backends[route.backend].type
+        api = state.backends[route.backend].api
         routes = [route]
         failures: list[tuple[Route, OllamuxError, int]] = []
         total_attempts = 0
@@ -136,14 +129,15 @@ class open_upstream:
             r = routes[i]
             i += 1
             backend = state.backends.get(r.backend)
-            if backend is None or backend.type != api_type:
-                # a fallback that speaks another API would need another handler; say so instead of guessing
-                log.warning("fallback %s of %s skipped: backend %s is not of type %s", r.upstream,
-                            route.requested, r.backend, api_type)
+            if backend is None or backend.api != api:
+                # the request was built for the model's own API; say so instead of guessing
+                log.warning("fallback %s of %s skipped: backend %s does not speak %s", r.upstream,
+                            route.requested, r.backend, api)
                 continue
-            session = backend.session(r, **self.hints)
+            session: LeaseContext = backend.lease(r, keep_alive=self.keep_alive, num_ctx=self.num_ctx)
             try:
-                up: HTTPBackend = await session.__aenter__()
+                lease = await session.__aenter__()
+                up = lease.http
             except BackendError as exc:  # a managed model that could not be started
                 if not exc.retryable:
                     raise
@@ -152,9 +146,9 @@ class open_upstream:
                     routes.extend(_fallbacks(state, route))  # resolved only once they are needed
                 continue
             try:
-                body = self.make_payload(r, up)
+                path, body = self.make_payload(r, up)
                 data = body if isinstance(body, bytes) else orjson.dumps(body)
-                resp, attempts = await _attempts(up, self.method, self.path, data, self.read_body,
+                resp, attempts = await _attempts(up, self.method, path, data, self.read_body,
                                                  self.raise_for_status, self.headers, self.client_auth)
             except _RouteFailed as failed:
                 total_attempts += failed.attempts
@@ -182,14 +176,14 @@ class open_upstream:
                 rec.upstream_url = resp.url
             self._session = session
             self._resp = resp
-            return Opened(resp, r, up, total_attempts)
+            return Opened(resp, r, lease, total_attempts)
         raise _final_error(route, failures)
 
     async def __aexit__(
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         self._resp.release()  # a client gone mid-stream: this closes the upstream connection, cancelling it
-        return await self._session.__aexit__(typ, exc, tb)  # type: ignore[no-any-return]
+        return await self._session.__aexit__(typ, exc, tb)
 
 
 def _fallbacks(state: AppState, route: Route) -> list[Route]:
@@ -308,80 +302,3 @@ def _final_error(route: Route, failures: list[tuple[Route, OllamuxError, int]]) 
     last.message = f"every route for model '{route.requested}' failed: " + "; ".join(parts)
     last.args = (last.message,)
     return last
-
-
-# ------------------------------------------------------------------------------------ active health checks
-
-
-class HealthChecks:
-    """One task per backend that probes every replica at its interval: out when it fails, back when it answers.
-
-    A failed check takes a replica out until a later check passes (requests go to the others meanwhile);
-    a passing check closes a tripped breaker at once instead of waiting for a request to probe it.
-    """
-
-    def __init__(self, backends: list[HTTPBackend]) -> None:
-        self.backends = [b for b in backends if b.resilience.health_interval > 0]
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        for b in self.backends:
-            self._tasks.append(asyncio.create_task(self._run(b), name=f"ollamux-health-{b.name}"))
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._tasks.clear()
-
-    async def _run(self, backend: HTTPBackend) -> None:
-        interval = backend.resilience.health_interval
-        while True:
-            try:
-                await self.check(backend)
-            except Exception:  # pragma: no cover - a bug here must not stop the checks for good
-                log.exception("health check of backend %s failed", backend.name)
-            await asyncio.sleep(interval)
-
-    async def check(self, backend: HTTPBackend) -> None:
-        await asyncio.gather(*(self._check_replica(backend, r) for r in backend.replicas))
-
-    async def _check_replica(self, backend: HTTPBackend, replica: Replica) -> None:
-        res = backend.resilience
-        url = replica.url + res.health_path
-        error: str | None = None
-        try:
-            async with backend.client.get(
-                url, headers=backend.auth_headers, timeout=aiohttp.ClientTimeout(total=res.health_timeout)
-            ) as resp:
-                await resp.read()
-                if resp.status >= 500:
-                    error = f"health check {url} answered HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = f"health check {url} failed: {type(exc).__name__} {exc}".rstrip()
-        if error is None:
-            if not replica.healthy:
-                log.warning("replica %s of backend %s is healthy again", replica.url, backend.name)
-                replica.succeeded()
-            return
-        if replica.healthy:
-            log.warning("replica %s of backend %s taken out: %s", replica.url, backend.name, error)
-        replica.last_error = error
-        # out until a check passes; if the checks stop, the replica comes back on its own
-        replica.down_until = max(replica.down_until, time.monotonic() + res.health_interval * 1.5)
-
-
-def start_health_checks(state: AppState) -> None:
-    """Start the checks of every static HTTP backend that has `health_interval` set (app lifespan)."""
-    backends = [b for b in state.backends.values() if isinstance(b, HTTPBackend)]
-    checks = HealthChecks(backends)
-    checks.start()
-    state.extras[_HEALTH_KEY] = checks
-
-
-async def stop_health_checks(state: AppState) -> None:
-    checks = state.extras.pop(_HEALTH_KEY, None)
-    if isinstance(checks, HealthChecks):
-        await checks.stop()

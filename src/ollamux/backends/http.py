@@ -13,13 +13,19 @@ import os
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import orjson
 
 from ..config import BackendSettings, Timeouts
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, OllamuxError, UpstreamError
+from .plan import Api, PivotKind, PivotPlan
+from .redact import Redactor
+
+if TYPE_CHECKING:
+    from ..registry import ModelEntry, Route
 
 __all__ = [
     "CircuitOpen",
@@ -50,8 +56,6 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
-
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -139,6 +143,43 @@ class Replica:
         self.probing = False
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One request's hold on a backend that is ready to answer: the HTTP backend to call, and how long
+    it took to make it ready (a managed model's start; 0 when it was running)."""
+
+    http: HTTPBackend
+    load_ns: int = 0
+
+
+class _TransportErrors:
+    """The one table from aiohttp's failures (while reading an answer) to OllamuxErrors: `with` it around
+    any read of an upstream body, as httpx wraps its transport calls in `map_httpcore_exceptions()`."""
+
+    __slots__ = ("idle", "up")
+
+    def __init__(self, up: UpstreamResponse) -> None:
+        self.up = up
+        self.idle: asyncio.Timeout | None = None  # the idle timer of the read in progress, if any
+
+    def __enter__(self) -> _TransportErrors:
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
+        if exc is None or not isinstance(exc, TimeoutError | aiohttp.ClientError):
+            return False
+        up = self.up
+        if isinstance(exc, TimeoutError):
+            # aiohttp's own total timeout surfaces as a TimeoutError too; the expired timer tells them apart
+            which = "idle" if self.idle is not None and self.idle.expired() else "total"
+            err = up.backend.timeout_error(which, up.url)
+        else:
+            err = up.backend.broken_error(exc, up.url)
+        # a stream that dies is a health signal about the replica, even though it is never retried
+        up.backend.count_failure(up.replica, err.message, eject=False)
+        raise err from None
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     """An open upstream answer: status and headers now, the body as it streams."""
@@ -159,26 +200,49 @@ class UpstreamResponse:
     def headers(self) -> Mapping[str, str]:
         return self.resp.headers
 
+    @property
+    def content_type(self) -> str:
+        """The media type, lower-cased, without parameters ("" when the backend sent none)."""
+        return self.resp.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
     async def read(self) -> bytes:
-        """The whole body (cached: the retry loop may read it before the handler does)."""
+        """The whole body, at most the backend's `max_response_bytes` (cached: the retry loop may read it
+        before the handler does). A larger answer is a 502 that names the limit, and is never held whole."""
         if self._body is not None:
             return self._body
-        idle = self.idle_timeout
-        cm: asyncio.Timeout | None = None
+        limit = self.backend.settings.max_response_bytes
+        content = self.resp.content
+        errors = _TransportErrors(self)
         try:
-            if idle is not None and not self.resp.content.is_eof():
-                async with asyncio.timeout(idle) as cm:
-                    self._body = await self.resp.read()
-            else:
-                self._body = await self.resp.read()
+            with errors:
+                length = self.resp.content_length
+                if length is not None and length > limit:
+                    raise self._too_large(limit)
+                parts: list[bytes] = []
+                size = 0
+                while True:
+                    idle = self.idle_timeout
+                    if idle is not None and not (content.is_eof() or _buffered(content)):
+                        async with asyncio.timeout(idle) as errors.idle:
+                            chunk = await content.readany()
+                    else:
+                        chunk = await content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large(limit)
+                    parts.append(chunk)
+            self._body = parts[0] if len(parts) == 1 else b"".join(parts)
             return self._body
-        except TimeoutError:
-            idle_fired = cm is not None and cm.expired()
-            raise self._broken(self.backend.timeout_error("idle" if idle_fired else "total", self.url)) from None
-        except aiohttp.ClientError as exc:
-            raise self._broken(self.backend.broken_error(exc, self.url)) from None
         finally:
             self.release()
+
+    def _too_large(self, limit: int) -> UpstreamError:
+        return UpstreamError(
+            f"backend '{self.backend.name}' answered with more than {limit} bytes (max_response_bytes; {self.url})",
+            status=502,
+        )
 
     async def json(self) -> Any:
         body = await self.read()
@@ -193,32 +257,22 @@ class UpstreamResponse:
         """Body bytes as they arrive (no re-chunking), with the idle-gap timeout between them."""
         content = self.resp.content
         idle = self.idle_timeout
-        cm: asyncio.Timeout | None = None
+        errors = _TransportErrors(self)
         try:
-            while True:
-                # a timer per read only when the read may wait: a fast backend's answer is usually all
-                # buffered already (arming and cancelling the timer was ~4 us a read)
-                if idle is not None and not (content.is_eof() or _buffered(content)):
-                    async with asyncio.timeout(idle) as cm:
+            with errors:
+                while True:
+                    # a timer per read only when the read may wait: a fast backend's answer is usually all
+                    # buffered already (arming and cancelling the timer was ~4 us a read)
+                    if idle is not None and not (content.is_eof() or _buffered(content)):
+                        async with asyncio.timeout(idle) as errors.idle:
+                            chunk = await content.readany()
+                    else:
                         chunk = await content.readany()
-                else:
-                    chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
-        except TimeoutError:
-            # aiohttp's own total timeout surfaces as a TimeoutError too; the expired cm tells them apart
-            idle_fired = cm is not None and cm.expired()
-            raise self._broken(self.backend.timeout_error("idle" if idle_fired else "total", self.url)) from None
-        except aiohttp.ClientError as exc:
-            raise self._broken(self.backend.broken_error(exc, self.url)) from None
+                    if not chunk:
+                        return
+                    yield chunk
         finally:
             self.release()
-
-    def _broken(self, err: OllamuxError) -> OllamuxError:
-        # a stream that dies is a health signal about the replica, even though it is never retried
-        self.backend.count_failure(self.replica, err.message, eject=False)
-        return err
 
     def release(self) -> None:
         """Give the connection back (or drop it mid-body, which cancels the request upstream)."""
@@ -234,7 +288,16 @@ def _buffered(content: aiohttp.StreamReader) -> bool:
 
 
 class HTTPBackend:
-    """A backend reached over HTTP: an OpenAI-compatible server or an Ollama server, 1..n replicas."""
+    """A backend reached over HTTP, 1..n replicas: the transport both kinds share.
+
+    What differs between an OpenAI-compatible server and an Ollama server (the API it speaks, how it
+    lists and describes its models, what it has loaded) is in the subclasses, `openai.OpenAIBackend` and
+    `ollama.OllamaBackend`; this class speaks the OpenAI pivot, so a bare one (tests, managed models'
+    internals) behaves as an OpenAI-compatible server.
+    """
+
+    api: Api = "openai"
+    default_health_path = "/models"  # what any answer below 500 to proves the server is there
 
     def __init__(self, settings: BackendSettings, client: aiohttp.ClientSession) -> None:
         self.settings = settings
@@ -255,6 +318,13 @@ class HTTPBackend:
             "Accept": "application/json, text/event-stream",
             **self._headers,
         }
+        # what an upstream may echo back that must never reach a client or a log
+        self.redact = Redactor([settings.api_key or "", *(v for _, v in settings.headers)])
+        self._lease = _Ready(Lease(self))
+
+    @property
+    def health_path(self) -> str:
+        return self.resilience.health_path or self.default_health_path
 
     @property
     def has_key(self) -> bool:
@@ -309,7 +379,12 @@ class HTTPBackend:
         return err
 
     def base_url(self) -> str:
-        return self.pick().url
+        """A URL for a side request (metadata, discovery): the first replica not out of rotation.
+
+        Never `pick()`: that marks a half-open replica as the probe, which only a real request clears.
+        """
+        now = time.monotonic()
+        return next((r.url for r in self.replicas if r.down_until <= now), self.replicas[0].url)
 
     def count_failure(self, replica: Replica, error: str, *, eject: bool) -> None:
         res = self.resilience
@@ -393,7 +468,7 @@ class HTTPBackend:
 
     async def status_error(self, up: UpstreamResponse) -> UpstreamError:
         """The error for an upstream error answer (reads and releases it), Retry-After kept for 429/503."""
-        body_bytes = await up.read()
+        body_bytes = self.redact.data(await up.read())
         err = UpstreamError(error_message_from_body(body_bytes, up.status), status=up.status, body=body_bytes)
         retry_after = up.headers.get("Retry-After")
         if retry_after:
@@ -426,24 +501,57 @@ class HTTPBackend:
     def broken_error(self, exc: BaseException, url: str) -> OllamuxError:
         return BackendUnavailable(f"backend '{self.name}' connection failed ({url}): {_reason(exc)}")
 
-    def session(self, route: Any = None, **_: Any) -> _Ready:
-        """A static backend is always ready; managed ones start their process here."""
-        return _Ready(self)
+    # ------------------------------------------------------------------------- the Backend protocol
+    def speaks(self, api: Api) -> bool:
+        return api == self.api
+
+    def pivot_plan(self, kind: PivotKind) -> PivotPlan:
+        """How it serves a request in the pivot (OpenAI) shape; as an OpenAI-compatible server, as is."""
+        return _OPENAI_PLANS[kind]
+
+    def lease(self, route: Route | None = None, *, keep_alive: float | None = None,
+              num_ctx: int | None = None) -> _Ready:
+        """A static backend is always ready: one shared lease, nothing to start or stop."""
+        return self._lease
+
+    async def discover(self) -> list[ModelEntry]:
+        return []
+
+    async def probe(self, upstream: str) -> Mapping[str, Any]:
+        return {}
+
+    async def running(self) -> list[dict[str, Any]]:
+        return []
 
     async def close(self) -> None:
         return None
 
 
+_PIVOT_PATHS: dict[PivotKind, str] = {
+    "chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"
+}
+
+
+def _with_model(body: dict[str, Any], upstream: str) -> dict[str, Any]:
+    return body if body.get("model") == upstream else {**body, "model": upstream}
+
+
+_OPENAI_PLANS = {
+    kind: PivotPlan(path=path, build=_with_model, stream_type="text/event-stream")
+    for kind, path in _PIVOT_PATHS.items()
+}
+
+
 class _Ready:
-    """The session of a static backend: nothing to start or stop (a plain object, not a generator: cheaper)."""
+    """The lease context of a static backend (a plain object, not a generator: cheaper per request)."""
 
-    __slots__ = ("backend",)
+    __slots__ = ("lease",)
 
-    def __init__(self, backend: HTTPBackend) -> None:
-        self.backend = backend
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
 
-    async def __aenter__(self) -> HTTPBackend:
-        return self.backend
+    async def __aenter__(self) -> Lease:
+        return self.lease
 
     async def __aexit__(self, *exc: object) -> None:
         return None

@@ -9,8 +9,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from ..app import create_app
 from ..config import BackendSettings, ConfigError, Settings, default_models_dir, load_settings
+from ..config.parse import parse_url
 from ..names import normalize_name
+from ..oplog import configure
+from ..runtime.checks import check_runtime
+from ..server import run
 
 __all__ = ["register", "settings_from_args"]
 
@@ -38,8 +43,6 @@ def settings_from_args(
     path = config or environ.get("OLLAMUX_CONFIG")
     settings = load_settings(path, environ) if path else Settings()
     if backend:
-        from ..config.parse import parse_url
-
         url = parse_url("--backend", backend)
         name = "default"
         while name in settings.backends:
@@ -64,8 +67,6 @@ def _load(args: argparse.Namespace) -> Settings | None:
             args.config, getattr(args, "host", None), getattr(args, "port", None), getattr(args, "backend", None),
             os.environ,
         )
-        from ..runtime.checks import check_runtime
-
         check_runtime(settings)  # e.g. a gguf model without the llama extra installed
         return settings
     except ConfigError as exc:
@@ -104,14 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     setup_logging(args.log_format, args.log_level)
-    from ..app import create_app
-    from ..server import run
-
     run(create_app(settings), settings)
     return 0
 
 
 def setup_logging(fmt: str, level: str) -> None:
-    from ..oplog import configure
-
     configure(fmt, level)

@@ -169,7 +169,7 @@ def _parse_backend(name: str, node: Node) -> BackendSettings:
         headers=headers,
         max_connections=node.opt_int("max_connections", 256, lo=1),
         dialect=dialect,  # type: ignore[arg-type]
-        resilience=_parse_resilience(node, btype, len(urls)),
+        resilience=_parse_resilience(node, len(urls)),
         max_event_bytes=node.opt_int("max_event_bytes", defaults.max_event_bytes, lo=_MIN_BUFFER_BYTES),
         max_response_bytes=node.opt_int("max_response_bytes", defaults.max_response_bytes, lo=_MIN_BUFFER_BYTES),
     )
@@ -179,13 +179,13 @@ _RESILIENCE_KEYS = ("retries", "retry_budget", "backoff", "backoff_max", "breake
                     "health_path", "health_timeout")
 
 
-def _parse_resilience(node: Node, btype: str, n_urls: int) -> Resilience:
+def _parse_resilience(node: Node, n_urls: int) -> Resilience:
     d = Resilience()
     breaker = node.child("breaker")
     breaker.only({"failures", "cooldown"})
     # replicas are only worth watching when there is another to send requests to meanwhile
     interval = node.opt_float("health_interval", 10.0 if n_urls > 1 else 0.0, lo=0) or 0.0
-    path = node.opt_str("health_path") or ("/api/version" if btype == "ollama" else d.health_path)
+    path = node.opt_str("health_path")  # None: the backend's own (`HTTPBackend.health_path`)
     return Resilience(
         retries=node.opt_int("retries", d.retries, lo=0, hi=10),
         retry_budget=node.opt_float("retry_budget", d.retry_budget, lo=0) or 0.0,
@@ -194,7 +194,7 @@ def _parse_resilience(node: Node, btype: str, n_urls: int) -> Resilience:
         breaker_failures=breaker.opt_int("failures", d.breaker_failures, lo=0),
         breaker_cooldown=breaker.opt_float("cooldown", d.breaker_cooldown, lo=0) or 0.0,
         health_interval=interval,
-        health_path=path if path.startswith("/") else "/" + path,
+        health_path=None if path is None else path if path.startswith("/") else "/" + path,
         health_timeout=node.opt_float("health_timeout", d.health_timeout, lo=0.01) or d.health_timeout,
     )
 

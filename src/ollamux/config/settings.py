@@ -47,7 +47,7 @@ class Resilience:
     breaker_failures: int = 5  # consecutive failures that open a replica's circuit; 0: no breaker
     breaker_cooldown: float = 10.0  # seconds a tripped replica stays out before one probe request is let through
     health_interval: float = 0.0  # seconds between active health checks of every replica; 0: off
-    health_path: str = "/models"  # GET base URL + this; any answer below 500 means healthy
+    health_path: str | None = None  # GET base URL + this; any answer below 500 means healthy; None: per kind
     health_timeout: float = 2.0
 
 
@@ -68,7 +68,7 @@ class BackendSettings:
     # Bounds on what the relay holds in memory at once for this backend, so one runaway upstream cannot
     # exhaust the process: the largest single SSE event or NDJSON line of a stream, and the largest
     # non-streamed answer read whole to translate it (pass-through streams are never held whole).
-    max_event_bytes: int = 64 * 1024 * 1024
+    max_event_bytes: int = 128 * 1024 * 1024  # generous: a 100 MB base64 image or embedding block passes
     max_response_bytes: int = 256 * 1024 * 1024
 
     @property

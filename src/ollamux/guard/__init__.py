@@ -40,9 +40,8 @@ def install(app: web.Application, settings: Settings) -> Guard:
     async def startup(app: web.Application) -> None:
         # runs after the lifespan's start (cleanup_ctx comes first in on_startup), so the state exists
         state = app[STATE]
-        state.extras["guard"] = guard
-        if guard.keys:
-            state.extras["inbound_auth"] = True  # the client's key is ours: never forward it upstream
+        state.guard = guard  # with keys on, state.inbound_auth: the client's key is never forwarded upstream
+        guard.bind(state.registry, state.observers)
         if guard.rates.counts_tokens:
             state.observers.add(guard)
 
@@ -59,7 +58,8 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get("Expect", "").lower() == "100-continue":
         await _default_expect_handler(request)  # writes "100 Continue"
         return None
-    return guard_core.reject_outside(request, OllamuxError("only 'Expect: 100-continue' is supported", status=417))
+    refusal = OllamuxError("only 'Expect: 100-continue' is supported", status=417)
+    return guard_core.reject_outside(request, refusal, request.app[GUARD].observers)
 
 
 async def _safe_expect_handlers(app: web.Application) -> None:
@@ -77,15 +77,14 @@ def handler_args(settings: Settings) -> dict[str, Any]:
 
 def authorize_model(state: AppState, rec: RequestRecord, route: Route) -> None:
     """403 (Forbidden) when the request's key may not use `route`'s model; free when no keys are set."""
-    guard: Guard | None = state.extras.get("guard")
-    if guard is not None:
-        guard.authorize(rec, route)
+    if state.guard is not None:
+        state.guard.authorize(rec, route)
 
 
 def visible_entries(state: AppState, rec: RequestRecord) -> list[ModelEntry]:
     """The models a listing shows this caller: all of them when the server is open, else those its key may use."""
     entries = state.registry.entries()
-    guard: Guard | None = state.extras.get("guard")
+    guard = state.guard
     if guard is None or not guard.keys:
         return entries
     return [e for e in entries if guard.may_use(rec, Route(e.name, e, e.upstream))]

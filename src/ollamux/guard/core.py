@@ -22,9 +22,8 @@ from aiohttp import web
 from ..config import Settings
 from ..errors import BadRequest, Forbidden, OllamuxError, PayloadTooLarge
 from ..names import normalize_name
-from ..observe import RequestRecord, new_request_id
-from ..registry import Route
-from ..state import STATE, AppState
+from ..observe import Observers, RequestRecord, new_request_id
+from ..registry import Registry, Route
 from .auth import KeyRing
 from .cors import Cors
 from .hostguard import HostGuard, is_loopback_bind
@@ -77,6 +76,9 @@ class Guard:
             for k in settings.auth.keys
         }
         self.rates = RateLimiter((lim.requests_per_minute, lim.tokens_per_minute, lim.burst, lim.token_burst), per_key)
+        # the app's, handed over once its lifespan built them (`bind`): refusals are recorded like requests
+        self.registry: Registry | None = None
+        self.observers: Observers | None = None
         self.rate_limited = self.rates.enabled
         self.max_depth = lim.max_json_depth
         self.body_timeout = lim.body_timeout
@@ -182,21 +184,24 @@ class Guard:
             for g in reversed(held):  # a stream holds its slot until its last byte is written
                 g.release()
 
-    @staticmethod
-    def _route_of(request: web.Request, raw: bytes) -> Route | None:
+    def _route_of(self, request: web.Request, raw: bytes) -> Route | None:
         """The model a body asks for; None when it cannot tell (the handler will say what is wrong)."""
         try:
             body = orjson.loads(raw)
             model = body.get("model") if isinstance(body, dict) else None
             if not isinstance(model, str) or not model:
                 return None
-            return request.app[STATE].registry.resolve(model)
+            return self.registry.resolve(model) if self.registry is not None else None
         except (orjson.JSONDecodeError, OllamuxError):
             return None
 
     # ------------------------------------------------------------------------------------- refusals
+    def bind(self, registry: Registry, observers: Observers) -> None:
+        self.registry = registry
+        self.observers = observers
+
     def reject(self, request: web.Request, exc: OllamuxError) -> web.Response:
-        return reject_outside(request, exc)
+        return reject_outside(request, exc, self.observers)
 
     # ----------------------------------------------------------------------------- after a request
     def request_started(self, rec: RequestRecord) -> None:
@@ -231,7 +236,7 @@ def client_request_id(headers: Mapping[str, str]) -> str:
     return new_request_id()
 
 
-def reject_outside(request: web.Request, exc: OllamuxError) -> web.Response:
+def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers | None) -> web.Response:
     """A refusal made before any handler ran: rendered in the client's envelope and recorded."""
     api = api_of(request.path)
     rid = client_request_id(request.headers)
@@ -242,15 +247,14 @@ def reject_outside(request: web.Request, exc: OllamuxError) -> web.Response:
     )
     if exc.status == 408:
         resp.force_close()  # the rest of the body may still be on its way: do not read it as a request
-    state: AppState | None = request.app.get(STATE)
-    if state is not None:
+    if observers is not None:
         rec = RequestRecord(
             id=rid, api=api,  # type: ignore[arg-type]
             route=request.path, method=request.method, client=request.remote,
             key_name=request.get(KEY_NAME), status=exc.status, error=exc.message,
         )
-        state.observers.started(rec)
-        state.observers.finished(rec)
+        observers.started(rec)
+        observers.finished(rec)
     return resp
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ..state import AppState
 from .backend import ManagedBackend
-from .manager import ModelManager, RunningModel
+from .manager import ModelManager, ModelStatus, RunningModel
 
-__all__ = ["ManagedBackend", "ModelManager", "RunningModel", "start_runtime"]
+__all__ = ["ManagedBackend", "ModelManager", "ModelStatus", "RunningModel", "start_runtime"]
 
 
-def start_runtime(state: AppState) -> ModelManager | None:
+async def start_runtime(state: AppState) -> ModelManager | None:
     """Build the manager of an app (None when nothing is managed) and register its backends."""
     settings = state.settings
     if settings.runtime.models_dir is None and not any(m.runtime for m in settings.models):
@@ -23,9 +23,8 @@ def start_runtime(state: AppState) -> ModelManager | None:
 
     register()
     manager.on_new_models = register
-    metrics = state.extras.get("metrics")
-    if metrics is not None:
-        manager.on_loaded = metrics.observe_model_load  # ollamux_model_load_seconds
-    manager.rescan()
+    if state.metrics is not None:
+        manager.on_loaded = state.metrics.observe_model_load  # ollamux_model_load_seconds
+    await manager.rescan()  # the models folder, read in a worker thread, before the first request
     manager.background(manager.compute_config_digests())
     return manager

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["DigestCache", "GGUFInfo", "default_cache_dir", "file_digest", "read_gguf"]
+__all__ = ["DigestCache", "GGUFInfo", "HeaderCache", "default_cache_dir", "file_digest", "read_gguf"]
 
 log = logging.getLogger("ollamux.runtime")
 
@@ -167,6 +167,35 @@ def read_gguf(path: Path) -> GGUFInfo:
         size=size,
         kv={k: v for k, v in kv.items() if k != "tokenizer.chat_template"},
     )
+
+
+class HeaderCache:
+    """Parsed GGUF headers, kept while a file keeps its size and modification time.
+
+    A rescan of the models folder then reads only the files that are new or changed. One entry per path,
+    so the cache is as large as the set of files ever seen. Not locked: the manager's scans run one at a
+    time (in a worker thread), and nothing else uses it.
+    """
+
+    def __init__(self) -> None:
+        # path -> (size, mtime_ns, the header or why it could not be read)
+        self._entries: dict[Path, tuple[int, int, GGUFInfo | str]] = {}
+
+    def read(self, path: Path) -> GGUFInfo:
+        """`read_gguf(path)`, from the cache when the file did not change; raises OSError or ValueError."""
+        st = path.stat()
+        hit = self._entries.get(path)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            result = hit[2]
+        else:
+            try:
+                result = read_gguf(path)
+            except ValueError as exc:
+                result = str(exc)  # a broken file stays broken until it changes: not parsed again
+            self._entries[path] = (st.st_size, st.st_mtime_ns, result)
+        if isinstance(result, str):
+            raise ValueError(result)
+        return result
 
 
 def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -2,7 +2,9 @@
 
 Everything here runs on the app's event loop, so the bookkeeping needs no locks: the state of each model
 (`state.ModelState`) changes only between awaits, and the eviction choice (`policy.plan_start`) is made on
-a snapshot taken in the same step as the action that follows it.
+a snapshot taken in the same step as the action that follows it. The one exception is reading the disk
+(the models folder, GGUF headers, the digest cache): a worker thread gathers it into plain values, and the
+loop applies them in one step, so the thread never touches the manager's state.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ from typing import Any
 
 import aiohttp
 
+from ..backends.base import Lease
 from ..backends.http import HTTPBackend
+from ..backends.openai import OpenAIBackend
 from ..config import BackendSettings, RuntimeSettings, RuntimeSpec, Settings, Timeouts
 from ..errors import BackendError, ModelNotFound, ServiceUnavailable
 from ..registry import ModelEntry, Registry
 from . import models_dir
-from .gguf_meta import DigestCache, GGUFInfo, default_cache_dir, read_gguf
+from .gguf_meta import DigestCache, GGUFInfo, HeaderCache, default_cache_dir
 from .policy import Candidate, plan_start
 from .process import ChildProcess, free_port, tail
 from .state import Event, ModelState, Phase
 
-__all__ = ["FOREVER", "ManagedModel", "ModelManager", "ModelStartError", "RunningModel"]
+__all__ = ["FOREVER", "ManagedModel", "ModelManager", "ModelStartError", "ModelStatus", "RunningModel"]
 
 log = logging.getLogger("ollamux.runtime")
 
@@ -57,10 +61,39 @@ class RunningModel:
     pid: int
 
 
-class _ReadyBackend(HTTPBackend):
-    """The HTTP backend of a running model, as one request sees it (with its own load time)."""
+@dataclass(frozen=True)
+class ModelStatus:
+    """One managed model as readiness (/health/ready) and the metrics see it."""
 
-    load_ns: int = 0
+    model: str
+    state: str  # the phase: stopped, starting, ready, stopping, failed
+    active: int  # requests using its process now
+    waiting: int  # requests waiting for it to start (or for a slot to start it in)
+    ctx: int | None  # the context it runs with (or was last asked to); None before its first start
+    pid: int | None
+    expires_at: float | None  # unix time it stops when idle; None while busy or not running
+
+
+@dataclass(frozen=True)
+class _Described:
+    """What the scan thread read about one model file; `info` None: unreadable (already logged)."""
+
+    info: GGUFInfo | None
+    meta: dict[str, Any]
+    digest_stamp: tuple[Path, int, int] | None  # (path, size, mtime_ns) when its digest is still unknown
+
+
+@dataclass(frozen=True)
+class _FolderScan:
+    stamp: int  # the folder's mtime_ns when it was listed (-1: missing)
+    files: list[tuple[models_dir.ModelFile, _Described]]
+
+
+@dataclass(frozen=True)
+class _ScanResult:
+    # configured models (first scan only): backend -> (their GGUF file, what it says)
+    config: dict[str, tuple[Path | None, _Described | None]]
+    folder: _FolderScan | None  # None: no models folder, or it did not change
 
 
 @dataclass(eq=False)
@@ -73,7 +106,7 @@ class ManagedModel:
     size: int = 0
     state: ModelState = field(default_factory=ModelState)
     proc: ChildProcess | None = None
-    http: _ReadyBackend | None = None
+    http: HTTPBackend | None = None
     start_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
     keep_alive: float | None = None  # what the last request asked; None: the model's ttl
@@ -118,6 +151,7 @@ class ModelManager:
         self.registry = registry
         self.probed = probed
         self.digests = digest_cache or DigestCache(default_cache_dir() / "digests.json")
+        self.headers = HeaderCache()  # used by the scan thread only
         self.python = python
         # told (model, seconds) each time a model becomes ready: the metrics' load-time histogram
         self.on_loaded: Callable[[str, float], None] | None = None
@@ -126,80 +160,146 @@ class ModelManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dir_stamp: int | None = None
         self._closing = False
+        self._rescan_task: asyncio.Task[None] | None = None
+        self._stale = False  # the next scan must re-read the folder even if its mtime did not change
+        self._config_pending = False  # configured GGUF files not described yet (the first scan does it)
+        self._hashing: set[tuple[Path, int, int]] = set()  # file versions whose digest was already asked for
         self.on_new_models: Callable[[], None] | None = None  # the app registers their backends
+        # no disk access here: the first `rescan()` reads the GGUF headers, in a thread
         for m in settings.models:
             if m.runtime is None or m.is_wildcard:
                 continue
             entry = registry.find(m.name)
             if entry is None:  # pragma: no cover - config models always resolve
                 continue
-            gguf = m.runtime.gguf or _gguf_in(m.runtime.cmd or ())
-            model = ManagedModel(backend=m.backend, entry=entry, spec=m.runtime, gguf=gguf)
-            info = self._describe(model)
-            if info is not None:
-                probed[(entry.backend, entry.upstream)] = self._meta(info, gguf)
-            self.models[m.backend] = model
+            self.models[m.backend] = ManagedModel(backend=m.backend, entry=entry, spec=m.runtime, gguf=m.runtime.gguf)
+            self._config_pending = True
 
     # ------------------------------------------------------------------------------------- catalogue
-    def _describe(self, model: ManagedModel) -> GGUFInfo | None:
-        if model.gguf is None:
-            return None
-        try:
-            info = read_gguf(model.gguf)
-        except (OSError, ValueError) as exc:
-            log.warning("model '%s': cannot read %s: %s", model.name, model.gguf, exc)
-            return None
-        model.max_ctx = info.context_length or None
-        model.size = info.size
-        return info
+    async def rescan(self, *, force: bool = False) -> None:
+        """Bring the catalogue up to date with the disk, without blocking the loop.
 
-    def _meta(self, info: GGUFInfo, path: Path | None) -> dict[str, Any]:
-        meta = info.meta()
-        if path is not None:
-            digest = self.digests.cached(path)
-            if digest:
-                meta["digest"] = digest
-            with contextlib.suppress(OSError):
-                meta["modified_at"] = path.stat().st_mtime
-        return meta
+        The first call describes the configured GGUF files; every call re-reads the models folder if its
+        modification time changed (or `force`). The disk is read in a worker thread, and only files that
+        are new or changed are parsed again. Calls that arrive while a scan runs wait for that scan
+        instead of starting another; a forced one that arrives then gets one more scan after it.
+        """
+        if force:
+            self._stale = True
+        if self._closing or (self.settings.models_dir is None and not self._config_pending):
+            return
+        task = self._rescan_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+            if not self._stale:
+                return
+            task = self._rescan_task  # another caller woken with us may have started the next one
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+                return
+        task = asyncio.create_task(self._rescan_once(), name="rescan models")
+        self._rescan_task = task
+        self._tasks.add(task)  # close() cancels it
+        task.add_done_callback(self._rescan_done)
+        await asyncio.shield(task)  # a caller that goes away does not cancel the scan others wait for
 
-    def rescan(self) -> None:
-        """Re-read the models folder if its modification time changed (cheap when it did not)."""
+    def _rescan_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rescanning the models failed: %s", task.exception())
+
+    async def _rescan_once(self) -> None:
+        force, self._stale = self._stale, False
+        config = [(b, m.name, m.spec) for b, m in self.models.items() if m.entry.source != SOURCE]
+        if not self._config_pending:
+            config = []
         folder = self.settings.models_dir
-        if folder is None:
-            return
         try:
-            stamp = folder.stat().st_mtime_ns
-        except OSError:
-            stamp = -1
-        if stamp == self._dir_stamp:
-            return
-        self._dir_stamp = stamp
-        self._scan(folder)
+            result = await asyncio.to_thread(self._read_disk, folder, None if force else self._dir_stamp, config)
+        except BaseException:
+            self._stale = self._stale or force  # the next call retries what this one was asked to do
+            raise
+        if not self._closing:
+            self._apply(result)
 
-    def _scan(self, folder: Path) -> None:
+    def _read_disk(
+        self, folder: Path | None, known_stamp: int | None, config: Sequence[tuple[str, str, RuntimeSpec]]
+    ) -> _ScanResult:
+        """In a worker thread: everything a scan needs from the disk, as plain values."""
+        described: dict[str, tuple[Path | None, _Described | None]] = {}
+        for backend, name, spec in config:
+            gguf = spec.gguf or _gguf_in(spec.cmd or ())
+            described[backend] = (gguf, self._describe(name, gguf) if gguf else None)
+        scan: _FolderScan | None = None
+        if folder is not None:
+            try:
+                stamp = folder.stat().st_mtime_ns
+            except OSError:
+                stamp = -1
+            # listed after the stamp was taken: a change during the listing makes the next stamp differ
+            if stamp != known_stamp:
+                files = [(f, self._describe(f.name, f.path, f.size, f.mtime)) for f in models_dir.scan(folder)]
+                scan = _FolderScan(stamp=stamp, files=files)
+        return _ScanResult(config=described, folder=scan)
+
+    def _describe(self, name: str, path: Path, size: int | None = None, mtime: float | None = None) -> _Described:
+        try:
+            st = path.stat()
+            info: GGUFInfo | None = self.headers.read(path)
+        except (OSError, ValueError) as exc:
+            log.warning("model '%s': cannot read %s: %s", name, path, exc)
+            return _Described(info=None, meta={"size": size, "modified_at": mtime} if size is not None else {},
+                              digest_stamp=None)
+        assert info is not None
+        meta = info.meta()
+        meta["modified_at"] = st.st_mtime if mtime is None else mtime
+        digest = self.digests.cached(path)
+        if digest:
+            meta["digest"] = digest
+        return _Described(info=info, meta=meta, digest_stamp=None if digest else (path, st.st_size, st.st_mtime_ns))
+
+    def _apply(self, result: _ScanResult) -> None:
+        """On the loop, in one step: what the scan thread read becomes the catalogue."""
+        for backend, (gguf, d) in result.config.items():
+            model = self.models.get(backend)
+            if model is None:
+                continue
+            model.gguf = gguf
+            if d is not None and d.info is not None:
+                model.max_ctx, model.size = d.info.context_length or None, d.info.size
+                key = (model.entry.backend, model.entry.upstream)
+                # on top of what is there: compute_config_digests may have added the digest already
+                self.probed[key] = {**self.probed.get(key, {}), **d.meta}
+        self._config_pending = False
+        if result.folder is not None:
+            self._dir_stamp = result.folder.stamp
+            self._apply_folder(result.folder)
+
+    def _apply_folder(self, scan: _FolderScan) -> None:
         entries: list[ModelEntry] = []
         seen: set[str] = set()
-        missing_digest: list[Path] = []
-        for f in models_dir.scan(folder):
+        to_hash: list[Path] = []
+        for f, d in scan.files:
             backend = f"runtime:{f.name}"
+            model = self.models.get(backend)
+            if model is not None and model.entry.source != SOURCE:
+                continue  # a configured model of that name wins, as it does in the registry
             seen.add(backend)
             spec = RuntimeSpec(gguf=f.path, ctx=self.settings.ctx, ttl=self.settings.ttl, threads=self.settings.threads)
-            model = self.models.get(backend)
-            probe = ManagedModel(backend=backend, entry=ModelEntry(f.name, backend, f.name, source=SOURCE), spec=spec,
-                                 gguf=f.path)
-            info = self._describe(probe)
-            meta = self._meta(info, f.path) if info else {"size": f.size, "modified_at": f.mtime}
-            if "digest" not in meta:
-                missing_digest.append(f.path)
-            entry = ModelEntry(name=f.name, backend=backend, upstream=f.name, source=SOURCE, meta=meta)
+            entry = ModelEntry(name=f.name, backend=backend, upstream=f.name, source=SOURCE, meta=d.meta)
             entries.append(entry)
+            max_ctx = (d.info.context_length or None) if d.info else None
+            size = d.info.size if d.info else 0
             if model is None:
-                probe.entry = entry
-                self.models[backend] = probe
+                self.models[backend] = ManagedModel(backend=backend, entry=entry, spec=spec, gguf=f.path,
+                                                    max_ctx=max_ctx, size=size)
             else:
                 model.entry, model.spec, model.gguf = entry, spec, f.path
-                model.max_ctx, model.size, model.removed = probe.max_ctx, probe.size, False
+                model.max_ctx, model.size, model.removed = max_ctx, size, False
+            # each version of a file is hashed once: a file that cannot be hashed does not loop forever
+            if d.digest_stamp is not None and d.digest_stamp not in self._hashing:
+                self._hashing.add(d.digest_stamp)
+                to_hash.append(f.path)
         for backend, model in self.models.items():
             if model.entry.source == SOURCE and backend not in seen and not model.removed:
                 model.removed = True
@@ -207,16 +307,16 @@ class ModelManager:
         self.registry.set_source(SOURCE, entries)
         if self.on_new_models is not None:
             self.on_new_models()
-        if missing_digest and not self._closing:
-            self._background(self._compute_digests(folder, missing_digest))
+        if to_hash and not self._closing:
+            self._background(self._compute_digests(to_hash))
 
-    async def _compute_digests(self, folder: Path, paths: Sequence[Path]) -> None:
+    async def _compute_digests(self, paths: Sequence[Path]) -> None:
         for p in paths:
             try:
                 await asyncio.to_thread(self.digests.get, p)
             except OSError as exc:
                 log.warning("cannot hash %s: %s", p, exc)
-        self._scan(folder)  # now with digests
+        await self.rescan(force=True)  # now with digests (the headers come from the cache)
 
     async def compute_config_digests(self) -> None:
         """Digests of configured GGUF files (slow once per file, then cached): off the request path."""
@@ -254,6 +354,18 @@ class ModelManager:
             out.append(RunningModel(entry=m.entry, expires_at=expires, ctx=m.state.ctx, size=m.size, pid=m.proc.pid))
         return out
 
+    def statuses(self) -> list[ModelStatus]:
+        """Every managed model's state, by name (a model whose file left the folder, once stopped, is gone)."""
+        out = []
+        for m in sorted(self.models.values(), key=lambda m: m.name):
+            st = m.state
+            if m.removed and not st.holds_slot:
+                continue
+            out.append(ModelStatus(model=m.name, state=st.phase.value, active=st.active, waiting=st.waiting,
+                                   ctx=st.ctx or None, pid=m.proc.pid if m.proc is not None else None,
+                                   expires_at=m.expires_at))
+        return out
+
     def _candidates(self) -> Iterable[Candidate]:
         return [
             Candidate(name=b, phase=m.state.phase, busy=m.state.busy, last_used=m.state.last_used)
@@ -261,8 +373,12 @@ class ModelManager:
         ]
 
     # -------------------------------------------------------------------------------------- requests
-    async def acquire(self, backend: str, num_ctx: int | None = None) -> _ReadyBackend:
-        """Make the model ready and count one request on it; pair with `release`."""
+    async def acquire(self, backend: str, num_ctx: int | None = None) -> Lease:
+        """Make the model ready and count one request on it; pair with `release`.
+
+        The lease's `load_ns` is how long this request waited for a process to start (its own start, or
+        one it joined); 0 when the model was ready.
+        """
         m = self.model(backend)
         t0 = time.monotonic_ns()
         started = False
@@ -288,6 +404,7 @@ class ModelManager:
                 elif st.phase is Phase.STARTING:
                     start = m.start_task
                     assert start is not None
+                    started = True  # it waits for the load as much as the request that began it
                     try:
                         await asyncio.shield(start)
                     except asyncio.CancelledError:
@@ -315,9 +432,7 @@ class ModelManager:
         st.begin(time.monotonic())
         self._disarm(m)
         assert m.http is not None
-        ready: _ReadyBackend = _copy(m.http)
-        ready.load_ns = time.monotonic_ns() - t0 if started else 0
-        return ready
+        return Lease(http=m.http, load_ns=time.monotonic_ns() - t0 if started else 0)
 
     def release(self, backend: str, keep_alive: float | None) -> None:
         """One request is done; its keep_alive (None: the model's ttl) decides when the model stops."""
@@ -425,7 +540,7 @@ class ModelManager:
                                          headers={"Retry-After": RETRY_AFTER})
             if healthy:
                 m.state.apply(Event.READY)
-                m.http = _ReadyBackend(_backend_settings(m.backend, port, spec), self.client)
+                m.http = _http_backend(_backend_settings(m.backend, port, spec), self.client)
                 self._background(self._watch(m, proc, gen))
                 ok = True
                 log.info("model '%s': ready (pid %d)", m.name, proc.pid)
@@ -560,14 +675,13 @@ class ModelManager:
                 await t
 
 
-def _copy(b: _ReadyBackend) -> _ReadyBackend:
-    import copy
-
-    return copy.copy(b)
+def _http_backend(settings: BackendSettings, client: aiohttp.ClientSession) -> HTTPBackend:
+    """The OpenAI-compatible backend a running model is called through: the one place that names its class."""
+    return OpenAIBackend(settings, client)
 
 
 def _gguf_in(argv: Sequence[str]) -> Path | None:
-    """A `cmd:` model's GGUF file, when its command names one (for metadata and /api/ps size)."""
+    """A `cmd:` model's GGUF file, when its command names one (for metadata and /api/ps size); reads the disk."""
     for a in argv:
         if a.lower().endswith(".gguf") and "${" not in a:
             p = Path(a).expanduser()

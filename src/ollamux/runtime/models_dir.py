@@ -57,6 +57,7 @@ class ModelFile:
     path: Path
     size: int
     mtime: float
+    mtime_ns: int = 0  # exact, for caches keyed by (path, size, mtime)
 
 
 def scan(folder: Path) -> list[ModelFile]:
@@ -79,5 +80,5 @@ def scan(folder: Path) -> list[ModelFile]:
         if name in found:
             log.warning("models folder: %s and %s are both named '%s'; serving the first", found[name].path, p, name)
             continue
-        found[name] = ModelFile(name=name, path=p, size=st.st_size, mtime=st.st_mtime)
+        found[name] = ModelFile(name=name, path=p, size=st.st_size, mtime=st.st_mtime, mtime_ns=st.st_mtime_ns)
     return list(found.values())

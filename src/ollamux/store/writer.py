@@ -69,6 +69,20 @@ def record_row(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, ...]:
     )
 
 
+def _row_or_repaired(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, ...]:
+    """`record_row`, and when a field holds what no column can (a handler's bug), that field as text:
+    one odd record must never cost the rows of the others in its batch."""
+    try:
+        return record_row(rec, capture, cap)
+    except Exception:
+        log.warning("request log: record %s had a field of the wrong type; stored as text", rec.id)
+        for name in ("request_body", "response_text", "error", "model_requested", "model_served"):
+            value = getattr(rec, name)
+            if value is not None and not isinstance(value, str | bytes):
+                setattr(rec, name, repr(value))
+        return record_row(rec, capture, cap)
+
+
 def _repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """What SQLite can store of a row: valid UTF-8 text, 64-bit integers."""
     out: list[Any] = []
@@ -238,7 +252,7 @@ class RequestLog:
     def _write(self, batch: Iterable[RequestRecord]) -> None:
         assert self._conn is not None
         capture, cap = self.settings.capture_bodies, self.settings.body_cap_bytes
-        rows = [record_row(r, capture, cap) for r in batch]
+        rows = [_row_or_repaired(r, capture, cap) for r in batch]
         for attempt in range(3):
             try:
                 self._insert(rows)

@@ -8,13 +8,19 @@ and content in separate chunks, whole tool calls with string arguments, then a s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import time
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from ..errors import OllamuxError, UpstreamError
+from ..translate.checks import opt_field
 from ..translate.from_ollama import FINGERPRINT, finish_reason, openai_tool_calls, usage
-from .codecs import NDJSONDecoder
+from .codecs import DEFAULT_MAX_EVENT_BYTES, NDJSONDecoder
+from .translator import sse_error
+
+if TYPE_CHECKING:
+    from ..observe import RequestRecord
 
 __all__ = ["DONE", "OllamaToOpenAIStream", "error_frame"]
 
@@ -28,15 +34,18 @@ def _frame(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def error_frame(exc: OllamuxError) -> bytes:
-    """A failure after the first byte, as the one frame the openai SDKs turn into an APIError."""
-    return _frame(exc.openai_payload())
+error_frame = sse_error  # the name callers knew it by
 
 
 class OllamaToOpenAIStream:
     """Feed upstream bytes (any split) or whole lines; get SSE frames. Call `finish()` once at the end."""
 
-    def __init__(self, model: str, kind: Kind, *, id: str, created: int, include_usage: bool = False) -> None:
+    content_type = "text/event-stream"
+
+    def __init__(
+        self, model: str, kind: Kind, *, id: str, created: int, include_usage: bool = False,
+        max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
         self.model = model
         self.kind = kind
         self.id = id
@@ -46,7 +55,9 @@ class OllamaToOpenAIStream:
         self.done_reason: Any = None
         self.usage: dict[str, int] | None = None
         self.text_parts: list[str] = []  # what the model said, for the request log
-        self._decoder = NDJSONDecoder()
+        self._decoder = NDJSONDecoder(max_line_bytes=max_line_bytes)
+        self._first_ns: int | None = None
+        self._pending: list[bytes] = []
         self._role_sent = False
         self._calls_sent = 0
         self._object = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -80,12 +91,28 @@ class OllamaToOpenAIStream:
         return self._chunk({"text": text, "index": 0, "logprobs": None, "finish_reason": None})
 
     # -------------------------------------------------------------------------------------- input
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> bytes:
         """Raw upstream bytes, split anywhere."""
-        out: list[bytes] = []
+        if self._first_ns is None:
+            self._first_ns = time.perf_counter_ns()
+        out = self._pending
         for line in self._decoder.feed(data):
-            out.extend(self.feed_line(line))
-        return out
+            out.extend(self.feed_line(line))  # on a failure the frames made so far wait for error_frame
+        frames = b"".join(out)
+        out.clear()
+        return frames
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        made = b"".join(self._pending)
+        self._pending.clear()
+        return made + sse_error(err)
+
+    def report(self, rec: RequestRecord) -> None:
+        rec.first_token_ns = rec.first_token_ns or self._first_ns
+        if self.usage is not None:
+            rec.prompt_tokens = self.usage["prompt_tokens"]
+            rec.completion_tokens = self.usage["completion_tokens"]
+        rec.response_text = "".join(self.text_parts)
 
     def feed_line(self, line: bytes) -> list[bytes]:
         """One complete NDJSON line."""
@@ -101,11 +128,10 @@ class OllamaToOpenAIStream:
         out: list[bytes] = []
         done = obj.get("done") is True
         if self.kind == "chat":
-            msg = obj.get("message")
-            msg = msg if isinstance(msg, dict) else {}
-            thinking = msg.get("thinking")
-            content = msg.get("content") or ""
-            calls = msg.get("tool_calls")
+            msg = opt_field(obj, "message", dict, "a stream line") or {}
+            thinking = opt_field(msg, "thinking", str, "a message")
+            content = opt_field(msg, "content", str, "a message") or ""
+            calls = opt_field(msg, "tool_calls", list, "a message")
             logprobs = obj.get("logprobs")
             if thinking:
                 out.append(self._delta({"reasoning_content": thinking}, logprobs))
@@ -119,7 +145,7 @@ class OllamaToOpenAIStream:
                     self.text_parts.append(content)
                 out.append(self._delta(fields, logprobs))
         else:
-            text = obj.get("response") or ""
+            text = opt_field(obj, "response", str, "a stream line") or ""
             if text or not (self._role_sent or done):
                 self.text_parts.append(text)
                 out.append(self._text(text))
@@ -129,9 +155,9 @@ class OllamaToOpenAIStream:
             self.usage = usage(obj)
         return out
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> bytes:
         """The finish chunk, the usage chunk if asked, `[DONE]`; after whatever the upstream left."""
-        out: list[bytes] = []
+        out = self._pending
         for line in self._decoder.flush():
             out.extend(self.feed_line(line))
         if not self.done:
@@ -155,4 +181,6 @@ class OllamaToOpenAIStream:
             }
             out.append(_frame(frame))
         out.append(DONE)
-        return out
+        frames = b"".join(out)
+        out.clear()
+        return frames

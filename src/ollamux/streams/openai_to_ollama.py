@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from ..errors import UpstreamError
+from ..errors import OllamuxError, UpstreamError
 from ..jsonutil import dumps_line, escape_line_breakers, now_rfc3339
+from ..translate.checks import json_type, opt_field
 from ..translate.from_openai import Timing, done_reason, final_metrics
 from ..translate.tools import arguments_to_object
+from .codecs import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
+from .translator import ndjson_error
+
+if TYPE_CHECKING:
+    from ..observe import RequestRecord
 
 __all__ = ["OpenAIToOllamaStream", "upstream_error_message"]
 
@@ -26,6 +32,7 @@ Kind = Literal["chat", "generate", "raw"]
 _PLAIN_TOP = frozenset({"id", "object", "created", "model", "system_fingerprint", "choices", "usage", "service_tier"})
 _PLAIN_CHOICE = frozenset({"index", "delta", "text", "finish_reason", "logprobs"})
 _PLAIN_DELTA = frozenset({"content", "role"})
+_TEMPLATE_MAX = 4096
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
@@ -46,9 +53,20 @@ class _Call:
 
 
 class OpenAIToOllamaStream:
-    """Feed each SSE data payload; get NDJSON lines to send. Call `finish()` once at the end."""
+    """OpenAI SSE bytes in (`feed`), Ollama NDJSON out; `finish()` once at the end.
 
-    def __init__(self, model: str, kind: Kind, timing: Timing, *, think: Any = None) -> None:
+    `feed_event` / `feed_batch` take decoded SSE data payloads, `finish_lines` gives the last lines as a
+    list: the event-level API the unit tests drive.
+    """
+
+    content_type = "application/x-ndjson"
+
+    def __init__(
+        self, model: str, kind: Kind, timing: Timing, *, think: Any = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
+        self._lines: list[bytes] = []
         self.model = model
         self.kind = kind
         self.timing = timing
@@ -69,6 +87,36 @@ class OpenAIToOllamaStream:
         else:
             self._mid = b'","response":'
             self._tail = b',"done":false}\n'
+
+    # ------------------------------------------------------------------------ the translator protocol
+    def feed(self, chunk: bytes) -> bytes:
+        """One upstream read: its events decoded and translated in one batch (see `feed_batch`)."""
+        lines = self._lines
+        self.feed_batch(self._decoder.payloads(chunk), lines)  # on a failure the lines wait for error_frame
+        out = b"".join(lines) if len(lines) != 1 else lines[0]
+        lines.clear()
+        return out
+
+    def finish(self) -> bytes:
+        lines = self._lines
+        self.feed_batch([ev.data for ev in self._decoder.flush()], lines)
+        lines.extend(self.finish_lines())
+        out = b"".join(lines)
+        lines.clear()
+        return out
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        # the lines made before the failure (same read) still go out, then the error
+        made, self._lines = b"".join(self._lines), []
+        return made + ndjson_error(err)
+
+    def report(self, rec: RequestRecord) -> None:
+        rec.first_token_ns = self.timing.first_token_ns
+        usage = self.usage if isinstance(self.usage, dict) else {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        rec.prompt_tokens = prompt if isinstance(prompt, int) else rec.prompt_tokens
+        rec.completion_tokens = completion if isinstance(completion, int) else rec.completion_tokens
+        rec.response_text = "".join(self.text_parts)
 
     # -------------------------------------------------------------------------------------- chunks
     def _chunk(self, content: str = "", thinking: str | None = None) -> bytes:
@@ -111,7 +159,7 @@ class OpenAIToOllamaStream:
                     i = j
                     if i == n:
                         break
-            out.extend(self.feed(datas[i]))
+            out.extend(self.feed_event(datas[i]))
             i += 1
 
     def _plain(self, raws: list[bytes], datas: list[bytes], out: list[bytes]) -> None:
@@ -122,7 +170,7 @@ class OpenAIToOllamaStream:
             texts = None
         if texts is None or len(texts) != len(raws) or any(t.__class__ is not str for t in texts):
             for d in datas:  # not one string each after all: the full path says what they are
-                out.extend(self.feed(d))
+                out.extend(self.feed_event(d))
             return
         texts = [t for t in texts if t]
         if not texts:
@@ -142,6 +190,8 @@ class OpenAIToOllamaStream:
     def _learn(self, data: bytes, obj: dict[str, Any], ch: dict[str, Any], text: Any) -> None:
         """Remember the bytes around this event's token if it is a plain token event (see `feed_batch`)."""
         self._template = None
+        if len(data) > _TEMPLATE_MAX:
+            return  # a template is for the small token events that come by the thousand
         if not isinstance(text, str) or not text or not obj.keys() <= _PLAIN_TOP or obj.get("usage") is not None:
             return
         if len(obj["choices"]) != 1 or not ch.keys() <= _PLAIN_CHOICE or ch.get("index", 0) != 0:
@@ -164,7 +214,8 @@ class OpenAIToOllamaStream:
             return
         self._template = (data[: m.start()], data[m.end() :])
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed_event(self, data: bytes) -> list[bytes]:
+        """One SSE data payload."""
         if data == b"[DONE]":
             self.done_seen = True
             return []
@@ -176,33 +227,37 @@ class OpenAIToOllamaStream:
             return []
         if obj.get("error") is not None:
             raise UpstreamError(upstream_error_message(obj["error"]), status=500)
-        usage = obj.get("usage")
+        usage = opt_field(obj, "usage", dict, "a stream event")
         if usage:
             self.usage = usage
-        timings = obj.get("timings")
+        timings = opt_field(obj, "timings", dict, "a stream event")
         if timings:
             self.timings = timings
-        choices = obj.get("choices")
+        choices = opt_field(obj, "choices", list, "a stream event")
         if not choices:
             return []
         ch = choices[0]
         if not isinstance(ch, dict):
-            return []
+            raise UpstreamError(
+                f"backend sent a stream event whose choice is {json_type(ch)}, not an object", status=502
+            )
         out: list[bytes] = []
         if self.kind == "raw":
-            text = ch.get("text")
+            text = opt_field(ch, "text", str, "a stream choice")
             if text:
                 self._first()
                 self.text_parts.append(text)
                 out.append(self._chunk(text))
             self._learn(data, obj, ch, text)
         else:
-            delta = ch.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            delta = opt_field(ch, "delta", dict, "a stream choice") or {}
+            reasoning = opt_field(delta, "reasoning_content", str, "a delta") or opt_field(
+                delta, "reasoning", str, "a delta"
+            )
             if reasoning and not self.drop_thinking:
                 self._first()
                 out.append(self._chunk("", reasoning))
-            content = delta.get("content")
+            content = opt_field(delta, "content", str, "a delta")
             if content:
                 self._first()
                 self.text_parts.append(content)
@@ -254,7 +309,7 @@ class OpenAIToOllamaStream:
             out.append(call)
         return out
 
-    def finish(self, end_ns: int | None = None) -> list[bytes]:
+    def finish_lines(self, end_ns: int | None = None) -> list[bytes]:
         """The assembled tool calls (if any) and the one final `done: true` line."""
         out: list[bytes] = []
         if self._calls and self.kind == "chat":

@@ -7,6 +7,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .checks import opt_field
 from .tools import arguments_to_string, synth_call_id
 
 __all__ = [
@@ -58,13 +59,13 @@ def openai_tool_calls(calls: Iterable[Any], *, start: int | None = None) -> list
     return out
 
 
-def chat_completion(resp: Mapping[str, Any], model: str, *, id: str, created: int) -> dict[str, Any]:
-    msg = resp.get("message") if isinstance(resp.get("message"), dict) else {}
-    assert isinstance(msg, dict)
-    message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
-    if msg.get("thinking"):
-        message["reasoning_content"] = msg["thinking"]
-    calls = openai_tool_calls(msg.get("tool_calls") or [])
+def chat_completion(resp: dict[str, Any], model: str, *, id: str, created: int) -> dict[str, Any]:
+    msg = opt_field(resp, "message", dict, "an answer") or {}
+    message: dict[str, Any] = {"role": "assistant", "content": opt_field(msg, "content", str, "a message") or ""}
+    thinking = opt_field(msg, "thinking", str, "a message")
+    if thinking:
+        message["reasoning_content"] = thinking
+    calls = openai_tool_calls(opt_field(msg, "tool_calls", list, "a message") or [])
     if calls:
         message["tool_calls"] = calls
     choice: dict[str, Any] = {
@@ -85,7 +86,7 @@ def chat_completion(resp: Mapping[str, Any], model: str, *, id: str, created: in
     }
 
 
-def text_completion(resp: Mapping[str, Any], model: str, *, id: str, created: int) -> dict[str, Any]:
+def text_completion(resp: dict[str, Any], model: str, *, id: str, created: int) -> dict[str, Any]:
     return {
         "id": id,
         "object": "text_completion",
@@ -94,7 +95,7 @@ def text_completion(resp: Mapping[str, Any], model: str, *, id: str, created: in
         "system_fingerprint": FINGERPRINT,
         "choices": [
             {
-                "text": resp.get("response") or "",
+                "text": opt_field(resp, "response", str, "an answer") or "",
                 "index": 0,
                 "logprobs": None,
                 "finish_reason": finish_reason(resp.get("done_reason"), False, empty=None),
@@ -110,8 +111,8 @@ def _b64(vec: Iterable[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
 
 
-def embeddings(resp: Mapping[str, Any], model: str, *, encoding_format: str = "float") -> dict[str, Any]:
-    vectors = resp.get("embeddings") or []
+def embeddings(resp: dict[str, Any], model: str, *, encoding_format: str = "float") -> dict[str, Any]:
+    vectors = opt_field(resp, "embeddings", list, "an answer") or []
     data = [
         {"object": "embedding", "embedding": _b64(v) if encoding_format == "base64" else v, "index": i}
         for i, v in enumerate(vectors)

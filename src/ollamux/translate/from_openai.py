@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import BadRequest, UpstreamError
 from ..jsonutil import now_rfc3339
+from .checks import opt_field
 from .tools import arguments_to_object
 
 __all__ = [
@@ -99,12 +100,12 @@ def _first_choice(resp: Any) -> dict[str, Any]:
 
 def chat_response(resp: Any, model: str, timing: Timing, end_ns: int, *, think: Any = None) -> dict[str, Any]:
     choice = _first_choice(resp)
-    msg = choice.get("message") or {}
-    message: dict[str, Any] = {"role": "assistant", "content": msg.get("content") or ""}
-    thinking = msg.get("reasoning_content") or msg.get("reasoning")
+    msg = opt_field(choice, "message", dict, "a choice") or {}
+    message: dict[str, Any] = {"role": "assistant", "content": opt_field(msg, "content", str, "a message") or ""}
+    thinking = _reasoning(msg)
     if thinking and think is not False:
         message["thinking"] = thinking
-    calls = ollama_tool_calls(msg.get("tool_calls"))
+    calls = ollama_tool_calls(opt_field(msg, "tool_calls", list, "a message"))
     if calls:
         message["tool_calls"] = calls
     out: dict[str, Any] = {
@@ -114,8 +115,18 @@ def chat_response(resp: Any, model: str, timing: Timing, end_ns: int, *, think: 
         "done": True,
         "done_reason": done_reason(choice.get("finish_reason")),
     }
-    out.update(final_metrics(resp.get("usage"), resp.get("timings"), timing, end_ns))
+    out.update(_metrics(resp, timing, end_ns))
     return out
+
+
+def _reasoning(msg: dict[str, Any]) -> str | None:
+    return opt_field(msg, "reasoning_content", str, "a message") or opt_field(msg, "reasoning", str, "a message")
+
+
+def _metrics(resp: dict[str, Any], timing: Timing, end_ns: int) -> dict[str, int]:
+    usage = opt_field(resp, "usage", dict, "an answer")
+    timings = opt_field(resp, "timings", dict, "an answer")
+    return final_metrics(usage, timings, timing, end_ns)
 
 
 def generate_response(
@@ -124,16 +135,16 @@ def generate_response(
     choice = _first_choice(resp)
     out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
     if raw:
-        out["response"] = choice.get("text") or ""
+        out["response"] = opt_field(choice, "text", str, "a choice") or ""
     else:
-        msg = choice.get("message") or {}
-        out["response"] = msg.get("content") or ""
-        thinking = msg.get("reasoning_content") or msg.get("reasoning")
+        msg = opt_field(choice, "message", dict, "a choice") or {}
+        out["response"] = opt_field(msg, "content", str, "a message") or ""
+        thinking = _reasoning(msg)
         if thinking and think is not False:
             out["thinking"] = thinking
     out["done"] = True
     out["done_reason"] = done_reason(choice.get("finish_reason"))
-    out.update(final_metrics(resp.get("usage"), resp.get("timings"), timing, end_ns))
+    out.update(_metrics(resp, timing, end_ns))
     return out
 
 
@@ -162,8 +173,8 @@ def embed_vectors(resp: Any, count: int) -> tuple[list[list[float]], int]:
         vectors.append(emb)
     if len(vectors) != count:
         raise UpstreamError(f"backend returned {len(vectors)} embeddings for {count} inputs", status=502)
-    usage = resp.get("usage")
-    tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    usage = opt_field(resp, "usage", dict, "an answer")
+    tokens = usage.get("prompt_tokens") if usage is not None else None
     if not isinstance(tokens, int):
         tokens = sum(int(d.get("tokens_evaluated", 0) or 0) for d in items)
     return vectors, tokens

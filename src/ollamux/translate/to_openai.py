@@ -6,6 +6,7 @@ summarised in the spec's §2.6, and the pitfalls list (§5).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -289,8 +290,6 @@ def parse_keep_alive(value: Any) -> float | None:
     text = value.strip()
     if text in ("0", "-0", "+0"):
         return 0.0
-    import re
-
     m = re.fullmatch(r"([+-]?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+", text)
     if not m:
         raise BadRequest(f'time: invalid duration "{text}" (use a number of seconds or units like "5m")')

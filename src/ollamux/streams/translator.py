@@ -1,0 +1,224 @@
+"""The one shape of a stream translator, and the small ones that need no state of their own (sans-IO).
+
+The relay (`pipeline.relay`) runs any `StreamTranslator` over any upstream answer: `feed(bytes) -> bytes`
+for each read, `finish() -> bytes` at the end, `error_frame(err)` for a failure after the first byte, and
+`report(rec)` for what it saw (tokens, first token, text). Translators compose: `Chain(a, b)` feeds what `a`
+makes into `b` (an Ollama backend's NDJSON -> the pivot's SSE -> a third front's frames).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import orjson
+
+from ..errors import OllamuxError
+from .rewrite import ModelLineRewriter
+
+if TYPE_CHECKING:
+    from ..observe import RequestRecord
+
+__all__ = [
+    "Chain",
+    "NDJSONPassthrough",
+    "SSEPassthrough",
+    "StreamTranslator",
+    "ndjson_error",
+    "ollama_counts",
+    "sse_error",
+    "usage_from_bytes",
+]
+
+
+class StreamTranslator(Protocol):
+    """Upstream bytes in (any split), client bytes out."""
+
+    content_type: str  # what the client is told the stream is
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes:
+        """What is left once the upstream ended (the final object, `[DONE]`); raises if it ended early."""
+        ...
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        """The one final frame that tells the client, in its own format, that the stream failed."""
+        ...
+
+    def report(self, rec: RequestRecord) -> None:
+        """Tokens, first token time and text seen so far, into the request's record."""
+        ...
+
+
+def sse_error(err: OllamuxError) -> bytes:
+    """A failure after the first byte, as the one frame the openai SDKs turn into an APIError."""
+    return b"data: " + orjson.dumps(err.openai_payload()) + b"\n\n"
+
+
+def ndjson_error(err: OllamuxError) -> bytes:
+    """A failure after the first byte as Ollama writes it: one last `{"error": ...}` line."""
+    return orjson.dumps({"error": err.message}) + b"\n"
+
+
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_USAGE_SPAN = 1024  # a usage object, with its *_details, fits in this
+
+
+def usage_from_bytes(data: bytes) -> tuple[int | None, int | None] | None:
+    """Token counts from the last `"usage"` object in an OpenAI answer's bytes, without parsing it
+    (the counts are plain integers wherever they sit); None when there is none."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return None
+    usage = data[at : at + _USAGE_SPAN]
+    prompt = _PROMPT_TOKENS.search(usage)
+    completion = _COMPLETION_TOKENS.search(usage)
+    return (int(prompt[1]) if prompt else None, int(completion[1]) if completion else None)
+
+
+Redact = Callable[[bytes], bytes]
+
+
+def error_in(data: bytes, prefix: bytes) -> str | None:
+    """The message of an error object a relayed stream carries in `data` (its lines start with `prefix`),
+    for the request log: relayed bytes are not parsed otherwise, so this runs only when `"error"` is in them."""
+    for line in data.splitlines():
+        if not line.startswith(prefix) or b'"error"' not in line:
+            continue
+        try:
+            obj = orjson.loads(line[len(prefix) :])
+        except orjson.JSONDecodeError:
+            continue
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict):
+            err = err.get("message")
+        if isinstance(err, str) and err:
+            return err
+    return None
+
+
+class SSEPassthrough:
+    """An OpenAI stream relayed as it came: the bytes untouched (but for a backend's echoed secrets), usage
+    read from the last frames."""
+
+    __slots__ = ("_error", "_first_ns", "_last", "_prev", "_redact", "content_type")
+
+    def __init__(self, content_type: str, redact: Redact | None = None) -> None:
+        self.content_type = content_type
+        self._redact = redact
+        self._prev = self._last = b""
+        self._first_ns: int | None = None
+        self._error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._first_ns is None:
+            self._first_ns = time.perf_counter_ns()
+        if self._redact is not None:
+            chunk = self._redact(chunk)
+        if b'"error"' in chunk and self._error is None:
+            self._error = error_in(chunk, b"data: ")
+        self._prev, self._last = self._last, chunk
+        return chunk
+
+    def finish(self) -> bytes:
+        return b""
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        return sse_error(err)
+
+    def report(self, rec: RequestRecord) -> None:
+        rec.first_token_ns = self._first_ns
+        rec.error = rec.error or self._error
+        # the usage chunk is among the last frames, perhaps cut between the last two reads
+        counts = usage_from_bytes(self._last) or usage_from_bytes(self._prev[-_USAGE_SPAN:] + self._last)
+        if counts is not None:
+            prompt, completion = counts
+            rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
+            rec.completion_tokens = completion if completion is not None else rec.completion_tokens
+
+
+_PROMPT_COUNT = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
+_EVAL_COUNT = re.compile(rb'"eval_count"\s*:\s*(\d+)')
+
+
+def ollama_counts(data: bytes) -> tuple[int | None, int | None]:
+    """Token counts from the last Ollama object in `data` (the final `done` line carries them)."""
+    prompt = _PROMPT_COUNT.findall(data)
+    evals = _EVAL_COUNT.findall(data)
+    return (int(prompt[-1]) if prompt else None, int(evals[-1]) if evals else None)
+
+
+class NDJSONPassthrough:
+    """An Ollama stream relayed as it came, each line's `model` turned back into the client's name (when
+    the backend serves it under another), usage read from the final line."""
+
+    __slots__ = ("_error", "_first_ns", "_last", "_redact", "_rewriter", "content_type")
+
+    def __init__(
+        self, content_type: str, rewriter: ModelLineRewriter | None, redact: Redact | None = None
+    ) -> None:
+        self.content_type = content_type
+        self._rewriter = rewriter
+        self._redact = redact
+        self._last = b""
+        self._first_ns: int | None = None
+        self._error: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._first_ns is None:
+            self._first_ns = time.perf_counter_ns()
+        if self._rewriter is not None:
+            chunk = self._rewriter.feed(chunk)
+        if self._redact is not None:
+            chunk = self._redact(chunk)
+        if b'"error"' in chunk and self._error is None:
+            self._error = error_in(chunk, b"")
+        if chunk:
+            self._last = chunk
+        return chunk
+
+    def finish(self) -> bytes:
+        rest = self._rewriter.flush() if self._rewriter is not None else b""
+        if rest:
+            self._last = rest
+        return rest
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        return ndjson_error(err)
+
+    def report(self, rec: RequestRecord) -> None:
+        rec.first_token_ns = self._first_ns
+        rec.error = rec.error or self._error
+        prompt, completion = ollama_counts(self._last[-2048:])
+        rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
+        rec.completion_tokens = completion if completion is not None else rec.completion_tokens
+
+
+class Chain:
+    """`first`'s output fed into `second`: a backend's stream to the pivot, the pivot to the client's API."""
+
+    __slots__ = ("content_type", "first", "second")
+
+    def __init__(self, first: StreamTranslator, second: StreamTranslator) -> None:
+        self.first = first
+        self.second = second
+        self.content_type = second.content_type
+
+    def feed(self, chunk: bytes) -> bytes:
+        mid = self.first.feed(chunk)
+        return self.second.feed(mid) if mid else b""
+
+    def finish(self) -> bytes:
+        out = self.second.feed(self.first.finish())
+        return out + self.second.finish()
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        return self.second.error_frame(err)
+
+    def report(self, rec: RequestRecord) -> None:
+        self.first.report(rec)
+        self.second.report(rec)

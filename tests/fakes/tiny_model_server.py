@@ -1,0 +1,72 @@
+"""A tiny OpenAI-compatible model server for the ModelManager's tests (a `runtime: {cmd: [...]}` model).
+
+    python tests/fakes/tiny_model_server.py --port N [--ctx N] [--delay S] [--crash] [--record FILE]
+
+`GET /health` answers 200 once it listens, `POST /v1/chat/completions` a fixed answer. `--delay` sleeps
+before listening (a slow model load), `--crash` prints a few lines and exits 3 (a bad model file),
+`--record` appends "pid ctx" to FILE at start, so a test can count the processes started and their
+contexts. Plain asyncio rather than aiohttp: it is up in ~50 ms instead of ~300.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+
+async def serve(args: argparse.Namespace) -> None:
+    chat = {"id": "chatcmpl-tiny", "object": "chat.completion", "created": int(time.time()), "model": "tiny",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: the manager's client reuses its connections
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method, path, _ = head[0].split(" ", 2)
+                length = sum(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
+                await reader.readexactly(length)
+                status, body = "200 OK", {"status": "ok", "ctx": args.ctx, "pid": os.getpid()}
+                if method == "POST" and path == "/v1/chat/completions":
+                    body = chat
+                elif path != "/health":
+                    status, body = "404 Not Found", {"error": {"message": f"no route {path}"}}
+                data = json.dumps(body).encode()
+                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", args.port)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ctx", type=int, default=0)
+    p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--crash", action="store_true")
+    p.add_argument("--record")
+    args = p.parse_args()
+    if args.record:
+        with open(args.record, "a") as f:
+            f.write(f"{os.getpid()} {args.ctx}\n")
+    if args.crash:
+        print("tiny_model_server: loading model", flush=True)
+        print("tiny_model_server: error: boom, the model file is corrupt", file=sys.stderr, flush=True)
+        sys.exit(3)
+    time.sleep(args.delay)
+    asyncio.run(serve(args))  # SIGTERM's default action ends it at once, as the manager expects
+
+
+if __name__ == "__main__":
+    main()
