@@ -95,8 +95,15 @@ def _ollama_line(i: int | None) -> dict[str, Any]:
         "done": i is None or i == SSE_CHUNKS - 1,
     }
     if out["done"]:
-        out.update(done_reason="stop", total_duration=1000, load_duration=0, prompt_eval_count=12,
-                   prompt_eval_duration=100, eval_count=12, eval_duration=900)
+        out.update(
+            done_reason="stop",
+            total_duration=1000,
+            load_duration=0,
+            prompt_eval_count=12,
+            prompt_eval_duration=100,
+            eval_count=12,
+            eval_duration=900,
+        )
     return out
 
 
@@ -107,11 +114,16 @@ def write_canned(d: Path) -> None:
     sse = "".join(f"data: {dumps(_sse_chunk(i), separators=(',', ':'))}\n\n" for i in range(SSE_CHUNKS))
     (d / "chat.sse").write_text(sse + "data: [DONE]\n\n")
     vec = [round(((i * 7919) % 1000) / 1000 - 0.5, 6) for i in range(EMBED_DIMS)]
-    (d / "embeddings.json").write_text(dumps({
-        "object": "list", "model": "bench-model",
-        "data": [{"object": "embedding", "index": 0, "embedding": vec}],
-        "usage": {"prompt_tokens": 5, "total_tokens": 5},
-    }))
+    (d / "embeddings.json").write_text(
+        dumps(
+            {
+                "object": "list",
+                "model": "bench-model",
+                "data": [{"object": "embedding", "index": 0, "embedding": vec}],
+                "usage": {"prompt_tokens": 5, "total_tokens": 5},
+            }
+        )
+    )
     (d / "ollama_chat.json").write_text(dumps(_ollama_line(None)))
     (d / "ollama_chat.ndjson").write_text("".join(dumps(_ollama_line(i)) + "\n" for i in range(SSE_CHUNKS)))
     msgs = [{"role": "user", "content": "Say hello in one short sentence."}]
@@ -133,9 +145,7 @@ def nginx_conf(d: Path, port: int) -> str:
 
     # static files refuse POST with 405; `error_page 405 =200 $uri` re-serves the file as a GET with 200
     def loc(path: str, file: str, ctype: str) -> str:
-        return (
-            f"    location = {path} {{ default_type '{ctype}'; alias {d / file}; error_page 405 =200 $uri; }}\n"
-        )
+        return f"    location = {path} {{ default_type '{ctype}'; alias {d / file}; error_page 405 =200 $uri; }}\n"
 
     return (
         f"{user}worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n"
@@ -179,11 +189,17 @@ def ollamux_conf(d: Path, port: int, up: int, slow: int, *, log: bool, metrics: 
 
 def litellm_conf(up: int) -> str:
     def model(name: str, base: str) -> str:
-        return (f"  - model_name: {name}\n    litellm_params:\n      model: openai/{name}\n"
-                f"      api_base: http://127.0.0.1:{up}{base}\n      api_key: sk-bench\n")
+        return (
+            f"  - model_name: {name}\n    litellm_params:\n      model: openai/{name}\n"
+            f"      api_base: http://127.0.0.1:{up}{base}\n      api_key: sk-bench\n"
+        )
 
-    return ("model_list:\n" + model("bench-model", "/v1") + model("bench-stream", "/sse/v1")
-            + "litellm_settings:\n  drop_params: true\n  telemetry: false\n")
+    return (
+        "model_list:\n"
+        + model("bench-model", "/v1")
+        + model("bench-stream", "/sse/v1")
+        + "litellm_settings:\n  drop_params: true\n  telemetry: false\n"
+    )
 
 
 # -------------------------------------------------------------------------------------------- processes
@@ -345,17 +361,37 @@ def scenarios() -> list[Scenario]:
     olj, olnd = Target("/api/chat", "req_ollama"), Target("/api/chat", "req_ollama_stream")
     ol_direct_nd = Target("/stream/api/chat", "req_ollama_stream")
     return [
-        Scenario("openai-json", "OpenAI /v1/chat/completions pass-through, JSON",
-                 {"direct": oj, "reference": oj, "ollamux": oj, "litellm": oj}, "json"),
-        Scenario("openai-sse", f"OpenAI /v1/chat/completions pass-through, streamed ({SSE_CHUNKS} SSE chunks)",
-                 {"direct": sse_direct, "reference": sse_direct, "ollamux": osse, "litellm": osse}, "sse"),
-        Scenario("ollama-json", "Ollama /api/chat translated to an OpenAI upstream, JSON "
-                 "(direct/reference: an Ollama-shaped upstream, relayed as is)",
-                 {"direct": olj, "reference": olj, "ollamux": olj}, "json"),
-        Scenario("ollama-ndjson", f"Ollama /api/chat translated, streamed ({SSE_CHUNKS} SSE chunks in, NDJSON out)",
-                 {"direct": ol_direct_nd, "reference": ol_direct_nd, "ollamux": olnd}, "ndjson"),
-        Scenario("embeddings", f"OpenAI /v1/embeddings pass-through ({EMBED_DIMS} dims)",
-                 {"direct": emb, "reference": emb, "ollamux": emb, "litellm": emb}, "json"),
+        Scenario(
+            "openai-json",
+            "OpenAI /v1/chat/completions pass-through, JSON",
+            {"direct": oj, "reference": oj, "ollamux": oj, "litellm": oj},
+            "json",
+        ),
+        Scenario(
+            "openai-sse",
+            f"OpenAI /v1/chat/completions pass-through, streamed ({SSE_CHUNKS} SSE chunks)",
+            {"direct": sse_direct, "reference": sse_direct, "ollamux": osse, "litellm": osse},
+            "sse",
+        ),
+        Scenario(
+            "ollama-json",
+            "Ollama /api/chat translated to an OpenAI upstream, JSON "
+            "(direct/reference: an Ollama-shaped upstream, relayed as is)",
+            {"direct": olj, "reference": olj, "ollamux": olj},
+            "json",
+        ),
+        Scenario(
+            "ollama-ndjson",
+            f"Ollama /api/chat translated, streamed ({SSE_CHUNKS} SSE chunks in, NDJSON out)",
+            {"direct": ol_direct_nd, "reference": ol_direct_nd, "ollamux": olnd},
+            "ndjson",
+        ),
+        Scenario(
+            "embeddings",
+            f"OpenAI /v1/embeddings pass-through ({EMBED_DIMS} dims)",
+            {"direct": emb, "reference": emb, "ollamux": emb, "litellm": emb},
+            "json",
+        ),
     ]
 
 
@@ -405,13 +441,29 @@ def probe(url: str, body: bytes, kind: str) -> tuple[int | None, str]:
 
 
 def run_wrk(url: str, body_file: Path, conns: int, seconds: float) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
-           "-s", str(BENCH / "wrk" / "post.lua"), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
-                         timeout=seconds + 60, check=False)
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "wrk" / "post.lua"),
+        url,
+    ]
+    out = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
+        timeout=seconds + 60,
+        check=False,
+    )
     for line in out.stdout.splitlines():
         if line.startswith("BENCHJSON "):
-            res: dict[str, Any] = json.loads(line[len("BENCHJSON "):])
+            res: dict[str, Any] = json.loads(line[len("BENCHJSON ") :])
             return res
     raise RuntimeError(f"wrk gave no summary: {out.stdout[-500:]} {out.stderr[-500:]}")
 
@@ -466,9 +518,15 @@ async def hold_streams(url: str, body: bytes, n: int, proc: Proc, wait_s: float)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"streams_open": opened, "streams_still_open_at_sample": still, "failed": len(failed),
-            "failures": sorted(set(failed))[:5], "ramp_s": round(ramp_s, 2), "rss_mb_open": max(samples),
-            "hwm_mb": proc.hwm()}
+    return {
+        "streams_open": opened,
+        "streams_still_open_at_sample": still,
+        "failed": len(failed),
+        "failures": sorted(set(failed))[:5],
+        "ramp_s": round(ramp_s, 2),
+        "rss_mb_open": max(samples),
+        "hwm_mb": proc.hwm(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- runner
@@ -486,8 +544,15 @@ class Bench:
     def log(self, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    def start(self, name: str, cmd: list[str], port: int, env: dict[str, str] | None = None,
-              ready_timeout: float = 30, ready_path: str = "/") -> Proc:
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 30,
+        ready_path: str = "/",
+    ) -> Proc:
         p = Proc(name, cmd, port, self.work, env)
         self.procs.append(p)
         p.wait_ready(ready_timeout, ready_path)
@@ -503,8 +568,14 @@ class Bench:
         """Older trees have no `metrics:` key; the bare config then turns off the request log only."""
         cfg = self.work / "probe.yaml"
         cfg.write_text("metrics: {enabled: false}\n")
-        r = subprocess.run([PY, "-m", "ollamux", "check", "--config", str(cfg)], capture_output=True, text=True,
-                           env={**os.environ, **self.ollamux_env()}, cwd=REPO, check=False)
+        r = subprocess.run(
+            [PY, "-m", "ollamux", "check", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.ollamux_env()},
+            cwd=REPO,
+            check=False,
+        )
         return r.returncode == 0
 
     def start_ollamux(self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True) -> Proc:
@@ -520,14 +591,16 @@ class Bench:
         up = free_port()
         (self.work / "nginx.conf").write_text(nginx_conf(self.work, up))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.stacks["direct"] = self.start("nginx", [nginx, "-p", str(self.work), "-c", str(self.work / "nginx.conf"),
-                                                     "-g", "daemon off;"], up)
+        self.stacks["direct"] = self.start(
+            "nginx", [nginx, "-p", str(self.work), "-c", str(self.work / "nginx.conf"), "-g", "daemon off;"], up
+        )
         self.up_port = up
         wanted = self.args.stacks
         if "reference" in wanted:
             port = free_port()
             self.stacks["reference"] = self.start(
-                "reference", [PY, str(BENCH / "reference_proxy.py"), str(port), f"http://127.0.0.1:{up}"], port)
+                "reference", [PY, str(BENCH / "reference_proxy.py"), str(port), f"http://127.0.0.1:{up}"], port
+            )
         if "ollamux" in wanted:
             self.stacks["ollamux"] = self.start_ollamux("ollamux", up, up)
         if "ollamux-bare" in wanted:
@@ -543,18 +616,44 @@ class Bench:
                 port = free_port()
                 cfg = self.work / "litellm.yaml"
                 cfg.write_text(litellm_conf(up))
-                env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
-                       "HOME": str(self.work), "DISABLE_ADMIN_UI": "True",
-                       # no master key: no auth on the path, as in a local setup
-                       "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "True"}
+                env = {
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_TELEMETRY": "False",
+                    "LITELLM_LOG": "ERROR",
+                    "HOME": str(self.work),
+                    "DISABLE_ADMIN_UI": "True",
+                    # no master key: no auth on the path, as in a local setup
+                    "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "True",
+                }
                 try:
                     self.stacks["litellm"] = self.start(
-                        "litellm", [str(LITELLM_BIN), "--config", str(cfg), "--host", "127.0.0.1", "--port",
-                                    str(port), "--num_workers", "1"], port, env, ready_timeout=180,
-                        ready_path="/health/liveliness")
-                    ver = subprocess.run([str(LITELLM_BIN.parent / "python"), "-c",
-                                          "import importlib.metadata as m; print(m.version('litellm'))"],
-                                         capture_output=True, text=True, check=False).stdout.strip()
+                        "litellm",
+                        [
+                            str(LITELLM_BIN),
+                            "--config",
+                            str(cfg),
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--num_workers",
+                            "1",
+                        ],
+                        port,
+                        env,
+                        ready_timeout=180,
+                        ready_path="/health/liveliness",
+                    )
+                    ver = subprocess.run(
+                        [
+                            str(LITELLM_BIN.parent / "python"),
+                            "-c",
+                            "import importlib.metadata as m; print(m.version('litellm'))",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout.strip()
                     self.stack_info.setdefault("litellm", {})["version"] = ver
                 except RuntimeError as exc:
                     self.notes.append(f"LiteLLM proxy did not start, its column is skipped: {exc}"[:600])
@@ -613,13 +712,16 @@ class Bench:
                     cell.cpu_us_per_req = round(1e6 * best["cpu_s"] / best["requests"], 1)
                     cell.p90_ms = round(best["p90_us"] / 1000, 3)
                     cell.p99_ms = round(best["p99_us"] / 1000, 3)
-                    cell.errors = sum(best[k] for k in ("connect_errors", "read_errors", "write_errors",
-                                                        "status_errors", "timeouts"))
+                    cell.errors = sum(
+                        best[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+                    )
                     cell.peak_rss_mb = best["peak"] or None
                     if sc.kind != "json":
                         cell.chunks_per_s = round(cell.rps * n)
-                    self.log(f"  {sc.name} c={conns} {stack}: {cell.rps:,.0f} req/s p50 {cell.p50_ms} ms "
-                             f"p99 {cell.p99_ms} ms" + (f" ERRORS {cell.errors}" if cell.errors else ""))
+                    self.log(
+                        f"  {sc.name} c={conns} {stack}: {cell.rps:,.0f} req/s p50 {cell.p50_ms} ms "
+                        f"p99 {cell.p99_ms} ms" + (f" ERRORS {cell.errors}" if cell.errors else "")
+                    )
                 d, r = row.get("direct"), row.get("reference")
                 for cell in row.values():
                     if cell.p50_ms is not None and d is not None and d.p50_ms is not None:
@@ -644,8 +746,11 @@ class Bench:
         for stack, path, body_name in runs:
             if stack == "reference":
                 port = free_port()
-                p = self.start("reference-mem", [PY, str(BENCH / "reference_proxy.py"), str(port),
-                                                 f"http://127.0.0.1:{slow}"], port)
+                p = self.start(
+                    "reference-mem",
+                    [PY, str(BENCH / "reference_proxy.py"), str(port), f"http://127.0.0.1:{slow}"],
+                    port,
+                )
             else:
                 p = self.start_ollamux(f"ollamux-mem-{len(out)}", self.up_port, slow)
             body = (self.work / f"{body_name}.json").read_bytes()
@@ -661,8 +766,10 @@ class Bench:
                 time.sleep(0.3)
                 entry["idle_rss_mb"] = p.rss()
                 entry.update(asyncio.run(hold_streams(p.url + path, body, self.args.streams, p, 60)))
-                self.log(f"  memory {stack} {path}: idle {entry['idle_rss_mb']} MB, {entry['streams_open']} streams "
-                         f"open {entry['rss_mb_open']} MB (ramp {entry['ramp_s']} s)")
+                self.log(
+                    f"  memory {stack} {path}: idle {entry['idle_rss_mb']} MB, {entry['streams_open']} streams "
+                    f"open {entry['rss_mb_open']} MB (ramp {entry['ramp_s']} s)"
+                )
             finally:
                 p.stop()
             out.append(entry)
@@ -692,8 +799,16 @@ def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dic
     out: list[dict[str, Any]] = []
 
     def add(name: str, goal: str, value: float | None, unit: str, ok: bool | None, by_cpu: float | None = None) -> None:
-        out.append({"target": name, "goal": goal, "measured": None if value is None else round(value, 2),
-                    "unit": unit, "met": ok, "by_cpu": None if by_cpu is None else round(by_cpu, 2)})
+        out.append(
+            {
+                "target": name,
+                "goal": goal,
+                "measured": None if value is None else round(value, 2),
+                "unit": unit,
+                "met": ok,
+                "by_cpu": None if by_cpu is None else round(by_cpu, 2),
+            }
+        )
 
     def cpu_ratio(a: Cell | None, b: Cell | None) -> float | None:
         """100 * b's CPU per request / a's: the req/s ratio two stacks would have on a core each."""
@@ -704,8 +819,7 @@ def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dic
     for sc in ("openai-json", "openai-sse"):
         o, r = find(cells, sc, 32, "ollamux"), find(cells, sc, 32, "reference")
         v = 100 * o.rps / r.rps if o and r and o.rps and r.rps else None
-        add(f"{sc} c=32: ollamux req/s vs reference", ">= 70%", v, "%", None if v is None else v >= 70,
-            cpu_ratio(o, r))
+        add(f"{sc} c=32: ollamux req/s vs reference", ">= 70%", v, "%", None if v is None else v >= 70, cpu_ratio(o, r))
     o, r = find(cells, "openai-json", 1, "ollamux"), find(cells, "openai-json", 1, "reference")
     v = o.p50_ms - r.p50_ms if o and r and o.p50_ms is not None and r.p50_ms is not None else None
     add("openai-json c=1: ollamux p50 minus reference p50", "<= 0.5 ms", v, "ms", None if v is None else v <= 0.5)
@@ -713,29 +827,52 @@ def targets(cells: list[Cell], memory: list[dict[str, Any]], info: dict[str, dic
         for conns in (1, 32):
             o, r = find(cells, sc, conns, "ollamux"), find(cells, sc, conns, "reference")
             v = 100 * o.rps / r.rps if o and r and o.rps and r.rps else None
-            add(f"{sc} c={conns}: ollamux req/s vs reference", ">= 60%", v, "%", None if v is None else v >= 60,
-                cpu_ratio(o, r))
+            add(
+                f"{sc} c={conns}: ollamux req/s vs reference",
+                ">= 60%",
+                v,
+                "%",
+                None if v is None else v >= 60,
+                cpu_ratio(o, r),
+            )
     for sc in ("openai-json", "openai-sse", "embeddings"):
         for conns in (1, 32):
             o, r = find(cells, sc, conns, "ollamux"), find(cells, sc, conns, "litellm")
             v = o.rps / r.rps if o and r and o.rps and r.rps else None
             c = cpu_ratio(o, r)
-            add(f"{sc} c={conns}: ollamux req/s / LiteLLM req/s", ">= 30x", v, "x", None if v is None else v >= 30,
-                None if c is None else c / 100)
+            add(
+                f"{sc} c={conns}: ollamux req/s / LiteLLM req/s",
+                ">= 30x",
+                v,
+                "x",
+                None if v is None else v >= 30,
+                None if c is None else c / 100,
+            )
     idle = [m["idle_rss_mb"] for m in memory if m["stack"] == "ollamux" and "idle_rss_mb" in m]
     idle_v = max(idle) if idle else info.get("ollamux", {}).get("idle_rss_mb")
     add("ollamux RSS idle", "< 80 MB", idle_v, "MB", None if idle_v is None else idle_v < 80)
     for m in memory:
         if m["stack"] == "ollamux" and "rss_mb_open" in m:
             full = m["streams_open"] >= m["streams"]
-            add(f"ollamux RSS with {m['streams_open']} streams open ({m['path']})", "< 150 MB", m["rss_mb_open"],
-                "MB", (m["rss_mb_open"] < 150) if full else False)
+            add(
+                f"ollamux RSS with {m['streams_open']} streams open ({m['path']})",
+                "< 150 MB",
+                m["rss_mb_open"],
+                "MB",
+                (m["rss_mb_open"] < 150) if full else False,
+            )
     for sc in sorted({c.scenario for c in cells}):
         on, off = find(cells, sc, 32, "ollamux"), find(cells, sc, 32, "ollamux-bare")
         v = 100 * (1 - on.rps / off.rps) if on and off and on.rps and off.rps else None
         c = cpu_ratio(on, off)
-        add(f"{sc} c=32: cost of request log + metrics", "<= 10%", v, "%", None if v is None else v <= 10,
-            None if c is None else 100 - c)
+        add(
+            f"{sc} c=32: cost of request log + metrics",
+            "<= 10%",
+            v,
+            "%",
+            None if v is None else v <= 10,
+            None if c is None else 100 - c,
+        )
     return out
 
 
@@ -745,8 +882,10 @@ def fmt(v: float | None, spec: str = ",.0f") -> str:
 
 
 def table(cells: list[Cell]) -> str:
-    head = ("| scenario | conns | stack | req/s | % of ref | p50 ms | p99 ms | +p50 vs direct ms | CPU us/req "
-            "| chunks/s | peak RSS MB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| scenario | conns | stack | req/s | % of ref | p50 ms | p99 ms | +p50 vs direct ms | CPU us/req "
+        "| chunks/s | peak RSS MB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
     rows = []
     for c in cells:
         if c.rps is None and not c.note:
@@ -764,20 +903,30 @@ def table(cells: list[Cell]) -> str:
 
 
 def memory_table(memory: list[dict[str, Any]]) -> str:
-    head = ("| stack | path | idle RSS MB | streams open | RSS MB with them open | peak (VmHWM) MB |\n"
-            "|---|---|---:|---:|---:|---:|\n")
-    rows = [f"| {m['stack']} | {m['path']} | {fmt(m.get('idle_rss_mb'), '.0f')} | {m.get('streams_open', '-')} "
-            f"| {fmt(m.get('rss_mb_open'), '.0f')} | {fmt(m.get('hwm_mb'), '.0f')} |" for m in memory]
+    head = (
+        "| stack | path | idle RSS MB | streams open | RSS MB with them open | peak (VmHWM) MB |\n"
+        "|---|---|---:|---:|---:|---:|\n"
+    )
+    rows = [
+        f"| {m['stack']} | {m['path']} | {fmt(m.get('idle_rss_mb'), '.0f')} | {m.get('streams_open', '-')} "
+        f"| {fmt(m.get('rss_mb_open'), '.0f')} | {fmt(m.get('hwm_mb'), '.0f')} |"
+        for m in memory
+    ]
     return head + "\n".join(rows) + "\n"
 
 
 def targets_table(ts: list[dict[str, Any]]) -> str:
     mark = {True: "met", False: "MISSED", None: "not measured"}
     head = "| target | goal | measured (req/s) | | same by CPU/req |\n|---|---|---:|---|---:|\n"
-    return head + "\n".join(
-        f"| {t['target']} | {t['goal']} | {fmt(t['measured'], '.2f')} {t['unit']} | {mark[t['met']]} "
-        f"| {fmt(t['by_cpu'], '.2f')} {t['unit'] if t['by_cpu'] is not None else ''} |" for t in ts
-    ) + "\n"
+    return (
+        head
+        + "\n".join(
+            f"| {t['target']} | {t['goal']} | {fmt(t['measured'], '.2f')} {t['unit']} | {mark[t['met']]} "
+            f"| {fmt(t['by_cpu'], '.2f')} {t['unit'] if t['by_cpu'] is not None else ''} |"
+            for t in ts
+        )
+        + "\n"
+    )
 
 
 def versions() -> dict[str, str]:
@@ -790,12 +939,22 @@ def versions() -> dict[str, str]:
 
     import aiohttp
 
-    return {"python": sys.version.split()[0], "aiohttp": aiohttp.__version__, "nginx": run(["nginx", "-v"]),
-            "wrk": run(["wrk", "-v"]), "cpu": next((ln.split(":", 1)[1].strip() for ln in
-                                                    Path("/proc/cpuinfo").read_text().splitlines()
-                                                    if ln.startswith("model name")), ""),
-            "cpus": str(os.cpu_count()),
-            "git": run(["git", "-C", str(REPO), "describe", "--always", "--dirty"])}
+    return {
+        "python": sys.version.split()[0],
+        "aiohttp": aiohttp.__version__,
+        "nginx": run(["nginx", "-v"]),
+        "wrk": run(["wrk", "-v"]),
+        "cpu": next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            "",
+        ),
+        "cpus": str(os.cpu_count()),
+        "git": run(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+    }
 
 
 # -------------------------------------------------------------------------------------------- profiling
@@ -816,9 +975,25 @@ def profile(bench: Bench, seconds: float) -> str:
         if probe(proc.url + t.path, body.read_bytes(), sc.kind)[0] is None:
             continue
         raw = bench.work / f"profile-{stack}-{sc.name}.txt"
-        spy = subprocess.Popen([pyspy, "record", "-p", str(proc.popen.pid), "-d", str(int(seconds) + 1), "-r", "250",
-                                "-f", "raw", "-o", str(raw), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                pyspy,
+                "record",
+                "-p",
+                str(proc.popen.pid),
+                "-d",
+                str(int(seconds) + 1),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)
         run_wrk(proc.url + t.path, body, 32, seconds)
         spy.wait(seconds + 30)
@@ -850,13 +1025,14 @@ def summarize_profile(name: str, collapsed: str, top: int = 18) -> str:
         return f"### {name}: no samples\n"
     by_pkg: dict[str, int] = {}
     for f, n in self_t.items():
-        pkg = next((m for m in ("ollamux/", "aiohttp/", "asyncio/", "prometheus_client/", "threading", "uuid")
-                    if m in f), "other")
+        pkg = next(
+            (m for m in ("ollamux/", "aiohttp/", "asyncio/", "prometheus_client/", "threading", "uuid") if m in f),
+            "other",
+        )
         by_pkg[pkg] = by_pkg.get(pkg, 0) + n
     ranked = sorted(by_pkg.items(), key=lambda kv: -kv[1])
     share = ", ".join(f"{k.rstrip('/')} {100 * v / total:.0f}%" for k, v in ranked)
-    lines = [f"#### {name} ({total} samples; self time by package: {share})", "",
-             "| self % | function |", "|---:|---|"]
+    lines = [f"#### {name} ({total} samples; self time by package: {share})", "", "| self % | function |", "|---:|---|"]
     for f, n in sorted(self_t.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {100 * n / total:.1f} | {f} |")
     lines += ["", "| inclusive % | ollamux function |", "|---:|---|"]
@@ -935,12 +1111,25 @@ def main(argv: list[str]) -> int:
     elapsed = time.monotonic() - t0
     ts = targets(cells, memory, bench.stack_info)
     result = {
-        "started": started, "elapsed_s": round(elapsed, 1), "command": "bench/run " + " ".join(argv),
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "versions": versions(),
-        "settings": {"duration_s": args.duration, "rounds": args.rounds, "conns": args.conns,
-                     "streams": args.streams, "sse_chunks": SSE_CHUNKS, "embed_dims": EMBED_DIMS},
+        "started": started,
+        "elapsed_s": round(elapsed, 1),
+        "command": "bench/run " + " ".join(argv),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "versions": versions(),
+        "settings": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "conns": args.conns,
+            "streams": args.streams,
+            "sse_chunks": SSE_CHUNKS,
+            "embed_dims": EMBED_DIMS,
+        },
         "stacks": {k: {"title": STACK_TITLES[k], **v} for k, v in bench.stack_info.items()},
-        "notes": bench.notes, "cells": [asdict(c) for c in cells], "memory": memory, "targets": ts,
+        "notes": bench.notes,
+        "cells": [asdict(c) for c in cells],
+        "memory": memory,
+        "targets": ts,
     }
     out = Path(args.out) if args.out else BENCH / "results" / f"{started}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -954,8 +1143,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def render(result: dict[str, Any], cells: list[Cell], memory: list[dict[str, Any]], ts: list[dict[str, Any]],
-           prof: str) -> str:
+def render(
+    result: dict[str, Any], cells: list[Cell], memory: list[dict[str, Any]], ts: list[dict[str, Any]], prof: str
+) -> str:
     v = result["versions"]
     parts = [
         f"## ollamux bench, {result['started']} ({result['elapsed_s']:.0f} s)\n",
@@ -963,16 +1153,21 @@ def render(result: dict[str, Any], cells: list[Cell], memory: list[dict[str, Any
         f"{v['nginx']}, git {v['git']}; load average before {result['loadavg_before'][0]:.2f}, after "
         f"{result['loadavg_after'][0]:.2f}\n",
         "### Stacks (idle RSS after one request)\n",
-        "\n".join(f"- {k}: {s['title']}, idle RSS {fmt(s.get('idle_rss_mb'), '.0f')} MB"
-                  + (f", version {s['version']}" if s.get("version") else "") for k, s in result["stacks"].items())
+        "\n".join(
+            f"- {k}: {s['title']}, idle RSS {fmt(s.get('idle_rss_mb'), '.0f')} MB"
+            + (f", version {s['version']}" if s.get("version") else "")
+            for k, s in result["stacks"].items()
+        )
         + "\n",
     ]
     if result["notes"]:
         parts.append("Notes:\n" + "\n".join(f"- {n}" for n in result["notes"]) + "\n")
     parts += ["### Throughput and latency\n", table(cells)]
     if memory:
-        parts += [f"### Memory: {result['settings']['streams']} concurrent slow streams (fresh processes)\n",
-                  memory_table(memory)]
+        parts += [
+            f"### Memory: {result['settings']['streams']} concurrent slow streams (fresh processes)\n",
+            memory_table(memory),
+        ]
     parts += ["### Targets\n", targets_table(ts)]
     if prof:
         parts += ["### Profile (py-spy, ollamux, 32 connections)\n", prof]

@@ -33,5 +33,11 @@ async def make_app(upstream: str) -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(sys.argv[2]), host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
-                loop=uvloop.new_event_loop(), print=None)
+    web.run_app(
+        make_app(sys.argv[2]),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+        print=None,
+    )

@@ -54,9 +54,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, inte
 
 
 async def main(port: int, interval: float, count: int) -> None:
-    server = await asyncio.start_server(
-        lambda r, w: serve(r, w, interval, count), "127.0.0.1", port, backlog=4096
-    )
+    server = await asyncio.start_server(lambda r, w: serve(r, w, interval, count), "127.0.0.1", port, backlog=4096)
     async with server:
         await server.serve_forever()
 

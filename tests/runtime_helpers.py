@@ -33,8 +33,6 @@ def model_file() -> Path:
     return path
 
 
-
-
 def link_into(folder: Path, src: Path, name: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / (name or src.name)

@@ -23,15 +23,17 @@ def fake(fake_ollama: tuple[FakeOllama, str]) -> FakeOllama:
 
 @pytest.fixture
 def proxy_url(fake_ollama: tuple[FakeOllama, str], start_proxy: ProxyFactory) -> str:
-    return start_proxy({
-        "backends": {"ol": {"type": "ollama", "url": fake_ollama[1], "discover": True}},
-        "models": {
-            "my-qwen": {"backend": "ol", "upstream": "qwen3:latest"},
-            "midstream": {"backend": "ol"},
-            "bad-request": {"backend": "ol"},
-            "gone": {"backend": "ol"},
-        },
-    })
+    return start_proxy(
+        {
+            "backends": {"ol": {"type": "ollama", "url": fake_ollama[1], "discover": True}},
+            "models": {
+                "my-qwen": {"backend": "ol", "upstream": "qwen3:latest"},
+                "midstream": {"backend": "ol"},
+                "bad-request": {"backend": "ol"},
+                "gone": {"backend": "ol"},
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -62,8 +64,9 @@ def test_chat_not_streamed_tools_and_thinking(client: ollama.Client) -> None:
     assert "".join(p.message.thinking or "" for p in parts) == "Let me think."
 
 
-def test_request_and_stream_relayed_byte_for_byte(proxy_url: str, fake: FakeOllama,
-                                                  fake_ollama: tuple[FakeOllama, str]) -> None:
+def test_request_and_stream_relayed_byte_for_byte(
+    proxy_url: str, fake: FakeOllama, fake_ollama: tuple[FakeOllama, str]
+) -> None:
     raw = b'{"model": "my-qwen", "messages": [{"role": "user", "content": "hi"}], "keep_alive": -1, "x_extra": 1.50}'
     r = httpx.post(proxy_url + "/api/chat", content=raw, headers={"x-request-id": "native-7"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
@@ -120,8 +123,12 @@ def test_errors_relayed(client: ollama.Client) -> None:
 def test_backend_down_mid_request(start_proxy: ProxyFactory) -> None:
     from .servers import free_port
 
-    url = start_proxy({"backends": {"ol": {"type": "ollama", "url": f"http://127.0.0.1:{free_port()}"}},
-                       "models": {"m": {"backend": "ol"}}})
+    url = start_proxy(
+        {
+            "backends": {"ol": {"type": "ollama", "url": f"http://127.0.0.1:{free_port()}"}},
+            "models": {"m": {"backend": "ol"}},
+        }
+    )
     r = httpx.post(url + "/api/chat", json={"model": "m", "messages": HI})
     body: Any = r.json()
     assert r.status_code == 502 and "cannot be reached" in body["error"]

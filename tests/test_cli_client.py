@@ -51,8 +51,12 @@ def env_for(server: Proxy) -> dict[str, str]:
 
 def ollamux(server: Proxy, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ollamux", *args], env=env_for(server), capture_output=True, text=True,
-        input=stdin, timeout=120,
+        [sys.executable, "-m", "ollamux", *args],
+        env=env_for(server),
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
     )
 
 
@@ -86,7 +90,11 @@ def test_unknown_model_is_an_error(server: Proxy) -> None:
 
 def test_interactive_session_in_a_terminal(server: Proxy, tmp_path: Path) -> None:
     child = pexpect.spawn(
-        sys.executable, ["-m", "ollamux", "run", MODEL], env=env_for(server), encoding="utf-8", timeout=90,
+        sys.executable,
+        ["-m", "ollamux", "run", MODEL],
+        env=env_for(server),
+        encoding="utf-8",
+        timeout=90,
         dimensions=(40, 200),
     )
     try:

@@ -23,8 +23,17 @@ BASE = float(int(time.time()) - 3600)  # the fixture's rows start an hour ago, o
 
 
 def _rec(i: int, **kw: Any) -> RequestRecord:
-    rec = RequestRecord(id=f"req-{i:04d}", api="ollama", route="/api/chat", model_requested="smol",
-                        model_served="smol", backend="local", status=200, prompt_tokens=10, completion_tokens=5)
+    rec = RequestRecord(
+        id=f"req-{i:04d}",
+        api="ollama",
+        route="/api/chat",
+        model_requested="smol",
+        model_served="smol",
+        backend="local",
+        status=200,
+        prompt_tokens=10,
+        completion_tokens=5,
+    )
     rec.end_ns = rec.start_ns + (i + 1) * 1_000_000
     rec.first_token_ns = rec.start_ns + 500_000
     for k, v in kw.items():
@@ -39,8 +48,17 @@ def db(tmp_path: Path) -> Path:
     rl.open()
     for i in range(30):
         rl.request_finished(_rec(i, started=BASE + i))
-    rl.request_finished(_rec(30, model_requested="big", status=502, error="backend down", api="openai",
-                             route="/v1/chat/completions", key_name="ci"))
+    rl.request_finished(
+        _rec(
+            30,
+            model_requested="big",
+            status=502,
+            error="backend down",
+            api="openai",
+            route="/v1/chat/completions",
+            key_name="ci",
+        )
+    )
     rl.request_finished(_rec(31, model_requested="big", status=499, abandoned=True, streamed=True))
     rl.close()
     return path
@@ -91,8 +109,9 @@ def test_stats(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "p95" in header and "ttft p50" in header and rows[0].startswith("big") and rows[1].startswith("smol")
 
 
-def test_db_from_config(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_db_from_config(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "ollamux.yaml"
     cfg.write_text(f"request_log:\n  path: {db.name}\n")  # relative to the config file
     code, out, _ = run(capsys, "--config", str(cfg), "-n", "1")
@@ -139,7 +158,8 @@ def test_follow_as_a_process(db: Path) -> None:
     """The real command: prints the last rows, then keeps printing; stopped by the test."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ollamux", "logs", "--db", str(db), "-n", "1", "--follow", "--json"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -15,11 +15,11 @@ from ollamux.streams.codecs import DEFAULT_MAX_EVENT_BYTES, LineBuffer, NDJSONDe
 
 SSE = (
     b": keep-alive comment\r\n"
-    b"data: {\"a\": 1}\r\n\r\n"
+    b'data: {"a": 1}\r\n\r\n'
     b"event: message\n"
-    b"data: {\"b\":\n"
+    b'data: {"b":\n'
     b"data: 2}\n\n"
-    b"data:{\"c\":\"\xc3\xa9\xe2\x82\xac\"}\r\r"
+    b'data:{"c":"\xc3\xa9\xe2\x82\xac"}\r\r'
     b"id: 7\nretry: 100\ndata: [DONE]\n\n"
 )
 EXPECTED = [b'{"a": 1}', b'{"b":\n2}', '{"c":"é€"}'.encode(), b"[DONE]"]
@@ -86,7 +86,7 @@ def test_sse_payloads_random_splits(cuts: list[int]) -> None:
 
 # big events among the small ones, in LF, CR and CRLF spellings, cut anywhere (not only in the first 10 KB)
 BIG = b"B" * 150_000
-BIG_MIXED = TYPICAL + b"data: " + BIG + b"\n\n" + MIXED[:-len(b"data: last")] + b"data: " + BIG[:70_000]
+BIG_MIXED = TYPICAL + b"data: " + BIG + b"\n\n" + MIXED[: -len(b"data: last")] + b"data: " + BIG[:70_000]
 BIG_MIXED += b"\ndata: " + BIG[:90_000] + b"\n\n" + TYPICAL + b"data: last"
 BIG_EXPECTED = [*MIXED_EXPECTED[:5], BIG, *MIXED_EXPECTED[:-1], BIG[:70_000] + b"\n" + BIG[:90_000]]
 BIG_EXPECTED += [*MIXED_EXPECTED[:5], b"last"]
@@ -103,7 +103,7 @@ def test_sse_payloads_and_feed_around_big_events(stream: bytes, cuts: list[int])
 
 def test_sse_event_name_and_unterminated_last_event() -> None:
     dec = SSEDecoder()
-    events = dec.feed(b"event: error\ndata: {\"x\":1}\n\ndata: tail")
+    events = dec.feed(b'event: error\ndata: {"x":1}\n\ndata: tail')
     assert events[0].event == "error" and events[0].data == b'{"x":1}'
     assert [e.data for e in dec.flush()] == [b"tail"]
 
@@ -313,8 +313,9 @@ def _sse_streams(draw: st.DrawFn) -> _Stream:
     return _Stream(b"".join(out), expected, biggest)
 
 
-@given(_sse_streams(), st.lists(st.integers(min_value=0, max_value=10**7), max_size=20), st.integers(-2, 2),
-       st.booleans())
+@given(
+    _sse_streams(), st.lists(st.integers(min_value=0, max_value=10**7), max_size=20), st.integers(-2, 2), st.booleans()
+)
 @settings(max_examples=300, deadline=None)
 def test_sse_generated_streams_any_split(stream: _Stream, cuts: list[int], delta: int, limited: bool) -> None:
     parts = _split(stream.data, cuts)
@@ -388,8 +389,13 @@ _ND_LINE = st.one_of(
 )
 
 
-@given(st.lists(_ND_LINE, min_size=1, max_size=8), st.booleans(),
-       st.lists(st.integers(min_value=0, max_value=10**7), max_size=20), st.integers(-2, 2), st.booleans())
+@given(
+    st.lists(_ND_LINE, min_size=1, max_size=8),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=10**7), max_size=20),
+    st.integers(-2, 2),
+    st.booleans(),
+)
 @settings(max_examples=300, deadline=None)
 def test_ndjson_generated_streams_any_split(
     lines: list[bytes], terminated: bool, cuts: list[int], delta: int, limited: bool

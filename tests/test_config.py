@@ -49,10 +49,16 @@ def test_issue_example_loads(tmp_path: Path) -> None:
         ({"server": {"version": "latest"}}, "server.version", "numeric version"),
         ({"servr": {}}, "servr", "unknown key"),
         ({"backends": {"b": {"url": "http://x", "timout": 3}}}, "backends.b.timout", "unknown key"),
-        ({"backends": {"b": {"url": "http://x"}}, "models": {"a": {"backend": "b", "aliases": ["A:latest"]}}},
-         "models.a.aliases", "already used"),
-        ({"backends": {"b": {"url": "http://x"}}, "models": {"a": {"backend": "b", "fallbacks": ["zz"]}}},
-         "models.a.fallbacks[0]", "not a configured model"),
+        (
+            {"backends": {"b": {"url": "http://x"}}, "models": {"a": {"backend": "b", "aliases": ["A:latest"]}}},
+            "models.a.aliases",
+            "already used",
+        ),
+        (
+            {"backends": {"b": {"url": "http://x"}}, "models": {"a": {"backend": "b", "fallbacks": ["zz"]}}},
+            "models.a.fallbacks[0]",
+            "not a configured model",
+        ),
         ({"models": {"m": {"runtime": {"ctx": 512}}}}, "models.m.runtime", "exactly one of"),
     ],
 )
@@ -82,15 +88,38 @@ def _cmd(cmd: object, environ: dict[str, str]) -> tuple[str, ...]:
 
 # PORT and HOST are set here on purpose: the runtime placeholders must survive even when the environment has them.
 CMD_ENV = {"MODELS": "/my models", "EXTRA": "--flash-attn on", "PORT": "1", "HOST": "0.0.0.0"}
-CMD_EXPECTED = ("llama-server", "--port", "${PORT}", "--host", "${HOST}", "-c", "${CTX}", "--alias", "${MODEL}",
-                "-m", "/my models/a b.gguf", "--flash-attn on")
+CMD_EXPECTED = (
+    "llama-server",
+    "--port",
+    "${PORT}",
+    "--host",
+    "${HOST}",
+    "-c",
+    "${CTX}",
+    "--alias",
+    "${MODEL}",
+    "-m",
+    "/my models/a b.gguf",
+    "--flash-attn on",
+)
 
 
 def test_runtime_cmd_string_expands_like_the_list() -> None:
-    as_string = ("llama-server --port ${PORT} --host ${HOST} -c ${CTX} --alias ${MODEL}"
-                 " -m '${MODELS}/a b.gguf' ${EXTRA}")
-    as_list = ["llama-server", "--port", "${PORT}", "--host", "${HOST}", "-c", "${CTX}", "--alias", "${MODEL}",
-               "-m", "${MODELS}/a b.gguf", "${EXTRA}"]
+    as_string = "llama-server --port ${PORT} --host ${HOST} -c ${CTX} --alias ${MODEL} -m '${MODELS}/a b.gguf' ${EXTRA}"
+    as_list = [
+        "llama-server",
+        "--port",
+        "${PORT}",
+        "--host",
+        "${HOST}",
+        "-c",
+        "${CTX}",
+        "--alias",
+        "${MODEL}",
+        "-m",
+        "${MODELS}/a b.gguf",
+        "${EXTRA}",
+    ]
     # split before expanding: a value with spaces (EXTRA) stays one argument, as in the list form
     assert _cmd(as_string, CMD_ENV) == CMD_EXPECTED
     assert _cmd(as_list, CMD_ENV) == CMD_EXPECTED
@@ -116,10 +145,12 @@ def test_runtime_cmd_errors_name_the_key(cmd: object, key: str, words: str) -> N
 
 def test_backend_stream_limits() -> None:
     s = parse_settings(
-        {"backends": {
-            "d": {"url": "http://d/v1"},
-            "b": {"url": "http://b/v1", "max_event_bytes": 1024, "max_response_bytes": "${MAXRESP}"},
-        }},
+        {
+            "backends": {
+                "d": {"url": "http://d/v1"},
+                "b": {"url": "http://b/v1", "max_event_bytes": 1024, "max_response_bytes": "${MAXRESP}"},
+            }
+        },
         {"MAXRESP": "1048576"},
     )
     assert s.backends["d"].max_event_bytes == 128 * 1024 * 1024
@@ -158,7 +189,10 @@ def test_dialect_auto() -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ollamux", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "ollamux", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 
@@ -177,12 +211,22 @@ def test_check_and_serve_refuse_bad_config(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text(EXAMPLE)
     env_missing = {k: v for k, v in os.environ.items() if k != "CLOUD_KEY"}
-    r = subprocess.run([sys.executable, "-m", "ollamux", "check", "--config", str(p)], capture_output=True,
-                       text=True, env=env_missing, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ollamux", "check", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        env=env_missing,
+        timeout=60,
+    )
     assert r.returncode == 1
     assert "backends.cloud.api_key" in r.stderr and "CLOUD_KEY" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "ollamux", "serve", "--config", str(p), "--port", "0"],
-                       capture_output=True, text=True, env=env_missing, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ollamux", "serve", "--config", str(p), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env_missing,
+        timeout=60,
+    )
     assert r.returncode == 1 and "backends.cloud.api_key" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [1, 2\n")

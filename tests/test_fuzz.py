@@ -113,8 +113,17 @@ def target(loop_thread: LoopThread, tmp_path_factory: Any) -> Iterator[Target]:
         logging.getLogger(name).removeHandler(errors)
 
 
-_FIRST = ["/api/chat", "/v1/chat/completions", "/api/generate", "/v1/completions", "/api/embed", "/v1/embeddings",
-          "/api/embeddings", "/api/show", "/api/pull"]
+_FIRST = [
+    "/api/chat",
+    "/v1/chat/completions",
+    "/api/generate",
+    "/v1/completions",
+    "/api/embed",
+    "/v1/embeddings",
+    "/api/embeddings",
+    "/api/show",
+    "/api/pull",
+]
 
 
 def _concrete(path: str) -> str:
@@ -157,56 +166,117 @@ def send(target: Target, method: str, path: str, content: bytes | None, headers:
 # ------------------------------------------------------------------------------------------ bodies
 MODELS = st.sampled_from(["fake-model", "llama3.2", "fm:7b", "tools", "think", "embed-model", "nope", "", "x-"])
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
 )
 values = st.recursive(
     scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=10
 )
 ROLES = st.sampled_from(["user", "assistant", "system", "tool", "developer", "USER", "", "nobody"]) | values
 content = st.one_of(
-    st.text(max_size=30), values,
-    st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "input_audio", "x"]) | values},
-                                   optional={"text": values,
-                                             "image_url": values | st.fixed_dictionaries({"url": values})}),
-             max_size=3),
+    st.text(max_size=30),
+    values,
+    st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "image_url", "input_audio", "x"]) | values},
+            optional={"text": values, "image_url": values | st.fixed_dictionaries({"url": values})},
+        ),
+        max_size=3,
+    ),
 )
 tool_call = st.fixed_dictionaries(
     {},
     optional={
-        "id": values, "type": st.just("function") | values, "index": values,
-        "function": st.fixed_dictionaries({}, optional={"name": st.text(max_size=8) | values,
-                                                        "arguments": values | st.text(max_size=20)}) | values,
+        "id": values,
+        "type": st.just("function") | values,
+        "index": values,
+        "function": st.fixed_dictionaries(
+            {}, optional={"name": st.text(max_size=8) | values, "arguments": values | st.text(max_size=20)}
+        )
+        | values,
     },
 )
 message = st.fixed_dictionaries(
     {"role": ROLES},
     optional={
-        "content": content, "images": st.lists(st.text(max_size=20) | values, max_size=2) | values,
-        "tool_calls": st.lists(tool_call, max_size=2) | values, "thinking": values, "tool_name": values,
-        "tool_call_id": values, "name": values, "reasoning_content": values,
+        "content": content,
+        "images": st.lists(st.text(max_size=20) | values, max_size=2) | values,
+        "tool_calls": st.lists(tool_call, max_size=2) | values,
+        "thinking": values,
+        "tool_name": values,
+        "tool_call_id": values,
+        "name": values,
+        "reasoning_content": values,
     },
 )
 tool = st.fixed_dictionaries(
     {"type": st.just("function") | values},
-    optional={"function": st.fixed_dictionaries({"name": st.text(max_size=8) | values},
-                                                optional={"parameters": values, "description": values}) | values},
+    optional={
+        "function": st.fixed_dictionaries(
+            {"name": st.text(max_size=8) | values}, optional={"parameters": values, "description": values}
+        )
+        | values
+    },
 )
 FIELDS: dict[str, Any] = {
     "messages": st.lists(message, max_size=3) | values,
-    "prompt": st.text(max_size=30) | values, "input": st.text(max_size=10) | st.lists(st.text(max_size=5)) | values,
-    "stream": st.booleans() | values, "options": st.dictionaries(
-        st.sampled_from(["num_ctx", "temperature", "top_k", "top_p", "stop", "seed", "num_predict", "min_p",
-                         "repeat_penalty", "mirostat", "unknown"]), values, max_size=4) | values,
-    "format": st.sampled_from(["json", ""]) | values, "tools": st.lists(tool, max_size=2) | values,
-    "images": st.lists(st.text(max_size=20), max_size=2) | values, "keep_alive": values | st.sampled_from(
-        ["5m", "0", "-1", "1h30m", "10", "bogus", "-5s"]), "think": values | st.sampled_from(["low", "high", "max"]),
-    "raw": values, "template": values, "system": values, "suffix": values, "context": values,
-    "dimensions": values, "truncate": values, "max_tokens": values, "temperature": values, "n": values,
-    "stop": values, "response_format": values | st.fixed_dictionaries({"type": st.sampled_from(
-        ["json_object", "json_schema", "text"])}, optional={"json_schema": values}), "tool_choice": values,
-    "stream_options": values, "logprobs": values, "top_logprobs": values, "seed": values, "encoding_format": values,
-    "name": values, "user": values, "max_completion_tokens": values, "reasoning_effort": values, "insecure": values,
+    "prompt": st.text(max_size=30) | values,
+    "input": st.text(max_size=10) | st.lists(st.text(max_size=5)) | values,
+    "stream": st.booleans() | values,
+    "options": st.dictionaries(
+        st.sampled_from(
+            [
+                "num_ctx",
+                "temperature",
+                "top_k",
+                "top_p",
+                "stop",
+                "seed",
+                "num_predict",
+                "min_p",
+                "repeat_penalty",
+                "mirostat",
+                "unknown",
+            ]
+        ),
+        values,
+        max_size=4,
+    )
+    | values,
+    "format": st.sampled_from(["json", ""]) | values,
+    "tools": st.lists(tool, max_size=2) | values,
+    "images": st.lists(st.text(max_size=20), max_size=2) | values,
+    "keep_alive": values | st.sampled_from(["5m", "0", "-1", "1h30m", "10", "bogus", "-5s"]),
+    "think": values | st.sampled_from(["low", "high", "max"]),
+    "raw": values,
+    "template": values,
+    "system": values,
+    "suffix": values,
+    "context": values,
+    "dimensions": values,
+    "truncate": values,
+    "max_tokens": values,
+    "temperature": values,
+    "n": values,
+    "stop": values,
+    "response_format": values
+    | st.fixed_dictionaries(
+        {"type": st.sampled_from(["json_object", "json_schema", "text"])}, optional={"json_schema": values}
+    ),
+    "tool_choice": values,
+    "stream_options": values,
+    "logprobs": values,
+    "top_logprobs": values,
+    "seed": values,
+    "encoding_format": values,
+    "name": values,
+    "user": values,
+    "max_completion_tokens": values,
+    "reasoning_effort": values,
+    "insecure": values,
 }
 bodies = st.fixed_dictionaries({"model": st.one_of(MODELS, MODELS, MODELS, values)}, optional=FIELDS)
 
@@ -232,9 +302,20 @@ raw_bodies = st.one_of(
     bodies.map(lambda b: json.dumps(b).encode()).flatmap(
         lambda raw: st.binary(min_size=1, max_size=4).map(lambda junk: raw.replace(b'"', b'"' + junk, 1))
     ),
-    st.sampled_from([b"\xff\xfe{}", b'{"model":"fake-model\xc3\x28"}', b'{"model":"\xed\xa0\x80"}', b"\x00",
-                     b'{"model":"fake-model","messages":[{"role":"user","content":"\\ud800"}]}', b"null",
-                     b'{"model": "fake-model"}' * 3, b"{" * 5000, b"[" * 100000, b'{"a":' * 2000]),
+    st.sampled_from(
+        [
+            b"\xff\xfe{}",
+            b'{"model":"fake-model\xc3\x28"}',
+            b'{"model":"\xed\xa0\x80"}',
+            b"\x00",
+            b'{"model":"fake-model","messages":[{"role":"user","content":"\\ud800"}]}',
+            b"null",
+            b'{"model": "fake-model"}' * 3,
+            b"{" * 5000,
+            b"[" * 100000,
+            b'{"a":' * 2000,
+        ]
+    ),
 )
 
 
@@ -247,8 +328,9 @@ def test_malformed_bytes_at_every_route(target: Target, data: st.DataObject, raw
 
 
 @settings(FUZZ, max_examples=max(50, FUZZ.max_examples // 3))
-@given(data=st.data(), depth=st.integers(1, 400),
-       wrap=st.sampled_from(["messages", "options", "format", "tools", "input"]))
+@given(
+    data=st.data(), depth=st.integers(1, 400), wrap=st.sampled_from(["messages", "options", "format", "tools", "input"])
+)
 def test_deep_nesting(target: Target, data: st.DataObject, depth: int, wrap: str) -> None:
     method, path = data.draw(st.sampled_from(_post_routes(target)))
     inner = data.draw(st.sampled_from([("[", "]"), ('{"a":', "}"), ('[{"type":"object","properties":{"p":', "}}]")]))
@@ -261,7 +343,8 @@ def test_deep_nesting(target: Target, data: st.DataObject, depth: int, wrap: str
     "raw",
     [
         b'{"model":"fake-model","stream":false,"prompt":"' + b"a" * 3_000_000 + b'"}',
-        b'{"model":"fake-model","stream":false,"messages":[' + b'{"role":"user","content":"x"},' * 40_000
+        b'{"model":"fake-model","stream":false,"messages":['
+        + b'{"role":"user","content":"x"},' * 40_000
         + b'{"role":"user","content":"x"}]}',
         b'{"model":"fake-model","input":[' + b'"x",' * 200_000 + b'"x"]}',
         b'{"model":"fake-model","prompt":"' + b"\\u00e9" * 200_000 + b'","stream":false}',
@@ -269,22 +352,49 @@ def test_deep_nesting(target: Target, data: st.DataObject, depth: int, wrap: str
     ],
 )
 def test_huge_bodies(target: Target, raw: bytes) -> None:
-    for method, path in [("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/embed"),
-                         ("POST", "/v1/chat/completions"), ("POST", "/v1/embeddings")]:
+    for method, path in [
+        ("POST", "/api/generate"),
+        ("POST", "/api/chat"),
+        ("POST", "/api/embed"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/embeddings"),
+    ]:
         send(target, method, path, raw)
 
 
 # ----------------------------------------------------------------------------------------- headers
 header_value = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
-header_name = st.sampled_from([b"Content-Type", b"Content-Length", b"Authorization", b"x-api-key", b"Origin",
-                               b"Host", b"x-request-id", b"Transfer-Encoding", b"Accept", b"User-Agent",
-                               b"Access-Control-Request-Method", b"Expect", b"Content-Encoding", b"Connection",
-                               b"X-\xff\xfe", b"", b" ", b"Bad Name", b"\x00"])
+header_name = st.sampled_from(
+    [
+        b"Content-Type",
+        b"Content-Length",
+        b"Authorization",
+        b"x-api-key",
+        b"Origin",
+        b"Host",
+        b"x-request-id",
+        b"Transfer-Encoding",
+        b"Accept",
+        b"User-Agent",
+        b"Access-Control-Request-Method",
+        b"Expect",
+        b"Content-Encoding",
+        b"Connection",
+        b"X-\xff\xfe",
+        b"",
+        b" ",
+        b"Bad Name",
+        b"\x00",
+    ]
+)
 
 
 @FUZZ
-@given(data=st.data(), headers=st.lists(st.tuples(header_name, header_value), max_size=6),
-       body=bodies.map(lambda b: json.dumps(b).encode()))
+@given(
+    data=st.data(),
+    headers=st.lists(st.tuples(header_name, header_value), max_size=6),
+    body=bodies.map(lambda b: json.dumps(b).encode()),
+)
 def test_broken_headers(target: Target, data: st.DataObject, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     method, path = data.draw(st.sampled_from([*target.routes, ("OPTIONS", "/api/chat"), ("GET", "/api/chat")]))
     status, resp_headers, resp_body = raw_request(target.url, method.encode(), path.encode(), headers, body)
@@ -345,17 +455,23 @@ def _dechunk(data: bytes) -> bytes:
 def test_junk_in_paths_and_queries(target: Target, data: st.DataObject, junk: str) -> None:
     method, path = data.draw(st.sampled_from(target.routes))
     quoted = urllib.parse.quote(junk, safe="/:@")
-    path = data.draw(st.sampled_from([
-        path + "?" + urllib.parse.urlencode({"q": junk, junk: "1"}),
-        "/v1/models/" + quoted.lstrip("/"),
-        "/api/blobs/" + quoted.lstrip("/"),
-    ]))
+    path = data.draw(
+        st.sampled_from(
+            [
+                path + "?" + urllib.parse.urlencode({"q": junk, junk: "1"}),
+                "/v1/models/" + quoted.lstrip("/"),
+                "/api/blobs/" + quoted.lstrip("/"),
+            ]
+        )
+    )
     r = target.http.request(method, target.url + path)
     check(target, method, path, r.status_code, r.headers, r.content)
 
 
 def test_still_alive_after_the_storm(target: Target) -> None:
-    r = target.http.post(target.url + "/api/chat", json={"model": "fake-model", "messages": [
-        {"role": "user", "content": "hi"}], "stream": False})
+    r = target.http.post(
+        target.url + "/api/chat",
+        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+    )
     assert r.status_code == 200 and r.json()["message"]["content"] == "Hello from the fake!"
     assert not target.errors.records

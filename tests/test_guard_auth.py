@@ -66,8 +66,13 @@ def test_no_keys_means_open(proxy: str, http: httpx.Client) -> None:
 
 
 def test_missing_and_wrong_key_are_401_in_each_envelope(keyed: str, http: httpx.Client) -> None:
-    for headers in ({}, {"Authorization": "Bearer sk-wrong-key-000000"}, {"x-api-key": "nope"},
-                    {"Authorization": "Basic YWxpY2U6eA=="}, {"Authorization": "Bearer"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer sk-wrong-key-000000"},
+        {"x-api-key": "nope"},
+        {"Authorization": "Basic YWxpY2U6eA=="},
+        {"Authorization": "Bearer"},
+    ):
         r = http.post(keyed + "/api/chat", json={"model": "fake-model", "messages": HI}, headers=headers)
         assert r.status_code == 401, headers
         assert set(r.json()) == {"error"} and "API key" in r.json()["error"]
@@ -160,16 +165,23 @@ def test_listings_show_only_the_models_a_key_may_use(keyed: str) -> None:
 
 def test_x_api_key_hashed_key_and_wildcards(keyed: str, http: httpx.Client) -> None:
     # carol's key is configured only as its sha256; she may use x-* models and nothing else
-    r = http.post(keyed + "/api/chat", json={"model": "x-fake-model", "messages": HI, "stream": False},
-                  headers={"x-api-key": CAROL})
+    r = http.post(
+        keyed + "/api/chat",
+        json={"model": "x-fake-model", "messages": HI, "stream": False},
+        headers={"x-api-key": CAROL},
+    )
     assert r.status_code == 200, r.text
-    r = http.post(keyed + "/v1/chat/completions", json={"model": "fake-model", "messages": HI},
-                  headers={"x-api-key": CAROL})
+    r = http.post(
+        keyed + "/v1/chat/completions", json={"model": "fake-model", "messages": HI}, headers={"x-api-key": CAROL}
+    )
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
     # bob may use everything
     for model in ("tools", "llama3.2", "x-other"):
-        r = http.post(keyed + "/api/chat", json={"model": model, "messages": HI, "stream": False},
-                      headers={"Authorization": f"bearer {BOB}"})
+        r = http.post(
+            keyed + "/api/chat",
+            json={"model": model, "messages": HI, "stream": False},
+            headers={"Authorization": f"bearer {BOB}"},
+        )
         assert r.status_code == 200, (model, r.text)
 
 

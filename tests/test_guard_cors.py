@@ -29,16 +29,31 @@ def http() -> Iterator[httpx.Client]:
 def _preflight(
     http: httpx.Client, url: str, origin: str, headers: str = "content-type,authorization"
 ) -> httpx.Response:
-    return http.options(url, headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers,
-    })
+    return http.options(
+        url,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": headers,
+        },
+    )
 
 
 @pytest.mark.parametrize(
     "origin",
-    ["http://localhost", "http://localhost:3000", "https://localhost:8443", "http://127.0.0.1:5173",
-     "https://0.0.0.0", "http://0.0.0.0:80", "app://obsidian.md", "file://", "tauri://localhost",
-     "vscode-webview://abc123", "vscode-file://vscode-app"],
+    [
+        "http://localhost",
+        "http://localhost:3000",
+        "https://localhost:8443",
+        "http://127.0.0.1:5173",
+        "https://0.0.0.0",
+        "http://0.0.0.0:80",
+        "app://obsidian.md",
+        "file://",
+        "tauri://localhost",
+        "vscode-webview://abc123",
+        "vscode-file://vscode-app",
+    ],
 )
 def test_default_origins_preflight(proxy: str, http: httpx.Client, origin: str) -> None:
     for route in ROUTES:
@@ -55,15 +70,22 @@ def test_default_origins_preflight(proxy: str, http: httpx.Client, origin: str) 
 
 @pytest.mark.parametrize(
     "origin",
-    ["http://evil.example", "http://localhost.evil.example", "https://127.0.0.1.nip.io", "null",
-     "chrome-extension://abc", "http://192.168.1.5:3000"],
+    [
+        "http://evil.example",
+        "http://localhost.evil.example",
+        "https://127.0.0.1.nip.io",
+        "null",
+        "chrome-extension://abc",
+        "http://192.168.1.5:3000",
+    ],
 )
 def test_other_origins_are_refused(proxy: str, http: httpx.Client, origin: str) -> None:
     r = _preflight(http, proxy + "/api/chat", origin)
     assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers
     assert "origin" in r.json()["error"] and "not allowed" in r.json()["error"]
-    r = http.post(proxy + "/v1/chat/completions", json={"model": "fake-model", "messages": HI},
-                  headers={"Origin": origin})
+    r = http.post(
+        proxy + "/v1/chat/completions", json={"model": "fake-model", "messages": HI}, headers={"Origin": origin}
+    )
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
 
 
@@ -75,8 +97,9 @@ def test_allowed_origin_on_answers_streamed_and_not(proxy: str, http: httpx.Clie
     with http.stream("POST", proxy + "/api/chat", json={"model": "fake-model", "messages": HI}, headers=o) as s:
         assert s.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert s.read().count(b"\n") >= 2  # the stream itself is untouched
-    with http.stream("POST", proxy + "/v1/chat/completions", headers=o,
-                     json={"model": "fake-model", "messages": HI, "stream": True}) as s:
+    with http.stream(
+        "POST", proxy + "/v1/chat/completions", headers=o, json={"model": "fake-model", "messages": HI, "stream": True}
+    ) as s:
         assert s.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert b"[DONE]" in s.read()
     r = http.post(proxy + "/api/chat", json={"model": "nope", "messages": HI}, headers=o)
@@ -97,8 +120,12 @@ def test_configured_origins_and_wildcards(
     cfg = basic_config(fake_openai[1])
     cfg["server"] = {"cors_origins": ["https://chat.example.com", "https://*.corp.example", "chrome-extension://*"]}
     url = start_proxy(cfg)
-    for origin in ("https://chat.example.com", "https://a.corp.example", "chrome-extension://abcdef",
-                   "http://localhost:8080"):
+    for origin in (
+        "https://chat.example.com",
+        "https://a.corp.example",
+        "chrome-extension://abcdef",
+        "http://localhost:8080",
+    ):
         assert _preflight(http, url + "/api/chat", origin).status_code == 204, origin
     assert _preflight(http, url + "/api/chat", "https://example.com").status_code == 403
     # allow-all, as OLLAMA_ORIGINS=* does: the origin is echoed
@@ -134,8 +161,20 @@ def _raw_get(url: str, host_header: str | None, path: str = "/api/version") -> b
 
 @pytest.mark.parametrize(
     "host",
-    ["localhost", "localhost:11434", "127.0.0.1:8080", "[::1]:11434", "10.0.0.7", "8.8.8.8:80",
-     "ollama.localhost", "nas.local:11434", "gpu.internal", socket.gethostname(), "LOCALHOST", "localhost."],
+    [
+        "localhost",
+        "localhost:11434",
+        "127.0.0.1:8080",
+        "[::1]:11434",
+        "10.0.0.7",
+        "8.8.8.8:80",
+        "ollama.localhost",
+        "nas.local:11434",
+        "gpu.internal",
+        socket.gethostname(),
+        "LOCALHOST",
+        "localhost.",
+    ],
 )
 def test_host_guard_allows_local_names(proxy: str, host: str) -> None:
     assert _raw_get(proxy, host).startswith(b"HTTP/1.1 200"), host

@@ -194,9 +194,17 @@ def test_json_nesting_limit(proxy: str, http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("text", "limit", "deeper"),
     [
-        (b"[]", 1, False), (b"[[]]", 1, True), (b"[[]]", 2, False), (b'{"a":[{"b":[{}]}]}', 4, True),
-        (b'{"a":[{"b":[{}]}]}', 5, False), (b'["[[[[[[", "]]]]]]]]"]', 1, False), (b'["\\"[[[["]', 1, False),
-        (b"[[[[[[[", 3, False), (b"]]]]]][[", 3, False), (b"[[[[[]]]]]]]", 3, True), (b"[][][][][][][]", 1, False),
+        (b"[]", 1, False),
+        (b"[[]]", 1, True),
+        (b"[[]]", 2, False),
+        (b'{"a":[{"b":[{}]}]}', 4, True),
+        (b'{"a":[{"b":[{}]}]}', 5, False),
+        (b'["[[[[[[", "]]]]]]]]"]', 1, False),
+        (b'["\\"[[[["]', 1, False),
+        (b"[[[[[[[", 3, False),
+        (b"]]]]]][[", 3, False),
+        (b"[[[[[]]]]]]]", 3, True),
+        (b"[][][][][][][]", 1, False),
     ],
 )
 def test_json_depth_exceeds(text: bytes, limit: int, deeper: bool) -> None:
@@ -211,7 +219,7 @@ def _raw(url: str) -> socket.socket:
 def test_slow_body_gets_408(fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory) -> None:
     url = start_proxy(_cfg(fake_openai[1], body_timeout=0.3))
     with _raw(url) as s:
-        s.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        s.sendall(b'POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{"model"')
         t0 = time.monotonic()
         data = s.recv(65536)
         assert data.startswith(b"HTTP/1.1 408"), data

@@ -63,8 +63,17 @@ def test_readiness_degraded_when_a_backend_is_down(
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("GET", "/health"), ("GET", "/health/ready"),
-     ("GET", "/metrics"), ("GET", "/no/such/route"), ("GET", "/api/tags"), ("POST", "/api/chat")],
+    [
+        ("GET", "/"),
+        ("HEAD", "/"),
+        ("GET", "/api/version"),
+        ("GET", "/health"),
+        ("GET", "/health/ready"),
+        ("GET", "/metrics"),
+        ("GET", "/no/such/route"),
+        ("GET", "/api/tags"),
+        ("POST", "/api/chat"),
+    ],
 )
 def test_every_response_has_a_request_id(client: httpx.Client, method: str, path: str) -> None:
     r = client.request(method, path)

@@ -60,16 +60,23 @@ def test_request_metrics_move(proxy_url: str) -> None:
     assert not any(("model", "missing") in ls for (_, ls) in after)
     lat = {"api": "ollama", "route": "/api/chat", "model": "fake-model", "backend": "fake"}
     d_count = value(after, "ollamux_request_duration_seconds_count", **lat) - value(
-        before, "ollamux_request_duration_seconds_count", **lat)
+        before, "ollamux_request_duration_seconds_count", **lat
+    )
     assert d_count == 3
     assert value(after, "ollamux_request_duration_seconds_sum", **lat) > 0
-    assert value(after, "ollamux_time_to_first_token_seconds_count", **lat) - value(
-        before, "ollamux_time_to_first_token_seconds_count", **lat) == 3
+    assert (
+        value(after, "ollamux_time_to_first_token_seconds_count", **lat)
+        - value(before, "ollamux_time_to_first_token_seconds_count", **lat)
+        == 3
+    )
     tok = {"model": "fake-model", "backend": "fake"}
-    assert value(after, "ollamux_prompt_tokens_total", **tok) - value(
-        before, "ollamux_prompt_tokens_total", **tok) == 33
-    assert value(after, "ollamux_completion_tokens_total", **tok) - value(
-        before, "ollamux_completion_tokens_total", **tok) == 9
+    assert (
+        value(after, "ollamux_prompt_tokens_total", **tok) - value(before, "ollamux_prompt_tokens_total", **tok) == 33
+    )
+    assert (
+        value(after, "ollamux_completion_tokens_total", **tok) - value(before, "ollamux_completion_tokens_total", **tok)
+        == 9
+    )
     assert value(after, "ollamux_requests_in_flight") == 0
     assert value(after, "ollamux_log_rows_dropped_total") == 0
     assert value(after, "ollamux_build_info") == 1
@@ -98,9 +105,11 @@ def test_backend_up_and_log_rows(
         deadline = time.monotonic() + 5
         while True:
             s = scrape(c)
-            if (value(s, "ollamux_backend_up", backend="fake") == 1
-                    and ("ollamux_backend_up", frozenset({("backend", "dead")})) in s
-                    and value(s, "ollamux_log_rows_written_total") >= 1) or time.monotonic() > deadline:
+            if (
+                value(s, "ollamux_backend_up", backend="fake") == 1
+                and ("ollamux_backend_up", frozenset({("backend", "dead")})) in s
+                and value(s, "ollamux_log_rows_written_total") >= 1
+            ) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
     assert value(s, "ollamux_backend_up", backend="fake") == 1
@@ -142,8 +151,16 @@ def test_observer_is_cheap_and_histograms_consistent() -> None:
     m = Metrics()
     recs = []
     for i in range(4000):
-        r = RequestRecord(id=str(i), api="openai", route="/v1/chat/completions", model_served="m", backend="b",
-                          status=200, prompt_tokens=2, completion_tokens=1)
+        r = RequestRecord(
+            id=str(i),
+            api="openai",
+            route="/v1/chat/completions",
+            model_served="m",
+            backend="b",
+            status=200,
+            prompt_tokens=2,
+            completion_tokens=1,
+        )
         r.end_ns = r.start_ns + (i % 40) * 1_000_000  # 0..39 ms
         r.first_token_ns = r.start_ns + 500
         recs.append(r)
@@ -154,8 +171,9 @@ def test_observer_is_cheap_and_histograms_consistent() -> None:
     per_request = (time.thread_time() - t0) / len(recs)
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     assert sum(s.value for s in fams["ollamux_requests"].samples if s.name == "ollamux_requests_total") == 4000
-    buckets = {s.labels["le"]: s.value for s in fams["ollamux_request_duration_seconds"].samples
-               if s.name.endswith("_bucket")}
+    buckets = {
+        s.labels["le"]: s.value for s in fams["ollamux_request_duration_seconds"].samples if s.name.endswith("_bucket")
+    }
     assert buckets["0.005"] == 600 and buckets["0.01"] == 1100 and buckets["+Inf"] == 4000  # le is inclusive
     count = [s.value for s in fams["ollamux_request_duration_seconds"].samples if s.name.endswith("_count")]
     assert count == [4000]
@@ -168,14 +186,22 @@ def test_managed_model_state_in_metrics_and_readiness(
     """A `cmd:` model (any HTTP server will do for its health check) loaded, then unloaded."""
     cfg = basic_config(fake_openai[1])
     cfg["runtime"] = {"log_dir": str(tmp_path / "logs")}
-    cfg["models"]["webby"] = {"runtime": {
-        "cmd": [sys.executable, "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"], "health": "/",
-        "startup_timeout": 20}}
+    cfg["models"]["webby"] = {
+        "runtime": {
+            "cmd": [sys.executable, "-m", "http.server", "${PORT}", "--bind", "127.0.0.1"],
+            "health": "/",
+            "startup_timeout": 20,
+        }
+    }
     url = start_proxy(cfg)
     with httpx.Client(base_url=url, timeout=30) as c:
+
         def state_of(samples: Samples) -> str:
-            hot = [dict(ls)["state"] for (n, ls), v in samples.items()
-                   if n == "ollamux_model_state" and ("model", "webby:latest") in ls and v == 1]
+            hot = [
+                dict(ls)["state"]
+                for (n, ls), v in samples.items()
+                if n == "ollamux_model_state" and ("model", "webby:latest") in ls and v == 1
+            ]
             assert len(hot) == 1
             return hot[0]
 
@@ -184,8 +210,11 @@ def test_managed_model_state_in_metrics_and_readiness(
         assert r.status_code == 200 and r.json()["done_reason"] == "load"
         samples = scrape(c)
         assert state_of(samples) == "ready"
-        loads = [v for (n, ls), v in samples.items()
-                 if n == "ollamux_model_load_seconds_count" and any("webby" in val for _, val in ls)]
+        loads = [
+            v
+            for (n, ls), v in samples.items()
+            if n == "ollamux_model_load_seconds_count" and any("webby" in val for _, val in ls)
+        ]
         assert loads == [1.0]  # the runtime reports each load to the histogram
         models = c.get("/health/ready").json()["models"]
         assert [(m["model"], m["state"]) for m in models] == [("webby:latest", "ready")] and models[0]["pid"]

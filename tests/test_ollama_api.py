@@ -82,8 +82,9 @@ def test_chat_not_streamed_echoes_model_and_alias(client: ollama.Client, fake: F
 
 
 def test_ndjson_wire_format(proxy: str) -> None:
-    with httpx.stream("POST", proxy + "/api/chat", json={"model": "fake-model", "messages": [
-        {"role": "user", "content": "hi"}]}) as r:
+    with httpx.stream(
+        "POST", proxy + "/api/chat", json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    ) as r:
         assert r.headers["content-type"].startswith("application/x-ndjson")
         raw = r.read()
     lines = raw.split(b"\n")
@@ -100,9 +101,20 @@ def test_chat_options_format_and_think(client: ollama.Client, fake: FakeOpenAI) 
         model="fake-model",
         messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
         format={"type": "object", "properties": {"a": {"type": "integer"}}},
-        options={"num_predict": 7, "temperature": 0.2, "top_p": 0.5, "top_k": 20, "min_p": 0.1, "seed": 42,
-                 "stop": ["\n"], "repeat_penalty": 1.1, "presence_penalty": 0.3, "frequency_penalty": 0.4,
-                 "mirostat": 1, "num_ctx": 8192},
+        options={
+            "num_predict": 7,
+            "temperature": 0.2,
+            "top_p": 0.5,
+            "top_k": 20,
+            "min_p": 0.1,
+            "seed": 42,
+            "stop": ["\n"],
+            "repeat_penalty": 1.1,
+            "presence_penalty": 0.3,
+            "frequency_penalty": 0.4,
+            "mirostat": 1,
+            "num_ctx": 8192,
+        },
         think=False,
     )
     sent = fake.last("/chat/completions").json
@@ -126,10 +138,19 @@ def test_thinking_mapped(client: ollama.Client) -> None:
 
 
 def test_tool_calls_streamed_fragments_assembled(client: ollama.Client) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    parts = list(client.chat(model="tools", messages=[{"role": "user", "content": "weather?"}], tools=tools,
-                             stream=True))
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    parts = list(
+        client.chat(model="tools", messages=[{"role": "user", "content": "weather?"}], tools=tools, stream=True)
+    )
     calls = [c for p in parts for c in (p.message.tool_calls or [])]
     assert len(calls) == 1
     assert calls[0].function.name == "get_weather"
@@ -152,8 +173,11 @@ def test_parallel_tool_calls_reusing_index(proxy: str, client: ollama.Client) ->
 def test_tool_history_translated(client: ollama.Client, fake: FakeOpenAI) -> None:
     messages: list[Any] = [
         {"role": "user", "content": "weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
         {"role": "tool", "content": '{"temp": 20}'},  # Home Assistant: no id, no name
     ]
     client.chat(model="fake-model", messages=messages)
@@ -257,8 +281,11 @@ def test_bad_json_and_missing_model_are_400(proxy: str) -> None:
     r = httpx.post(proxy + "/api/embed", json={"input": "x"})
     assert r.status_code == 400 and r.json() == {"error": "model is required"}
     # form-encoded Content-Type, JSON body: parsed anyway, as Ollama does
-    r = httpx.post(proxy + "/api/chat", content=json.dumps({"model": "fake-model", "messages": [], "stream": False}),
-                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        proxy + "/api/chat",
+        content=json.dumps({"model": "fake-model", "messages": [], "stream": False}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 200 and r.json()["done_reason"] == "load"
 
 
@@ -280,8 +307,9 @@ def test_error_mid_stream_is_final_error_line(proxy: str, client: ollama.Client)
 def test_unreachable_backend_is_502(start_proxy: Any, client_for: Any) -> None:
     from .servers import free_port
 
-    url = start_proxy({"backends": {"dead": {"url": f"http://127.0.0.1:{free_port()}/v1"}},
-                       "models": {"m": {"backend": "dead"}}})
+    url = start_proxy(
+        {"backends": {"dead": {"url": f"http://127.0.0.1:{free_port()}/v1"}}, "models": {"m": {"backend": "dead"}}}
+    )
     client = client_for(url)
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="m", messages=[{"role": "user", "content": "hi"}])
@@ -301,7 +329,12 @@ def test_pull_and_unmanaged_routes(client: ollama.Client, proxy: str) -> None:
     with pytest.raises(ollama.ResponseError) as e:
         client.pull("not-here")
     assert e.value.status_code == 404
-    for method, path in [("DELETE", "/api/delete"), ("POST", "/api/copy"), ("POST", "/api/create"),
-                         ("POST", "/api/push"), ("POST", "/api/blobs/sha256:abc")]:
+    for method, path in [
+        ("DELETE", "/api/delete"),
+        ("POST", "/api/copy"),
+        ("POST", "/api/create"),
+        ("POST", "/api/push"),
+        ("POST", "/api/blobs/sha256:abc"),
+    ]:
         r = httpx.request(method, proxy + path, json={"model": "fake-model"})
         assert r.status_code == 501 and "does not manage model files" in r.json()["error"]

@@ -20,8 +20,13 @@ from .conftest import ProxyFactory
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 HI = [{"role": "user", "content": "hi"}]
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n0000").decode()
 
@@ -93,7 +98,10 @@ def test_chat_passthrough(proxy: str, oai: Callable[[str], openai.OpenAI]) -> No
 
 def test_chat_passthrough_streamed_with_usage(proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
     stream = oai(proxy).chat.completions.create(
-        model="fm:7b", messages=HI, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model="fm:7b",
+        messages=HI,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
     )
     text, _, usage, chunks = collect(stream)
     assert text == "Hello from the fake!" and finish_of(chunks) == "stop"
@@ -161,8 +169,12 @@ def test_errors_in_openai_envelope(proxy: str, oai: Callable[[str], openai.OpenA
 def test_backend_down_is_502(start_proxy: ProxyFactory, oai: Callable[[str], openai.OpenAI]) -> None:
     from .servers import free_port
 
-    url = start_proxy({"backends": {"down": {"type": "openai", "url": f"http://127.0.0.1:{free_port()}/v1"}},
-                       "models": {"m": {"backend": "down"}}})
+    url = start_proxy(
+        {
+            "backends": {"down": {"type": "openai", "url": f"http://127.0.0.1:{free_port()}/v1"}},
+            "models": {"m": {"backend": "down"}},
+        }
+    )
     with pytest.raises(openai.APIStatusError) as info:
         oai(url).chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
     assert info.value.status_code == 502 and "cannot be reached" in info.value.message
@@ -197,19 +209,24 @@ def test_stream_relayed_unmodified_and_as_it_arrives(proxy: str, fake_openai: tu
     relayed = httpx.post(proxy + "/v1/chat/completions", json=body)
     assert relayed.content == direct.content and relayed.headers["content-type"] == direct.headers["content-type"]
     assert relayed.headers["x-request-id"]
-    with httpx.Client(timeout=10) as client, client.stream(
-        "POST", proxy + "/v1/chat/completions", json={**body, "model": "x-slow"}
-    ) as resp:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", proxy + "/v1/chat/completions", json={**body, "model": "x-slow"}) as resp,
+    ):
         start = time.monotonic()
         arrivals = [time.monotonic() - start for chunk in resp.iter_bytes() if b'"content"' in chunk]
     assert arrivals and arrivals[-1] - arrivals[0] >= 0.3  # 0.2 s apart upstream, so not buffered
 
 
 # ================================================================================== Ollama backend
-def test_chat_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI],
-                         fake_ollama: tuple[FakeOllama, str]) -> None:
+def test_chat_via_ollama(
+    ollama_proxy: str, oai: Callable[[str], openai.OpenAI], fake_ollama: tuple[FakeOllama, str]
+) -> None:
     r = oai(ollama_proxy).chat.completions.create(
-        model="my-qwen", messages=HI, max_tokens=50, seed=1,  # type: ignore[arg-type]
+        model="my-qwen",
+        messages=HI,
+        max_tokens=50,
+        seed=1,  # type: ignore[arg-type]
         response_format={"type": "json_object"},
     )
     assert r.model == "my-qwen" and r.object == "chat.completion"
@@ -223,7 +240,10 @@ def test_chat_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI],
 
 def test_chat_via_ollama_streamed_with_usage(ollama_proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
     stream = oai(ollama_proxy).chat.completions.create(
-        model="my-qwen", messages=HI, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model="my-qwen",
+        messages=HI,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
     )
     text, _, usage, chunks = collect(stream)
     assert text == "Hello from Ollama!"
@@ -235,16 +255,18 @@ def test_chat_via_ollama_streamed_with_usage(ollama_proxy: str, oai: Callable[[s
     assert all(c.model == "my-qwen" for c in chunks)
 
 
-def test_thinking_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI],
-                             fake_ollama: tuple[FakeOllama, str]) -> None:
+def test_thinking_via_ollama(
+    ollama_proxy: str, oai: Callable[[str], openai.OpenAI], fake_ollama: tuple[FakeOllama, str]
+) -> None:
     c = oai(ollama_proxy)
     r = c.chat.completions.create(model="think", messages=HI, reasoning_effort="high")  # type: ignore[arg-type]
     assert fake_ollama[0].last("/api/chat").json["think"] == "high"
     extra = r.choices[0].message.model_extra or {}
     assert extra["reasoning_content"] == "Let me think." and r.choices[0].message.content == "Hello from Ollama!"
     chunks = list(c.chat.completions.create(model="think", messages=HI, stream=True))  # type: ignore[arg-type]
-    reasoning = "".join((ch.choices[0].delta.model_extra or {}).get("reasoning_content", "") for ch in chunks
-                        if ch.choices)
+    reasoning = "".join(
+        (ch.choices[0].delta.model_extra or {}).get("reasoning_content", "") for ch in chunks if ch.choices
+    )
     assert reasoning == "Let me think."
 
 
@@ -262,13 +284,22 @@ def test_tool_calls_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.Op
     assert finish_of(chunks) == "tool_calls"
 
 
-def test_history_and_images_translated(ollama_proxy: str, oai: Callable[[str], openai.OpenAI],
-                                       fake_ollama: tuple[FakeOllama, str]) -> None:
+def test_history_and_images_translated(
+    ollama_proxy: str, oai: Callable[[str], openai.OpenAI], fake_ollama: tuple[FakeOllama, str]
+) -> None:
     messages = [
-        {"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                     {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "look", "arguments": '{"x": 1}'}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "look", "arguments": '{"x": 1}'}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
     ]
     oai(ollama_proxy).chat.completions.create(model="my-qwen", messages=messages)  # type: ignore[arg-type]
@@ -278,16 +309,18 @@ def test_history_and_images_translated(ollama_proxy: str, oai: Callable[[str], o
     assert sent[3] == {"role": "tool", "content": "a cat", "tool_name": "look", "tool_call_id": "c1"}
 
 
-def test_completions_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI],
-                                fake_ollama: tuple[FakeOllama, str]) -> None:
+def test_completions_via_ollama(
+    ollama_proxy: str, oai: Callable[[str], openai.OpenAI], fake_ollama: tuple[FakeOllama, str]
+) -> None:
     c = oai(ollama_proxy)
     r = c.completions.create(model="my-qwen", prompt="Once", max_tokens=8)
     assert r.choices[0].text == "Once upon a time" and r.object == "text_completion"
     assert r.usage is not None and r.usage.total_tokens == 10
     sent = fake_ollama[0].last("/api/generate").json
     assert sent["raw"] is True and sent["prompt"] == "Once" and sent["options"]["num_predict"] == 8
-    chunks = list(c.completions.create(model="my-qwen", prompt="Once", stream=True,
-                                       stream_options={"include_usage": True}))
+    chunks = list(
+        c.completions.create(model="my-qwen", prompt="Once", stream=True, stream_options={"include_usage": True})
+    )
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == "Once upon a time"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
 
@@ -320,11 +353,17 @@ def test_errors_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI
         c.chat.completions.create(model="gone", messages=HI)  # type: ignore[arg-type]
     with pytest.raises(openai.APIError, match="the model crashed"):
         collect(c.chat.completions.create(model="midstream", messages=HI, stream=True))  # type: ignore[arg-type]
-    r = httpx.post(ollama_proxy + "/v1/chat/completions", json={"model": "my-qwen",
-                                                                 "messages": [{"role": "user", "content": 2}]})
-    assert r.status_code == 400 and r.json() == {"error": {
-        "message": "invalid message content type: float64", "type": "invalid_request_error", "param": None,
-        "code": None}}
+    r = httpx.post(
+        ollama_proxy + "/v1/chat/completions", json={"model": "my-qwen", "messages": [{"role": "user", "content": 2}]}
+    )
+    assert r.status_code == 400 and r.json() == {
+        "error": {
+            "message": "invalid message content type: float64",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
     assert "x-request-id" in r.headers
     _, _, _, chunks = collect(c.chat.completions.create(model="empty", messages=HI, stream=True))  # type: ignore[arg-type]
     assert chunks[0].choices[0].delta.role == "assistant" and finish_of(chunks) == "stop"
@@ -334,12 +373,16 @@ def test_errors_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI
 @pytest.fixture
 def chain(proxy: str, start_proxy: ProxyFactory, tmp_path: Any) -> str:
     """ollamux #1 (OpenAI API) -> ollamux #2's Ollama API -> the fake OpenAI upstream."""
-    return start_proxy({
-        "backends": {"two": {"type": "ollama", "url": proxy}},
-        "models": {"chain": {"backend": "two", "upstream": "fake-model"},
-                   "chain-tools": {"backend": "two", "upstream": "tools"}},
-        "request_log": {"path": str(tmp_path / "chain.sqlite")},
-    })
+    return start_proxy(
+        {
+            "backends": {"two": {"type": "ollama", "url": proxy}},
+            "models": {
+                "chain": {"backend": "two", "upstream": "fake-model"},
+                "chain-tools": {"backend": "two", "upstream": "tools"},
+            },
+            "request_log": {"path": str(tmp_path / "chain.sqlite")},
+        }
+    )
 
 
 def test_round_trip_chain(chain: str, oai: Callable[[str], openai.OpenAI]) -> None:
@@ -347,8 +390,9 @@ def test_round_trip_chain(chain: str, oai: Callable[[str], openai.OpenAI]) -> No
     r = c.chat.completions.create(model="chain", messages=HI)  # type: ignore[arg-type]
     assert r.choices[0].message.content == "Hello from the fake!" and r.model == "chain"
     assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (11, 3)
-    text, _, usage, chunks = collect(c.chat.completions.create(
-        model="chain", messages=HI, stream=True, stream_options={"include_usage": True}))  # type: ignore[arg-type]
+    text, _, usage, chunks = collect(
+        c.chat.completions.create(model="chain", messages=HI, stream=True, stream_options={"include_usage": True})
+    )  # type: ignore[arg-type]
     assert text == "Hello from the fake!" and finish_of(chunks) == "stop"
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 3)
 
@@ -356,9 +400,15 @@ def test_round_trip_chain(chain: str, oai: Callable[[str], openai.OpenAI]) -> No
     call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"  # type: ignore[union-attr]
     assert json.loads(call.function.arguments) == {"city": "Tokyo", "unit": "c"}  # type: ignore[union-attr]
-    _, calls, usage, chunks = collect(c.chat.completions.create(
-        model="chain-tools", messages=HI, tools=[WEATHER_TOOL], stream=True,  # type: ignore[arg-type, list-item]
-        stream_options={"include_usage": True}))
+    _, calls, usage, chunks = collect(
+        c.chat.completions.create(
+            model="chain-tools",
+            messages=HI,
+            tools=[WEATHER_TOOL],
+            stream=True,  # type: ignore[arg-type, list-item]
+            stream_options={"include_usage": True},
+        )
+    )
     assert [(x["name"], json.loads(x["arguments"])) for x in calls] == [("get_weather", {"city": "Tokyo", "unit": "c"})]
     assert calls[0]["id"] == "call_abc" and finish_of(chunks) == "tool_calls"
     assert usage is not None and usage.total_tokens == 14

@@ -20,7 +20,10 @@ def test_malformed_requests_do_not_flood_the_operator_log(tmp_path: Path) -> Non
     cfg.write_text(f"server: {{port: {port}}}\nrequest_log: {{enabled: false}}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ollamux", "serve", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HOME": str(tmp_path)}, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HOME": str(tmp_path)},
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20

@@ -50,8 +50,11 @@ _LINE = st.one_of(
 )
 
 
-@given(st.lists(_LINE, min_size=1, max_size=8), st.booleans(),
-       st.lists(st.integers(min_value=0, max_value=10**7), max_size=20))
+@given(
+    st.lists(_LINE, min_size=1, max_size=8),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=10**7), max_size=20),
+)
 @settings(max_examples=300, deadline=None)
 def test_renamed_line_by_line_in_any_split(lines: list[bytes], terminated: bool, cuts: list[int]) -> None:
     data = b"\n".join(lines) + (b"\n" if terminated else b"")

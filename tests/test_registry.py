@@ -55,8 +55,13 @@ def test_default_model_and_missing_model() -> None:
 
 def test_discovered_sources_and_config_priority() -> None:
     reg = registry()
-    reg.set_source("backend:b", [ModelEntry("smol:latest", "b", "SmolLM2.gguf", "discovered"),
-                                 ModelEntry("llama3.2:latest", "b", "other", "discovered")])
+    reg.set_source(
+        "backend:b",
+        [
+            ModelEntry("smol:latest", "b", "SmolLM2.gguf", "discovered"),
+            ModelEntry("llama3.2:latest", "b", "other", "discovered"),
+        ],
+    )
     assert reg.resolve("smol").upstream == "SmolLM2.gguf"
     assert reg.resolve("llama3.2").upstream == "Llama-3.2-3B-Q4"  # config wins
     names = sorted(e.name for e in reg.entries())

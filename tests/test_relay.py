@@ -95,8 +95,16 @@ def relay_config(kind: Kind, fake_url: str, db: Path, **backend: Any) -> dict[st
     """One backend 'up' of `kind` on the fake (with a key and a secret header), serving every model name."""
     url = f"{fake_url}/v1" if kind == "openai" else fake_url
     return {
-        "backends": {"up": {"type": kind, "url": url, "retries": 0, "api_key": SECRET_KEY,
-                            "headers": {"X-Org-Token": SECRET_HEADER}, **backend}},
+        "backends": {
+            "up": {
+                "type": kind,
+                "url": url,
+                "retries": 0,
+                "api_key": SECRET_KEY,
+                "headers": {"X-Org-Token": SECRET_HEADER},
+                **backend,
+            }
+        },
         "models": {"*": {"backend": "up"}},
         "request_log": {"path": str(db), "capture_bodies": True},
         "metrics": {"backend_probe_interval": 0},
@@ -470,8 +478,10 @@ def test_html_200_from_the_backend_is_a_502_before_any_byte(
                 c.generate(model="html", prompt="hi")
         assert e.value.status_code == 502
     else:
-        with openai.OpenAI(base_url=p.url + "/v1", api_key="unused", max_retries=0, timeout=30) as oc, \
-                pytest.raises(openai.APIStatusError) as oe:
+        with (
+            openai.OpenAI(base_url=p.url + "/v1", api_key="unused", max_retries=0, timeout=30) as oc,
+            pytest.raises(openai.APIStatusError) as oe,
+        ):
             if call.chat and stream:
                 list(oc.chat.completions.create(model="html", messages=OA_HI, stream=True))
             elif call.chat:
@@ -641,8 +651,9 @@ def far_hostile() -> Iterator[str]:
     lt.close()
 
 
-def stream_with_health_polled(url: str, call: Call, model: str, rid: str, deadline_s: float = 20) -> tuple[
-        int, bytes, HealthPoller]:
+def stream_with_health_polled(
+    url: str, call: Call, model: str, rid: str, deadline_s: float = 20
+) -> tuple[int, bytes, HealthPoller]:
     """Stream an answer (kept as bytes, parsed only afterwards: the test's own CPU must not hold the GIL
     while latency is measured) while /health is polled."""
     poller = HealthPoller(url)
@@ -651,9 +662,10 @@ def stream_with_health_polled(url: str, call: Call, model: str, rid: str, deadli
     got = 0
     t0 = time.monotonic()
     try:
-        with httpx.Client(timeout=deadline_s) as c, c.stream(
-            "POST", url + call.path, json=call.body(model, stream=True), headers={"x-request-id": rid}
-        ) as r:
+        with (
+            httpx.Client(timeout=deadline_s) as c,
+            c.stream("POST", url + call.path, json=call.body(model, stream=True), headers={"x-request-id": rid}) as r,
+        ):
             status = r.status_code
             for b in r.iter_raw():
                 chunks.append(b)
@@ -722,8 +734,9 @@ def test_show_after_the_cooldown_does_not_leave_the_breaker_half_open_for_good(
     runner, fake_url = loop_thread.start_app(fake.app())
     try:
         cooldown = 0.3
-        url = start_proxy(relay_config("openai", fake_url, tmp_path / "r.sqlite",
-                                       breaker={"failures": 2, "cooldown": cooldown}))
+        url = start_proxy(
+            relay_config("openai", fake_url, tmp_path / "r.sqlite", breaker={"failures": 2, "cooldown": cooldown})
+        )
         body = {"model": "flaky", "messages": HI, "stream": False}
         with httpx.Client(base_url=url, timeout=10) as c:
             assert [c.post("/api/chat", json=body).status_code for _ in range(2)] == [500, 500]

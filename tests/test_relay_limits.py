@@ -119,8 +119,9 @@ def test_a_1gb_answer_over_max_response_bytes_is_502_and_the_proxy_never_holds_i
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ollamux"]
     err_path = tmp_path / "stderr.log"
     with err_path.open("wb") as err:
-        proc = subprocess.Popen([*cmd, "serve", "--config", str(cfg), "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [*cmd, "serve", "--config", str(cfg), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=err
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(url, proc, err_path)

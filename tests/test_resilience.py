@@ -215,9 +215,7 @@ def test_upstream_dying_mid_stream_gives_a_final_error_line_and_no_retry(
     assert row["status"] == 502 and row["streamed"] == 1
 
 
-def test_garbage_that_is_not_http_is_502(
-    loop_thread: LoopThread, proxy_for: Callable[[dict[str, Any]], Proxy]
-) -> None:
+def test_garbage_that_is_not_http_is_502(loop_thread: LoopThread, proxy_for: Callable[[dict[str, Any]], Proxy]) -> None:
     url, server = start_garbage_server(loop_thread)
     try:
         p = proxy_for(one_backend(url, retries=1))
@@ -311,8 +309,11 @@ def test_fallback_takes_over_with_its_own_upstream_name(
 
     # over the OpenAI API (pass-through) as well
     with httpx.Client(timeout=10) as c:
-        r2 = c.post(p.url + "/v1/chat/completions", headers={"x-request-id": "fb-openai"},
-                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        r2 = c.post(
+            p.url + "/v1/chat/completions",
+            headers={"x-request-id": "fb-openai"},
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        )
     assert r2.status_code == 200 and r2.json()["choices"][0]["message"]["content"] == "hi from backup"
     assert p.row("fb-openai")["backend"] == "backup"
 
@@ -413,8 +414,14 @@ def test_open_breaker_sends_requests_to_the_fallback_at_once(
     main, backup = flaky("main", default="hang"), flaky("backup")
     cfg = {
         "backends": {
-            "main": {"type": "openai", "url": main.url + "/v1", "retries": 0, "first_byte_timeout": 0.3,
-                     **FAST, "breaker": {"failures": 1, "cooldown": 30}},
+            "main": {
+                "type": "openai",
+                "url": main.url + "/v1",
+                "retries": 0,
+                "first_byte_timeout": 0.3,
+                **FAST,
+                "breaker": {"failures": 1, "cooldown": 30},
+            },
             "backup": {"type": "openai", "url": backup.url + "/v1", **FAST},
         },
         "models": {"m": {"backend": "main", "fallbacks": ["spare"]}, "spare": {"backend": "backup"}},
@@ -437,8 +444,10 @@ def test_client_vanishing_mid_stream_cancels_the_upstream_request(
     f = flaky(chunks=50, chunk_delay=0.1)
     p = proxy_for(one_backend(f.url))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    with httpx.Client(timeout=10) as c, c.stream("POST", p.url + "/api/chat", json=body,
-                                                 headers={"x-request-id": "gone"}) as r:
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream("POST", p.url + "/api/chat", json=body, headers={"x-request-id": "gone"}) as r,
+    ):
         first = next(r.iter_lines())
         assert json.loads(first)["message"]["content"] == "flaky-0 "
     t0 = time.monotonic()
@@ -456,13 +465,17 @@ def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_connections(
     f = flaky("slow", chunks=6, chunk_delay=0.25)
     port = free_port()
     cfg = tmp_path / "ollamux.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "server": {"port": port, "shutdown_grace": 5},
-        "backends": {"up": {"type": "openai", "url": f.url + "/v1"}},
-        "models": {"slow": {"backend": "up"}},
-        "request_log": {"path": str(tmp_path / "requests.sqlite")},
-        "metrics": {"backend_probe_interval": 0},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port, "shutdown_grace": 5},
+                "backends": {"up": {"type": "openai", "url": f.url + "/v1"}},
+                "models": {"slow": {"backend": "up"}},
+                "request_log": {"path": str(tmp_path / "requests.sqlite")},
+                "metrics": {"backend_probe_interval": 0},
+            }
+        )
+    )
     err = (tmp_path / "stderr.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "ollamux", "serve", "--config", str(cfg)], stderr=err)
     url = f"http://127.0.0.1:{port}"
@@ -576,8 +589,9 @@ def test_retry_after_parsing() -> None:
 
 
 def test_pick_prefers_healthy_untried_then_probes_after_cooldown() -> None:
-    s = parse_settings(one_backend("http://127.0.0.1:1", "http://127.0.0.1:2", breaker={"failures": 2,
-                                                                                         "cooldown": 0.05}), {})
+    s = parse_settings(
+        one_backend("http://127.0.0.1:1", "http://127.0.0.1:2", breaker={"failures": 2, "cooldown": 0.05}), {}
+    )
     backend = HTTPBackend(s.backends["up"], client=None)  # type: ignore[arg-type]
     r1, r2 = backend.replicas
     r1.in_flight = 3
@@ -637,8 +651,9 @@ def test_openai_api_failures_use_its_envelope_and_frames(
         assert "backend 'gone' cannot be reached" in err["message"] and err["type"] == "api_error"
         assert p.row("oa1")["status"] == 502
         # a 500 retried, then the stream dies after its first chunk: one error frame, no retry
-        r = c.post(p.url + "/v1/chat/completions", json={"model": "m", "stream": True, **body},
-                   headers={"x-request-id": "oa2"})
+        r = c.post(
+            p.url + "/v1/chat/completions", json={"model": "m", "stream": True, **body}, headers={"x-request-id": "oa2"}
+        )
     assert r.status_code == 200
     frames = [x[6:] for x in r.text.splitlines() if x.startswith("data: ")]
     assert "flaky-0" in frames[0]

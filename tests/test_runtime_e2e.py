@@ -40,8 +40,19 @@ def gguf() -> Path:
 @pytest.fixture(scope="module")
 def proxy(loop_thread: LoopThread, gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("runtime-e2e")
-    engine = [sys.executable, "-m", "ollamux.runtime.engine", "--model", str(gguf), "--port", "${PORT}",
-              "--ctx", "${CTX}", "--threads", "2"]
+    engine = [
+        sys.executable,
+        "-m",
+        "ollamux.runtime.engine",
+        "--model",
+        str(gguf),
+        "--port",
+        "${PORT}",
+        "--ctx",
+        "${CTX}",
+        "--threads",
+        "2",
+    ]
     config = {
         "runtime": {"max_running": 2},
         "models": {
@@ -145,12 +156,13 @@ def test_ttl_unloads_idle_model(proxy: Proxy, client: ollama.Client) -> None:
     wait_for(lambda: "smol-ttl:latest" not in proxy.ps(), 10, "the ttl to unload the model")
 
 
-def test_swap_under_max_running_1_never_cuts_a_stream(
-    loop_thread: LoopThread, gguf: Path, tmp_path: Path
-) -> None:
+def test_swap_under_max_running_1_never_cuts_a_stream(loop_thread: LoopThread, gguf: Path, tmp_path: Path) -> None:
     spec = {"gguf": str(gguf), "ctx": CTX, "threads": 2}
-    p = start_proxy(loop_thread, {"runtime": {"max_running": 1},
-                                  "models": {"smol-a": {"runtime": spec}, "smol-b": {"runtime": spec}}}, tmp_path)
+    p = start_proxy(
+        loop_thread,
+        {"runtime": {"max_running": 1}, "models": {"smol-a": {"runtime": spec}, "smol-b": {"runtime": spec}}},
+        tmp_path,
+    )
     client = ollama.Client(host=p.url, timeout=120)
     try:
         _swap(p, client)
@@ -162,7 +174,9 @@ def test_swap_under_max_running_1_never_cuts_a_stream(
 def _swap(proxy: Proxy, client: ollama.Client) -> None:
     n = 60
     stream = client.chat(
-        model="smol-a", stream=True, options={**FAST, "num_predict": n},
+        model="smol-a",
+        stream=True,
+        options={**FAST, "num_predict": n},
         messages=[{"role": "user", "content": "Count from one to two hundred in words."}],
     )
     it = iter(stream)
@@ -198,7 +212,9 @@ def test_crash_mid_stream_is_a_final_error_then_restart(proxy: Proxy, client: ol
     chat(client, "smollm2")
     pid = proxy.pid("smollm2:latest")
     stream = client.chat(
-        model="smollm2", stream=True, options={**FAST, "num_predict": 400},
+        model="smollm2",
+        stream=True,
+        options={**FAST, "num_predict": 400},
         messages=[{"role": "user", "content": "Write a long story about a cat."}],
     )
     with pytest.raises(ollama.ResponseError):
@@ -211,8 +227,14 @@ def test_crash_mid_stream_is_a_final_error_then_restart(proxy: Proxy, client: ol
 
 # ------------------------------------------------------------------------------------ Ollama API
 def test_chat_streamed_and_not(client: ollama.Client) -> None:
-    parts = list(client.chat(model="smollm2", messages=[{"role": "user", "content": "Hi!"}], stream=True,
-                             options={**FAST, "num_predict": 12}))
+    parts = list(
+        client.chat(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Hi!"}],
+            stream=True,
+            options={**FAST, "num_predict": 12},
+        )
+    )
     assert [p.done for p in parts].count(True) == 1 and parts[-1].done
     assert "".join(p.message.content or "" for p in parts).strip()
     assert parts[-1].prompt_eval_count and parts[-1].eval_count
@@ -261,9 +283,7 @@ def test_show_and_tags_read_the_gguf(client: ollama.Client) -> None:
     assert tags["smollm2:latest"].size == model_file().stat().st_size
 
 
-def test_start_failure_carries_log_lines_and_timeout_is_503(
-    loop_thread: LoopThread, tmp_path: Path
-) -> None:
+def test_start_failure_carries_log_lines_and_timeout_is_503(loop_thread: LoopThread, tmp_path: Path) -> None:
     py = sys.executable
     config = {
         "models": {
@@ -292,12 +312,16 @@ def oai(proxy: Proxy) -> Iterator[Any]:
 
 
 def test_openai_chat_streamed_and_not(oai: Any) -> None:
-    r = oai.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi!"}], max_tokens=6,
-                                    temperature=0)
+    r = oai.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi!"}], max_tokens=6, temperature=0
+    )
     assert r.choices[0].message.content and r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 6
-    chunks = list(oai.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi!"}],
-                                              max_tokens=6, temperature=0, stream=True))
+    chunks = list(
+        oai.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Hi!"}], max_tokens=6, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
@@ -307,9 +331,7 @@ def test_openai_embeddings(oai: Any) -> None:
     assert len(r.data) == 2 and len(r.data[0].embedding) == 576
 
 
-def test_models_dir_file_dropped_in_is_listed_and_chats(
-    loop_thread: LoopThread, gguf: Path, tmp_path: Path
-) -> None:
+def test_models_dir_file_dropped_in_is_listed_and_chats(loop_thread: LoopThread, gguf: Path, tmp_path: Path) -> None:
     from .runtime_helpers import link_into
 
     folder = tmp_path / "models"
@@ -321,13 +343,19 @@ def test_models_dir_file_dropped_in_is_listed_and_chats(
         link_into(folder, gguf)
         names = [m.model for m in c.list().models]
         assert names == ["smollm2-135m-instruct:q4_1"]
-        r = c.chat(model="smollm2-135m-instruct:q4_1", messages=[{"role": "user", "content": "Hi"}],
-                   options={**FAST, "num_predict": 4})
+        r = c.chat(
+            model="smollm2-135m-instruct:q4_1",
+            messages=[{"role": "user", "content": "Hi"}],
+            options={**FAST, "num_predict": 4},
+        )
         assert r.message.content and r.eval_count == 4
         s = c.show("smollm2-135m-instruct:q4_1")
         assert s.details and s.details.quantization_level == "Q4_1"
-        wait_for(lambda: bool(c.list().models[0].digest and len(c.list().models[0].digest or "") == 64), 30,
-                 "the sha256 digest")
+        wait_for(
+            lambda: bool(c.list().models[0].digest and len(c.list().models[0].digest or "") == 64),
+            30,
+            "the sha256 digest",
+        )
         (folder / gguf.name).unlink()
         assert [m.model for m in c.list().models] == []
         wait_for(lambda: not p.ps(), 10, "the removed model to stop")
@@ -343,21 +371,29 @@ def test_no_child_outlives_a_sigkilled_ollamux(gguf: Path, tmp_path: Path) -> No
     from .servers import free_port
 
     cfg = tmp_path / "ollamux.yaml"
-    cfg.write_text(json.dumps({
-        "runtime": {"log_dir": str(tmp_path / "logs")},
-        "request_log": {"path": str(tmp_path / "requests.sqlite")},
-        "models": {"smollm2": {"runtime": {"gguf": str(gguf), "ctx": CTX, "threads": 1}}},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "runtime": {"log_dir": str(tmp_path / "logs")},
+                "request_log": {"path": str(tmp_path / "requests.sqlite")},
+                "models": {"smollm2": {"runtime": {"gguf": str(gguf), "ctx": CTX, "threads": 1}}},
+            }
+        )
+    )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _answers(url), 30, "ollamux serve to listen")
         r = httpx.post(url + "/api/generate", json={"model": "smollm2"}, timeout=60)
         assert r.json()["done_reason"] == "load"
-        children = [int(p) for t in Path(f"/proc/{server.pid}/task").iterdir()
-                    for p in (t / "children").read_text().split()]
+        children = [
+            int(p) for t in Path(f"/proc/{server.pid}/task").iterdir() for p in (t / "children").read_text().split()
+        ]
         assert children
         server.kill()  # SIGKILL: no cleanup code runs in ollamux
         server.wait(10)

@@ -53,8 +53,13 @@ class Harness:
             "models": {name: {"runtime": {"ctx": 512, **spec}} for name, spec in models.items()},
         }
         settings = parse_settings(config, dict(os.environ))
-        m = ModelManager(settings, self.client, Registry(settings.models, settings.default_model), {},
-                         digest_cache=DigestCache(self.tmp / "cache" / "digests.json"))
+        m = ModelManager(
+            settings,
+            self.client,
+            Registry(settings.models, settings.default_model),
+            {},
+            digest_cache=DigestCache(self.tmp / "cache" / "digests.json"),
+        )
         self.managers.append(m)
         return m
 
@@ -254,9 +259,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     return seen
 
 
-async def test_rescan_reads_headers_off_the_loop_and_only_new_files(
-    h: Harness, reads: list[tuple[str, bool]]
-) -> None:
+async def test_rescan_reads_headers_off_the_loop_and_only_new_files(h: Harness, reads: list[tuple[str, bool]]) -> None:
     folder = h.tmp / "models"
     folder.mkdir()
     write_gguf(folder / "one.Q4_0.gguf", ctx=6000)

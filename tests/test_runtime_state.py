@@ -120,9 +120,18 @@ def _write_gguf(path: Path, kv: dict[str, object], tensors: list[list[int]]) -> 
 def test_gguf_header_and_capabilities(tmp_path: Path) -> None:
     chat = tmp_path / "Chat-1B.Q8_0.gguf"
     vocab = [f"tok{i}" for i in range(1000)]  # long arrays are skipped, not kept
-    _write_gguf(chat, {"general.architecture": "qwen2", "general.file_type": 7, "qwen2.context_length": 32768,
-                       "qwen2.embedding_length": 896, "tokenizer.ggml.tokens": vocab,
-                       "tokenizer.chat_template": "{% if tools %}...{% endif %}"}, [[896, 1000], [896]])
+    _write_gguf(
+        chat,
+        {
+            "general.architecture": "qwen2",
+            "general.file_type": 7,
+            "qwen2.context_length": 32768,
+            "qwen2.embedding_length": 896,
+            "tokenizer.ggml.tokens": vocab,
+            "tokenizer.chat_template": "{% if tools %}...{% endif %}",
+        },
+        [[896, 1000], [896]],
+    )
     info = read_gguf(chat)
     assert (info.architecture, info.quantization, info.context_length) == ("qwen2", "Q8_0", 32768)
     assert info.parameter_count == 896 * 1000 + 896 and info.pooling_type is None

@@ -41,24 +41,27 @@ def _load(url: str, worker: int, stop: threading.Event, completed: list[str], lo
                 time.sleep(0.01)  # the server is going away (or gone): keep trying until told to stop
 
 
-def test_sigterm_under_load_logs_every_completed_request(
-    fake_openai: tuple[FakeOpenAI, str], tmp_path: Path
-) -> None:
+def test_sigterm_under_load_logs_every_completed_request(fake_openai: tuple[FakeOpenAI, str], tmp_path: Path) -> None:
     port = free_port()
     db = tmp_path / "requests.sqlite"
     cfg = tmp_path / "ollamux.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "server": {"port": port, "shutdown_grace": 5},
-        "backends": {"fake": {"type": "openai", "url": f"{fake_openai[1]}/v1"}},
-        "models": {"fake-model": {"backend": "fake"}, "x-*": {"backend": "fake"}},
-        "request_log": {"path": str(db)},
-        "metrics": {"backend_probe_interval": 0},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port, "shutdown_grace": 5},
+                "backends": {"fake": {"type": "openai", "url": f"{fake_openai[1]}/v1"}},
+                "models": {"fake-model": {"backend": "fake"}, "x-*": {"backend": "fake"}},
+                "request_log": {"path": str(db)},
+                "metrics": {"backend_probe_interval": 0},
+            }
+        )
+    )
     err_path = tmp_path / "stderr.log"
     with err_path.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--log-format", "text"],
-            stdout=subprocess.DEVNULL, stderr=err,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
     url = f"http://127.0.0.1:{port}"
     stop = threading.Event()

@@ -178,8 +178,7 @@ def test_reader_filters_and_stats(log_factory: Callable[..., RequestLog]) -> Non
     rl.open()
     now = time.time()
     for i in range(10):
-        rl.request_finished(_rec(i, model_requested="a", started=now - 100 + i, prompt_tokens=1,
-                                 completion_tokens=2))
+        rl.request_finished(_rec(i, model_requested="a", started=now - 100 + i, prompt_tokens=1, completion_tokens=2))
     rl.request_finished(_rec(10, model_requested="b", status=502, error="boom", api="openai"))
     rl.request_finished(_rec(11, model_requested="b", status=499, abandoned=True))
     assert rl.flush()
@@ -226,8 +225,12 @@ def test_row_per_kind_of_ollama_request(logged: tuple[str, Path]) -> None:
         assert c.post("/api/chat", json=_chat("no-such-model", False)).status_code == 404
         r = c.post("/api/chat", json=_chat("x-midstream", True))
         assert r.status_code == 200 and '"error"' in r.text
-        assert c.post("/api/generate", json={"model": "fake-model", "prompt": "p", "raw": True,
-                                             "stream": False}).status_code == 200
+        assert (
+            c.post(
+                "/api/generate", json={"model": "fake-model", "prompt": "p", "raw": True, "stream": False}
+            ).status_code
+            == 200
+        )
         assert c.post("/api/embed", json={"model": "embed-model", "input": ["abcdefgh"]}).status_code == 200
     got = wait_rows(db, 7)
     by_model = {(g["route"], g["model_requested"]): g for g in got}
@@ -275,11 +278,19 @@ def test_capture_bodies_through_proxy(
     fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     db = tmp_path / "cap.sqlite"
-    url = start_proxy({**basic_config(fake_openai[1]),
-                       "request_log": {"path": str(db), "capture_bodies": True, "body_cap_bytes": 1000}})
+    url = start_proxy(
+        {
+            **basic_config(fake_openai[1]),
+            "request_log": {"path": str(db), "capture_bodies": True, "body_cap_bytes": 1000},
+        }
+    )
     with httpx.Client(base_url=url, timeout=10) as c:
-        assert c.post("/api/chat", json=_chat("fake-model", True),
-                      headers={"Authorization": "Bearer sk-client-secret"}).status_code == 200
+        assert (
+            c.post(
+                "/api/chat", json=_chat("fake-model", True), headers={"Authorization": "Bearer sk-client-secret"}
+            ).status_code
+            == 200
+        )
     got = wait_rows(db, 1)[0]
     assert json.loads(got["request_body"])["messages"] == [{"role": "user", "content": "hi"}]
     assert got["response_text"] == "Hello from the fake!"
@@ -305,16 +316,22 @@ def test_row_per_kind_of_openai_request(logged: tuple[str, Path]) -> None:
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     try:
         msgs: Any = [{"role": "user", "content": "hi"}]
-        chunks = list(client.chat.completions.create(
-            model="fake-model", messages=msgs, stream=True, stream_options={"include_usage": True},
-            extra_headers={"x-request-id": "oa-stream"},
-        ))
+        chunks = list(
+            client.chat.completions.create(
+                model="fake-model",
+                messages=msgs,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={"x-request-id": "oa-stream"},
+            )
+        )
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
         r = client.chat.completions.create(model="llama3.2", messages=msgs, extra_headers={"x-request-id": "oa-plain"})
         assert r.usage is not None and r.usage.prompt_tokens == 11
         with pytest.raises(openai.BadRequestError):
-            client.chat.completions.create(model="x-bad-request", messages=msgs,
-                                           extra_headers={"x-request-id": "oa-bad"})
+            client.chat.completions.create(
+                model="x-bad-request", messages=msgs, extra_headers={"x-request-id": "oa-bad"}
+            )
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=msgs, extra_headers={"x-request-id": "oa-404"})
         client.embeddings.create(model="embed-model", input=["abcdefgh"], extra_headers={"x-request-id": "oa-emb"})
@@ -351,8 +368,11 @@ def test_key_name_logged_never_the_key(
 ) -> None:
     db = tmp_path / "keys.sqlite"
     secret = "sk-team-alpha-0123456789"
-    cfg = {**basic_config(fake_openai[1]), "auth": {"keys": {"alpha": {"key": secret}}},
-           "request_log": {"path": str(db), "capture_bodies": True}}
+    cfg = {
+        **basic_config(fake_openai[1]),
+        "auth": {"keys": {"alpha": {"key": secret}}},
+        "request_log": {"path": str(db), "capture_bodies": True},
+    }
     url = start_proxy(cfg)
     with httpx.Client(base_url=url, timeout=10) as c:
         auth = {"Authorization": f"Bearer {secret}"}

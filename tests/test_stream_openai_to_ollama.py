@@ -29,14 +29,27 @@ TOOL_STREAM = sse(
     chunk({"role": "assistant", "content": None}),
     chunk({"reasoning_content": "thinking..."}),
     chunk({"content": "Let me check."}),
-    chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                           "function": {"name": "get_weather", "arguments": ""}}]}),
-    chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
-    chunk({"tool_calls": [{"index": 0, "function": {"arguments": " \"Paris\"}"}}]}),
-    chunk({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
-                           "function": {"name": "get_time", "arguments": "{}"}}]}),
-    chunk({}, "tool_calls", timings={"cache_n": 2, "prompt_n": 8, "prompt_ms": 1.5, "predicted_n": 9,
-                                     "predicted_ms": 3.25}),
+    chunk(
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+            ]
+        }
+    ),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+    chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' "Paris"}'}}]}),
+    chunk(
+        {
+            "tool_calls": [
+                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]
+        }
+    ),
+    chunk(
+        {},
+        "tool_calls",
+        timings={"cache_n": 2, "prompt_n": 8, "prompt_ms": 1.5, "predicted_n": 9, "predicted_ms": 3.25},
+    ),
     {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 9, "total_tokens": 19}},
     b"[DONE]",
 )
@@ -95,16 +108,21 @@ def test_think_false_drops_reasoning() -> None:
 
 
 def test_usage_after_finish_chunk_and_no_done_marker() -> None:
-    data = sse(chunk({"content": "a"}), chunk({}, "length"), {"choices": [], "usage": {"prompt_tokens": 3,
-                                                                                         "completion_tokens": 1}})
+    data = sse(
+        chunk({"content": "a"}),
+        chunk({}, "length"),
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+    )
     objs = run(data, [data])
     assert objs[-1]["done_reason"] == "length" and objs[-1]["eval_count"] == 1
     assert [o["done"] for o in objs] == [False, True]
 
 
 def test_timings_only_counts() -> None:
-    data = sse(chunk({"content": "a"}), chunk({}, "stop", timings={"cache_n": 1, "prompt_n": 4, "predicted_n": 2,
-                                                                   "prompt_ms": 1, "predicted_ms": 2}))
+    data = sse(
+        chunk({"content": "a"}),
+        chunk({}, "stop", timings={"cache_n": 1, "prompt_n": 4, "predicted_n": 2, "prompt_ms": 1, "predicted_ms": 2}),
+    )
     final = run(data, [data])[-1]
     assert final["prompt_eval_count"] == 5 and final["eval_count"] == 2
 
@@ -129,15 +147,28 @@ def test_generate_kind_uses_response_field() -> None:
 def _llama_cpp(i: int, content: Any, created: int = 1700000000, **choice: Any) -> bytes:
     """llama-server's key order and compact JSON: the events the fast path learns."""
     ch = {"finish_reason": None, "index": 0, "delta": {"content": content}, **choice}
-    return json.dumps({"choices": [ch], "created": created, "id": "chatcmpl-x", "model": "m",
-                       "system_fingerprint": "b1", "object": "chat.completion.chunk"},
-                      separators=(",", ":"), ensure_ascii=i % 2 == 0).encode()
+    return json.dumps(
+        {
+            "choices": [ch],
+            "created": created,
+            "id": "chatcmpl-x",
+            "model": "m",
+            "system_fingerprint": "b1",
+            "object": "chat.completion.chunk",
+        },
+        separators=(",", ":"),
+        ensure_ascii=i % 2 == 0,
+    ).encode()
 
 
 TRICKY = sse(
     chunk({"role": "assistant", "content": ""}),
-    *[_llama_cpp(i, t) for i, t in enumerate(["Hel", "lo", " \"quoted\"", "back\\slash", "é€", "\u2028sep",
-                                               "\n", "", "tab\t", "{\"content\":1}"])],
+    *[
+        _llama_cpp(i, t)
+        for i, t in enumerate(
+            ["Hel", "lo", ' "quoted"', "back\\slash", "é€", "\u2028sep", "\n", "", "tab\t", '{"content":1}']
+        )
+    ],
     _llama_cpp(20, "new second", created=1700000001),  # a new `created`: the learnt bytes no longer fit
     _llama_cpp(21, "again", created=1700000001),
     _llama_cpp(22, None),  # content null: no line
@@ -180,11 +211,26 @@ def _strip_times(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_batch_fast_path_equals_event_by_event() -> None:
     slow, tr_slow = _one_by_one(TRICKY)
     contents = [o["message"]["content"] for o in slow if o["message"]["content"]]
-    assert contents == ["Hel", "lo", " \"quoted\"", "back\\slash", "é€", "\u2028sep", "\n", "tab\t",
-                        "{\"content\":1}", "new second", "again", "x", "two", "a", "after", "tail"]
+    assert contents == [
+        "Hel",
+        "lo",
+        ' "quoted"',
+        "back\\slash",
+        "é€",
+        "\u2028sep",
+        "\n",
+        "tab\t",
+        '{"content":1}',
+        "new second",
+        "again",
+        "x",
+        "two",
+        "a",
+        "after",
+        "tail",
+    ]
     rng = random.Random(7)
-    for parts in ([TRICKY], [TRICKY[i : i + 1] for i in range(len(TRICKY))],
-                  *[_cut(TRICKY, rng) for _ in range(200)]):
+    for parts in ([TRICKY], [TRICKY[i : i + 1] for i in range(len(TRICKY))], *[_cut(TRICKY, rng) for _ in range(200)]):
         fast, tr_fast = _batched(TRICKY, parts)
         assert _strip_times(fast) == _strip_times(slow)
         assert tr_fast.text_parts == tr_slow.text_parts and tr_fast.usage == tr_slow.usage
@@ -234,8 +280,13 @@ def test_batch_event_that_is_not_json_is_a_502() -> None:
 def test_batch_generate_and_raw_kinds() -> None:
     gen = sse(*[_llama_cpp(i, f"w{i}") for i in range(6)], b"[DONE]")
     assert _strip_times(_batched(gen, [gen], "generate")[0]) == _strip_times(_one_by_one(gen, "generate")[0])
-    raw = sse(*[{"choices": [{"index": 0, "text": f"r{i}", "finish_reason": None}], "id": "c", "created": 1}
-                for i in range(6)], b"[DONE]")
+    raw = sse(
+        *[
+            {"choices": [{"index": 0, "text": f"r{i}", "finish_reason": None}], "id": "c", "created": 1}
+            for i in range(6)
+        ],
+        b"[DONE]",
+    )
     fast, _ = _batched(raw, [raw], "raw")
     assert "".join(o["response"] for o in fast) == "r0r1r2r3r4r5"
     assert _strip_times(fast) == _strip_times(_one_by_one(raw, "raw")[0])

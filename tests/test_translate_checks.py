@@ -17,8 +17,12 @@ def test_absent_null_and_right_type_pass() -> None:
 
 @pytest.mark.parametrize(
     ("value", "kind", "said"),
-    [(5, str, "an integer, not a string"), ("oops", dict, "a string, not an object"),
-     ([1], dict, "an array, not an object"), (True, list, "a boolean, not an array")],
+    [
+        (5, str, "an integer, not a string"),
+        ("oops", dict, "a string, not an object"),
+        ([1], dict, "an array, not an object"),
+        (True, list, "a boolean, not an array"),
+    ],
 )
 def test_a_wrong_type_is_a_502_naming_the_field(value: object, kind: type, said: str) -> None:
     with pytest.raises(UpstreamError) as info:
@@ -29,4 +33,10 @@ def test_a_wrong_type_is_a_502_naming_the_field(value: object, kind: type, said:
 
 def test_json_type_names() -> None:
     assert [json_type(v) for v in ({}, [], "", 1, 1.5, None)] == [
-        "an object", "an array", "a string", "an integer", "a number", "null"]
+        "an object",
+        "an array",
+        "a string",
+        "an integer",
+        "a number",
+        "null",
+    ]

@@ -45,14 +45,27 @@ def test_vector_1_defaults() -> None:
 
 def test_vector_2_options() -> None:
     body = {
-        "model": "m", "messages": [{"role": "user", "content": "Hello"}], "stream": True, "max_tokens": 999,
-        "seed": 123, "stop": ["\n", "stop"], "temperature": 3.0, "frequency_penalty": 4.0,
-        "presence_penalty": 5.0, "top_p": 6.0, "response_format": {"type": "json_object"},
+        "model": "m",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "stream": True,
+        "max_tokens": 999,
+        "seed": 123,
+        "stop": ["\n", "stop"],
+        "temperature": 3.0,
+        "frequency_penalty": 4.0,
+        "presence_penalty": 5.0,
+        "top_p": 6.0,
+        "response_format": {"type": "json_object"},
     }
     req = to_ollama.chat_request(body, "m")
     assert req["options"] == {
-        "num_predict": 999, "seed": 123, "stop": ["\n", "stop"], "temperature": 3.0,
-        "frequency_penalty": 4.0, "presence_penalty": 5.0, "top_p": 6.0,
+        "num_predict": 999,
+        "seed": 123,
+        "stop": ["\n", "stop"],
+        "temperature": 3.0,
+        "frequency_penalty": 4.0,
+        "presence_penalty": 5.0,
+        "top_p": 6.0,
     }
     assert req["format"] == "json" and req["stream"] is True
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
@@ -61,8 +74,10 @@ def test_vector_2_options() -> None:
 
 
 def test_vector_3_content_parts_become_messages() -> None:
-    content = [{"type": "text", "text": "Hello"},
-               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}]
+    content = [
+        {"type": "text", "text": "Hello"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+    ]
     req = to_ollama.chat_request({"messages": [{"role": "user", "content": content}]}, "m")
     assert req["messages"] == [
         {"role": "user", "content": "Hello"},
@@ -85,19 +100,29 @@ def test_image_url_errors(url: str, message: str) -> None:
 
 
 def test_vector_4_5_6_tool_history() -> None:
-    args = "{\"location\": \"Paris, France\", \"format\": \"celsius\"}"
+    args = '{"location": "Paris, France", "format": "celsius"}'
     messages = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "reasoning": "Let's see...", "tool_calls": [
-            {"id": "id_abc", "type": "function", "function": {"name": "get_current_weather", "arguments": args}}]},
+        {
+            "role": "assistant",
+            "reasoning": "Let's see...",
+            "tool_calls": [
+                {"id": "id_abc", "type": "function", "function": {"name": "get_current_weather", "arguments": args}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "id_abc", "content": "sunny"},
     ]
     req = to_ollama.chat_request({"messages": messages}, "m")
     assistant, tool = req["messages"][1], req["messages"][2]
     assert assistant["thinking"] == "Let's see..."
     assert assistant["tool_calls"] == [
-        {"id": "id_abc", "function": {"name": "get_current_weather",
-                                      "arguments": {"location": "Paris, France", "format": "celsius"}}}
+        {
+            "id": "id_abc",
+            "function": {
+                "name": "get_current_weather",
+                "arguments": {"location": "Paris, France", "format": "celsius"},
+            },
+        }
     ]
     assert tool == {"role": "tool", "content": "sunny", "tool_name": "get_current_weather", "tool_call_id": "id_abc"}
     messages[1]["tool_calls"][0]["function"]["arguments"] = "{not json"  # type: ignore[index]
@@ -110,8 +135,12 @@ def test_vector_7_content_type() -> None:
         to_ollama.chat_request({"messages": [{"role": "user", "content": 2}]}, "m")
     assert info.value.status == 400
     assert orjson.loads(info.value.openai_body()) == {
-        "error": {"message": "invalid message content type: float64", "type": "invalid_request_error",
-                  "param": None, "code": None}
+        "error": {
+            "message": "invalid message content type: float64",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
     }
     with pytest.raises(BadRequest, match=r"\[\] is too short - 'messages'"):
         to_ollama.chat_request({"messages": []}, "m")
@@ -121,8 +150,13 @@ def test_vector_8_completions() -> None:
     req = to_ollama.completion_request(
         {"prompt": "Hello", "temperature": 0.8, "stop": ["\n", "stop"], "suffix": "suffix"}, "m"
     )
-    assert req["options"] == {"frequency_penalty": 0.0, "presence_penalty": 0.0, "temperature": 0.8,
-                              "top_p": 1.0, "stop": ["\n", "stop"]}
+    assert req["options"] == {
+        "frequency_penalty": 0.0,
+        "presence_penalty": 0.0,
+        "temperature": 0.8,
+        "top_p": 1.0,
+        "stop": ["\n", "stop"],
+    }
     assert req["suffix"] == "suffix" and "raw" not in req
     assert to_ollama.completion_request({"prompt": "Hi"}, "m")["raw"] is True
     with pytest.raises(BadRequest, match="invalid type for 'stop' field: float64"):
@@ -133,8 +167,11 @@ def test_vector_8_completions() -> None:
 
 def test_vector_9_embeddings() -> None:
     assert to_ollama.embed_request({"input": ["Hello", "World"]}, "m") == {"model": "m", "input": ["Hello", "World"]}
-    assert to_ollama.embed_request({"input": "", "dimensions": 2}, "m") == {"model": "m", "input": [""],
-                                                                           "dimensions": 2}
+    assert to_ollama.embed_request({"input": "", "dimensions": 2}, "m") == {
+        "model": "m",
+        "input": [""],
+        "dimensions": 2,
+    }
     for bad in ({}, {"input": []}, {"input": [1, 2]}):
         with pytest.raises(BadRequest, match="invalid input"):
             to_ollama.embed_request(bad, "m")
@@ -144,8 +181,9 @@ def test_vector_9_embeddings() -> None:
 
 def test_vector_18_reasoning_effort() -> None:
     def think(effort: str) -> Any:
-        return to_ollama.chat_request({"messages": [{"role": "user", "content": "x"}], "reasoning_effort": effort},
-                                      "m").get("think")
+        return to_ollama.chat_request(
+            {"messages": [{"role": "user", "content": "x"}], "reasoning_effort": effort}, "m"
+        ).get("think")
 
     assert think("minimal") == "low" and think("high") == "high"
     assert think("xhigh") == "max" and think("ultra") == "max"
@@ -160,28 +198,52 @@ def test_vector_18_reasoning_effort() -> None:
 # ------------------------------------------------------------------------------------ responses
 def test_vectors_12_13_usage_and_tool_calls() -> None:
     assert from_ollama.usage({"prompt_eval_count": 10, "eval_count": 20}) == {
-        "prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "total_tokens": 30,
+    }
     fn = {"index": 2, "name": "get_weather", "arguments": {"location": "Seattle"}}
     calls = [{"id": "call_abc123", "function": fn}]
     assert from_ollama.openai_tool_calls(calls) == [
-        {"id": "call_abc123", "index": 2, "type": "function",
-         "function": {"name": "get_weather", "arguments": "{\"location\":\"Seattle\"}"}}
+        {
+            "id": "call_abc123",
+            "index": 2,
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"location":"Seattle"}'},
+        }
     ]
 
 
 @pytest.mark.parametrize(
     ("reason", "called", "expected"),
-    [("stop", False, "stop"), ("length", False, "length"), ("stop", True, "tool_calls"), ("length", True, "length"),
-     ("", False, "stop"), ("unload", False, "unload"), ("unload", True, "unload")],
+    [
+        ("stop", False, "stop"),
+        ("length", False, "length"),
+        ("stop", True, "tool_calls"),
+        ("length", True, "length"),
+        ("", False, "stop"),
+        ("unload", False, "unload"),
+        ("unload", True, "unload"),
+    ],
 )
 def test_vector_14_finish_reason(reason: str, called: bool, expected: str) -> None:
     assert from_ollama.finish_reason(reason, called) == expected
 
 
 def test_vector_15_chat_completion() -> None:
-    native = {"model": "m", "message": {"role": "assistant", "content": "", "thinking": "hmm",
-                                        "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
-              "done": True, "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 4}
+    native = {
+        "model": "m",
+        "message": {
+            "role": "assistant",
+            "content": "",
+            "thinking": "hmm",
+            "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}],
+        },
+        "done": True,
+        "done_reason": "stop",
+        "prompt_eval_count": 3,
+        "eval_count": 4,
+    }
     out = from_ollama.chat_completion(native, "client-name", id="chatcmpl-1", created=5)
     choice = out["choices"][0]
     assert out["model"] == "client-name" and out["object"] == "chat.completion"
@@ -203,8 +265,9 @@ def test_embeddings_base64_is_float32_le() -> None:
 def test_vector_10_models() -> None:
     obj = from_ollama.model_object("test-model", 1686935002, "library")
     assert from_ollama.models_list([obj]) == {
-        "object": "list", "data": [{"id": "test-model", "object": "model", "created": 1686935002,
-                                    "owned_by": "library"}]}
+        "object": "list",
+        "data": [{"id": "test-model", "object": "model", "created": 1686935002, "owned_by": "library"}],
+    }
 
 
 # --------------------------------------------------------------------------------------- streams
@@ -219,15 +282,27 @@ def _stream(include_usage: bool = True, kind: Any = "chat") -> OllamaToOpenAIStr
 def test_vector_16_content_finish_usage_done() -> None:
     s = _stream()
     out = s.feed(_line({"message": {"role": "assistant", "content": "Hi"}, "done": False}))
-    out += s.feed(_line({"message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
-                         "prompt_eval_count": 3, "eval_count": 1}))
+    out += s.feed(
+        _line(
+            {
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 3,
+                "eval_count": 1,
+            }
+        )
+    )
     out += s.finish()
     got = frames(out)
     assert len(got) == 4
     assert got[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hi"}
     assert got[1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
-    assert got[2]["choices"] == [] and got[2]["usage"] == {"prompt_tokens": 3, "completion_tokens": 1,
-                                                           "total_tokens": 4}
+    assert got[2]["choices"] == [] and got[2]["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "total_tokens": 4,
+    }
     assert got[3] == "[DONE]" and out.endswith(DONE)
     assert all(f["created"] == 7 and f["id"] == "chatcmpl-1" and f["model"] == "client" for f in got[:3])
 
@@ -265,8 +340,10 @@ def test_stream_tool_calls_finish_as_tool_calls() -> None:
 
 def test_stream_completion_kind() -> None:
     s = _stream(kind="completion")
-    out = s.feed(_line({"response": "Once", "done": False}) + _line({"response": "", "done": True,
-                                                                   "done_reason": "stop", "eval_count": 1}))
+    out = s.feed(
+        _line({"response": "Once", "done": False})
+        + _line({"response": "", "done": True, "done_reason": "stop", "eval_count": 1})
+    )
     got = frames(out + s.finish())
     assert got[0]["object"] == "text_completion" and got[0]["choices"][0]["text"] == "Once"
     assert got[1]["choices"][0]["finish_reason"] == "stop" and got[2]["usage"]["completion_tokens"] == 1
@@ -285,12 +362,31 @@ def test_stream_errors() -> None:
 
 
 NATIVE_STREAM = b"".join(
-    [_line({"model": "up", "message": {"role": "assistant", "content": "", "thinking": "Let me"}, "done": False}),
-     _line({"model": "up", "message": {"role": "assistant", "content": "Héllo \u2028 wörld"}, "done": False}),
-     _line({"model": "up", "message": {"role": "assistant", "content": "", "tool_calls": [
-         {"function": {"name": "f", "arguments": {"k": "v"}}}]}, "done": False}),
-     _line({"model": "up", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop",
-            "prompt_eval_count": 5, "eval_count": 6})]
+    [
+        _line({"model": "up", "message": {"role": "assistant", "content": "", "thinking": "Let me"}, "done": False}),
+        _line({"model": "up", "message": {"role": "assistant", "content": "Héllo \u2028 wörld"}, "done": False}),
+        _line(
+            {
+                "model": "up",
+                "message": {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "f", "arguments": {"k": "v"}}}],
+                },
+                "done": False,
+            }
+        ),
+        _line(
+            {
+                "model": "up",
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 5,
+                "eval_count": 6,
+            }
+        ),
+    ]
 )
 
 

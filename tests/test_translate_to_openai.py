@@ -12,8 +12,12 @@ from ollamux.translate.images import sniff_mime
 def test_openai_dialect_drops_extended_sampling() -> None:
     opts = {"num_predict": -1, "top_k": 5, "min_p": 0.1, "repeat_penalty": 1.2, "temperature": 0.5, "seed": -1}
     assert to_openai.sampling_params(opts, "openai") == {"temperature": 0.5}
-    assert to_openai.sampling_params(opts, "vllm") == {"temperature": 0.5, "top_k": 5, "min_p": 0.1,
-                                                      "repetition_penalty": 1.2}
+    assert to_openai.sampling_params(opts, "vllm") == {
+        "temperature": 0.5,
+        "top_k": 5,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+    }
 
 
 def test_option_type_errors() -> None:
@@ -28,15 +32,20 @@ def test_option_type_errors() -> None:
     [
         (True, {"chat_template_kwargs": {"enable_thinking": True}}),
         (False, {"chat_template_kwargs": {"enable_thinking": False}}),
-        ("high", {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": "high"},
-                  "reasoning_effort": "high"}),
-        ("max", {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": "high"},
-                 "reasoning_effort": "high"}),
+        (
+            "high",
+            {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": "high"}, "reasoning_effort": "high"},
+        ),
+        (
+            "max",
+            {"chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": "high"}, "reasoning_effort": "high"},
+        ),
     ],
 )
 def test_think(think: object, expected: dict[str, object]) -> None:
-    body = to_openai.chat_request({"messages": [{"role": "user", "content": "x"}], "think": think}, "m",
-                                  stream=False, dialect="llama.cpp")
+    body = to_openai.chat_request(
+        {"messages": [{"role": "user", "content": "x"}], "think": think}, "m", stream=False, dialect="llama.cpp"
+    )
     for k, v in expected.items():
         assert body[k] == v
 
@@ -51,25 +60,31 @@ def test_bad_think_and_format() -> None:
 
 def test_content_must_be_string_and_roles_known() -> None:
     with pytest.raises(BadRequest, match="content must be a string"):
-        to_openai.chat_request({"messages": [{"role": "user", "content": ["a"]}]}, "m", stream=False,
-                               dialect="llama.cpp")
+        to_openai.chat_request(
+            {"messages": [{"role": "user", "content": ["a"]}]}, "m", stream=False, dialect="llama.cpp"
+        )
     with pytest.raises(BadRequest, match="role"):
-        to_openai.chat_request({"messages": [{"role": "wizard", "content": "a"}]}, "m", stream=False,
-                               dialect="llama.cpp")
+        to_openai.chat_request(
+            {"messages": [{"role": "wizard", "content": "a"}]}, "m", stream=False, dialect="llama.cpp"
+        )
 
 
 def test_tool_results_pair_by_id_then_name_then_order() -> None:
     msgs = [
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "A", "function": {"name": "f", "arguments": {"x": 1}}},
-            {"function": {"name": "g", "arguments": "{\"y\":2}"}},
-        ]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "A", "function": {"name": "f", "arguments": {"x": 1}}},
+                {"function": {"name": "g", "arguments": '{"y":2}'}},
+            ],
+        },
         {"role": "tool", "tool_name": "g", "content": "g-result"},
         {"role": "tool", "content": "f-result"},
     ]
     body = to_openai.chat_request({"messages": msgs}, "m", stream=False, dialect="llama.cpp")
     calls = body["messages"][0]["tool_calls"]
-    assert calls[0]["id"] == "A" and calls[1]["function"]["arguments"] == "{\"y\":2}"
+    assert calls[0]["id"] == "A" and calls[1]["function"]["arguments"] == '{"y":2}'
     assert body["messages"][0]["content"] is None
     assert body["messages"][1]["tool_call_id"] == calls[1]["id"]
     assert body["messages"][2]["tool_call_id"] == "A"
@@ -82,8 +97,18 @@ def test_stream_requests_usage() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(None, None), (0, 0.0), ("0", 0.0), (-1, -1.0), ("5m", 300.0), ("1h30m", 5400.0), ("-1s", -1.0),
-     (1800, 1800.0), ("2.5s", 2.5), ("300ms", 0.3)],
+    [
+        (None, None),
+        (0, 0.0),
+        ("0", 0.0),
+        (-1, -1.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("-1s", -1.0),
+        (1800, 1800.0),
+        ("2.5s", 2.5),
+        ("300ms", 0.3),
+    ],
 )
 def test_keep_alive(value: object, seconds: float | None) -> None:
     assert to_openai.parse_keep_alive(value) == seconds
@@ -104,8 +129,12 @@ def test_mime_sniffing() -> None:
 
 def test_bad_image_is_400() -> None:
     with pytest.raises(BadRequest, match="base64"):
-        to_openai.chat_request({"messages": [{"role": "user", "content": "x", "images": ["!!notb64!!"]}]}, "m",
-                               stream=False, dialect="llama.cpp")
+        to_openai.chat_request(
+            {"messages": [{"role": "user", "content": "x", "images": ["!!notb64!!"]}]},
+            "m",
+            stream=False,
+            dialect="llama.cpp",
+        )
 
 
 def test_embed_inputs() -> None:

@@ -156,9 +156,7 @@ def show_body(entry: ModelEntry, meta: ModelMeta, *, requested: str, user_agent:
     return body
 
 
-def ps_item(
-    entry: ModelEntry, meta: ModelMeta, *, expires_at: float, context_length: int, size: int
-) -> dict[str, Any]:
+def ps_item(entry: ModelEntry, meta: ModelMeta, *, expires_at: float, context_length: int, size: int) -> dict[str, Any]:
     return {
         "name": entry.name,
         "model": entry.name,

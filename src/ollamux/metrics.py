@@ -76,8 +76,11 @@ class Metrics:
             "ollamux_backend_up", "1 if the backend answered its last reachability probe", ("backend",), registry=r
         )
         self.model_load = Histogram(
-            "ollamux_model_load_seconds", "Time a managed model took to become ready", ("model",),
-            buckets=LOAD_BUCKETS, registry=r,
+            "ollamux_model_load_seconds",
+            "Time a managed model took to become ready",
+            ("model",),
+            buckets=LOAD_BUCKETS,
+            registry=r,
         )
         info = Gauge("ollamux_build_info", "The running ollamux version", ("version",), registry=r)
         info.labels(version).set(1)
@@ -117,8 +120,10 @@ class Metrics:
 
     def _collect_requests(self) -> Iterator[Metric]:
         # list() copies atomically under the GIL: the loop may add a series while a scrape runs
-        snapshot = [(k, s.count, list(s.lat), s.lat_sum, list(s.ttft), s.ttft_sum, s.prompt, s.completion)
-                    for k, s in list(self._series.items())]
+        snapshot = [
+            (k, s.count, list(s.lat), s.lat_sum, list(s.ttft), s.ttft_sum, s.prompt, s.completion)
+            for k, s in list(self._series.items())
+        ]
         requests = CounterMetricFamily(
             "ollamux_requests", "API requests by outcome", labels=("api", "route", "model", "backend", "status")
         )
@@ -138,10 +143,18 @@ class Metrics:
             completion[(model, backend)] = completion.get((model, backend), 0) + ct
         yield requests
         for name, doc, bounds, agg in (
-            ("ollamux_request_duration_seconds", "Total request time, to the last byte of a stream",
-             LATENCY_BUCKETS, lat_h),
-            ("ollamux_time_to_first_token_seconds", "Time from the request to the first generated token",
-             TTFT_BUCKETS, ttft_h),
+            (
+                "ollamux_request_duration_seconds",
+                "Total request time, to the last byte of a stream",
+                LATENCY_BUCKETS,
+                lat_h,
+            ),
+            (
+                "ollamux_time_to_first_token_seconds",
+                "Time from the request to the first generated token",
+                TTFT_BUCKETS,
+                ttft_h,
+            ),
         ):
             fam = HistogramMetricFamily(name, doc, labels=hist_labels)
             for labels, (per_bucket, acc_sum) in agg.items():

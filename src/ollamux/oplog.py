@@ -134,10 +134,18 @@ class RequestLines:
         self.log.log(
             level,
             "%s %s %s -> %s in %.1f ms%s",
-            rec.api, rec.method, rec.route, rec.status, rec.latency_s * 1000,
+            rec.api,
+            rec.method,
+            rec.route,
+            rec.status,
+            rec.latency_s * 1000,
             f": {rec.error}" if rec.error else "",
             extra={
-                "request_id": rec.id, "model": rec.model_requested, "backend": rec.backend, "status": rec.status,
-                "client": rec.client, "abandoned": rec.abandoned,
+                "request_id": rec.id,
+                "model": rec.model_requested,
+                "backend": rec.backend,
+                "status": rec.status,
+                "client": rec.client,
+                "abandoned": rec.abandoned,
             },
         )

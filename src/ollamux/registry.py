@@ -17,6 +17,7 @@ from .names import display_name, normalize_name, strip_latest
 
 __all__ = ["ModelEntry", "Registry", "Route", "display_name", "normalize_name"]
 
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One servable model, from config, discovery or a models folder."""
@@ -107,8 +108,11 @@ class Registry:
                 # Open WebUI appends ':latest' to untagged names; the upstream never heard of that tag.
                 upstream = m.upstream or strip_latest(name.strip())
                 entry = ModelEntry(
-                    name=display_name(name.strip()), backend=m.backend, upstream=upstream,
-                    source="wildcard", settings=m,
+                    name=display_name(name.strip()),
+                    backend=m.backend,
+                    upstream=upstream,
+                    source="wildcard",
+                    settings=m,
                 )
                 return Route(requested_as, entry, upstream)
         raise ModelNotFound(name)

@@ -93,16 +93,26 @@ class Flaky:
         behaviour = self.plan.pop(0) if self.plan else self.default
         if behaviour != "ok":
             return await self._fail(request, behaviour)
-        return web.json_response({"object": "list", "data": [{"index": 0, "embedding": [3.0, 4.0]}],
-                                  "model": body.get("model"), "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"index": 0, "embedding": [3.0, 4.0]}],
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
 
     async def _fail(self, request: web.Request, behaviour: str) -> web.StreamResponse:
         if behaviour == "500":
-            return web.json_response({"error": {"message": f"{self.name} exploded", "type": "server_error"}},
-                                     status=500)
+            return web.json_response(
+                {"error": {"message": f"{self.name} exploded", "type": "server_error"}}, status=500
+            )
         if behaviour.startswith("429"):
-            return web.json_response({"error": {"message": "slow down", "type": "rate_limit_error"}}, status=429,
-                                     headers={"Retry-After": behaviour.split(":", 1)[1]})
+            return web.json_response(
+                {"error": {"message": "slow down", "type": "rate_limit_error"}},
+                status=429,
+                headers={"Retry-After": behaviour.split(":", 1)[1]},
+            )
         if behaviour == "hang":
             await asyncio.sleep(60)
         if behaviour == "garbage":
@@ -118,12 +128,22 @@ class Flaky:
             return await self._fail(request, behaviour)
         model = body.get("model")
         if not body.get("stream"):
-            return web.json_response({
-                "id": "c1", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"hi from {self.name}"},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
-            })
+            return web.json_response(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": f"hi from {self.name}"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+                }
+            )
         self._transports.add(request.transport)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         try:
@@ -132,8 +152,13 @@ class Flaky:
                 if i and self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 delta = {"content": f"{self.name}-{i} "}
-                frame = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                         "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                frame = {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                }
                 await resp.write(b"data: " + json.dumps(frame).encode() + b"\n\n")
                 if behaviour == "stall":
                     await asyncio.sleep(60)
@@ -141,8 +166,13 @@ class Flaky:
                     assert request.transport is not None
                     request.transport.abort()
                     return resp
-            last = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            last = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
             await resp.write(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
             await resp.write_eof()
             self.completed += 1

@@ -57,8 +57,14 @@ PAUSE = 0.05  # seconds between a stream's first token and the rest
 _BLOCK = b"x" * MIB  # the one piece every huge answer is made of
 CREATED = "2025-07-07T20:22:19.184789123Z"
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
-COUNTS = {"prompt_eval_count": 5, "eval_count": 2, "total_duration": 1000, "load_duration": 1,
-          "prompt_eval_duration": 1, "eval_duration": 1}
+COUNTS = {
+    "prompt_eval_count": 5,
+    "eval_count": 2,
+    "total_duration": 1000,
+    "load_duration": 1,
+    "prompt_eval_duration": 1,
+    "eval_duration": 1,
+}
 
 
 def _dumps(obj: Any) -> bytes:
@@ -76,7 +82,7 @@ def ndjson(obj: Any) -> bytes:
 def _size(model: str, prefix: str) -> int | None:
     if not model.startswith(prefix):
         return None
-    return int(model[len(prefix):])
+    return int(model[len(prefix) :])
 
 
 async def _flush(resp: web.StreamResponse, buf: bytearray) -> None:
@@ -165,14 +171,35 @@ class Hostile(Recorder):
         return web.json_response({"version": "0.12.0"})
 
     async def tags(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [{"name": "ok:latest", "model": "ok:latest", "size": 1,
-                                              "digest": "ab" * 32, "modified_at": CREATED, "details": {}}]})
+        return web.json_response(
+            {
+                "models": [
+                    {
+                        "name": "ok:latest",
+                        "model": "ok:latest",
+                        "size": 1,
+                        "digest": "ab" * 32,
+                        "modified_at": CREATED,
+                        "details": {},
+                    }
+                ]
+            }
+        )
 
     async def show(self, request: web.Request) -> web.Response:
         body = await self._capture(request)
-        return web.json_response({"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
-                                  "details": {"family": "llama"}, "model_info": {}, "capabilities": ["completion"],
-                                  "modified_at": CREATED, "model": body.get("model")})
+        return web.json_response(
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "details": {"family": "llama"},
+                "model_info": {},
+                "capabilities": ["completion"],
+                "modified_at": CREATED,
+                "model": body.get("model"),
+            }
+        )
 
     # ------------------------------------------------------------------------- OpenAI: chat
     async def oa_chat(self, request: web.Request) -> web.StreamResponse:
@@ -182,17 +209,27 @@ class Hostile(Recorder):
             return refusal
 
         def chunk(delta: Any, finish: str | None = None) -> dict[str, Any]:
-            return {"id": "chatcmpl-h", "object": "chat.completion.chunk", "created": 1, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return {
+                "id": "chatcmpl-h",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
 
         if not stream:
             size = _size(model, "huge-body-")
             if size is not None:
                 return await self._huge_body(request, _openai_huge_body(model, size))
             message: Any = {"role": "assistant", "content": "".join(TOKENS)}
-            answer: dict[str, Any] = {"id": "chatcmpl-h", "object": "chat.completion", "created": 1, "model": model,
-                                      "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                                      "usage": USAGE}
+            answer: dict[str, Any] = {
+                "id": "chatcmpl-h",
+                "object": "chat.completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": USAGE,
+            }
             if model == "choices-int":
                 answer["choices"] = 5
             elif model == "choice-str":
@@ -248,8 +285,13 @@ class Hostile(Recorder):
             return refusal
 
         def choice(text: Any, finish: str | None = None) -> dict[str, Any]:
-            return {"id": "cmpl-h", "object": "text_completion", "created": 1, "model": model,
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+            return {
+                "id": "cmpl-h",
+                "object": "text_completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+            }
 
         if not stream:
             answer = {**choice("".join(TOKENS), "stop"), "usage": USAGE}
@@ -288,8 +330,14 @@ class Hostile(Recorder):
         data: Any = [{"object": "embedding", "index": 0, "embedding": [3.0, 4.0]}]
         if model == "data-int":
             data = 5
-        return web.json_response({"object": "list", "data": data, "model": model,
-                                  "usage": "x" if model == "usage-str" else {"prompt_tokens": 1, "total_tokens": 1}})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": "x" if model == "usage-str" else {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
 
     # --------------------------------------------------------------------------- Ollama: chat
     async def ol_chat(self, request: web.Request) -> web.StreamResponse:
@@ -299,8 +347,13 @@ class Hostile(Recorder):
         if refusal is not None:
             return refusal
         head = {"model": body.get("model"), "created_at": CREATED}
-        final: dict[str, Any] = {**head, "message": {"role": "assistant", "content": ""}, "done": True,
-                                 "done_reason": "stop", **COUNTS}
+        final: dict[str, Any] = {
+            **head,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            **COUNTS,
+        }
         if model == "usage-str":
             final.update(prompt_eval_count="x", eval_count="x")
         if not stream:
@@ -379,8 +432,13 @@ class Hostile(Recorder):
         if refusal is not None:
             return refusal
         embeddings: Any = 5 if model == "data-int" else [[0.6, 0.8]]
-        return web.json_response({"model": body.get("model"), "embeddings": embeddings,
-                                  "prompt_eval_count": "x" if model == "usage-str" else 1})
+        return web.json_response(
+            {
+                "model": body.get("model"),
+                "embeddings": embeddings,
+                "prompt_eval_count": "x" if model == "usage-str" else 1,
+            }
+        )
 
 
 async def _openai_huge_body(model: str, size: int) -> AsyncIterator[bytes]:

@@ -32,10 +32,18 @@ METRICS = {
     "eval_count": 3,
     "eval_duration": 2_000_000,
 }
-TOOL_CALL = {"id": "call_x1y2z3w4", "function": {"index": 0, "name": "get_weather",
-                                                 "arguments": {"city": "Tokyo", "unit": "c"}}}
-DETAILS = {"parent_model": "", "format": "gguf", "family": "qwen3", "families": ["qwen3"],
-           "parameter_size": "8.2B", "quantization_level": "Q4_K_M"}
+TOOL_CALL = {
+    "id": "call_x1y2z3w4",
+    "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Tokyo", "unit": "c"}},
+}
+DETAILS = {
+    "parent_model": "",
+    "format": "gguf",
+    "family": "qwen3",
+    "families": ["qwen3"],
+    "parameter_size": "8.2B",
+    "quantization_level": "Q4_K_M",
+}
 
 
 def line(obj: Any) -> bytes:
@@ -69,32 +77,62 @@ class FakeOllama(Recorder):
     async def tags(self, request: web.Request) -> web.Response:
         self.requests.append(Captured(request.path, dict(request.headers), b""))
         items = [
-            {"name": m, "model": m, "modified_at": "2025-05-10T08:06:48.639712648-07:00", "size": 5_000_000_000,
-             "digest": "ab" * 32, "details": DETAILS}
+            {
+                "name": m,
+                "model": m,
+                "modified_at": "2025-05-10T08:06:48.639712648-07:00",
+                "size": 5_000_000_000,
+                "digest": "ab" * 32,
+                "details": DETAILS,
+            }
             for m in self.models
         ]
         return web.json_response({"models": items})
 
     async def ps(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [
-            {"name": "qwen3:latest", "model": "qwen3:latest", "size": 6_000_000_000, "digest": "ab" * 32,
-             "details": DETAILS, "expires_at": "2099-01-01T00:00:00Z", "size_vram": 6_000_000_000,
-             "context_length": 40960},
-            {"name": "not-ours:latest", "model": "not-ours:latest", "size": 1, "digest": "cd" * 32,
-             "details": DETAILS, "expires_at": "2099-01-01T00:00:00Z", "size_vram": 0, "context_length": 2048},
-        ]})
+        return web.json_response(
+            {
+                "models": [
+                    {
+                        "name": "qwen3:latest",
+                        "model": "qwen3:latest",
+                        "size": 6_000_000_000,
+                        "digest": "ab" * 32,
+                        "details": DETAILS,
+                        "expires_at": "2099-01-01T00:00:00Z",
+                        "size_vram": 6_000_000_000,
+                        "context_length": 40960,
+                    },
+                    {
+                        "name": "not-ours:latest",
+                        "model": "not-ours:latest",
+                        "size": 1,
+                        "digest": "cd" * 32,
+                        "details": DETAILS,
+                        "expires_at": "2099-01-01T00:00:00Z",
+                        "size_vram": 0,
+                        "context_length": 2048,
+                    },
+                ]
+            }
+        )
 
     async def show(self, request: web.Request) -> web.Response:
         body = await self._capture(request)
         model = body.get("model") or body.get("name")
         if model not in self.models and f"{model}:latest" not in self.models:
             return web.json_response({"error": f"model '{model}' not found"}, status=404)
-        return web.json_response({
-            "modelfile": "# from the fake", "parameters": "num_ctx                        40960",
-            "template": "{{ .Prompt }}", "details": DETAILS,
-            "model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40960},
-            "capabilities": ["completion", "tools", "thinking"], "modified_at": CREATED,
-        })
+        return web.json_response(
+            {
+                "modelfile": "# from the fake",
+                "parameters": "num_ctx                        40960",
+                "template": "{{ .Prompt }}",
+                "details": DETAILS,
+                "model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40960},
+                "capabilities": ["completion", "tools", "thinking"],
+                "modified_at": CREATED,
+            }
+        )
 
     # ---------------------------------------------------------------------------------- generation
     async def _begin(self, request: web.Request) -> tuple[dict[str, Any], str, web.Response | None]:
@@ -123,8 +161,13 @@ class FakeOllama(Recorder):
             parts.append({"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]})
         elif model != "empty":
             parts += [{"role": "assistant", "content": c} for c in CONTENT]
-        final = {**head, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": reason,
-                 **METRICS}
+        final = {
+            **head,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": reason,
+            **METRICS,
+        }
         if body.get("stream") is False:
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(p.get("content", "") for p in parts)}
             thinking = "".join(p.get("thinking", "") for p in parts)
@@ -169,8 +212,15 @@ class FakeOllama(Recorder):
         if isinstance(inputs, str):
             inputs = [inputs]
         vectors = [[0.5, 0.5, 0.5, 0.5 if i % 2 == 0 else -0.5] for i, _ in enumerate(inputs or [])]
-        return web.json_response({"model": body.get("model"), "embeddings": vectors, "total_duration": 1000,
-                                  "load_duration": 10, "prompt_eval_count": 2 * len(vectors)})
+        return web.json_response(
+            {
+                "model": body.get("model"),
+                "embeddings": vectors,
+                "total_duration": 1000,
+                "load_duration": 10,
+                "prompt_eval_count": 2 * len(vectors),
+            }
+        )
 
     async def embeddings(self, request: web.Request) -> web.Response:
         await self._capture(request)

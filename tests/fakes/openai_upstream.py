@@ -46,16 +46,24 @@ class FakeOpenAI(Recorder):
     async def list_models(self, request: web.Request) -> web.Response:
         self.requests.append(Captured(request.path, dict(request.headers), b""))
         data = [
-            {"id": m, "object": "model", "created": 1700000000, "owned_by": "llamacpp",
-             "meta": {"n_params": 134515008, "n_ctx_train": 8192, "n_embd": 576, "size": 1000}}
+            {
+                "id": m,
+                "object": "model",
+                "created": 1700000000,
+                "owned_by": "llamacpp",
+                "meta": {"n_params": 134515008, "n_ctx_train": 8192, "n_embd": 576, "size": 1000},
+            }
             for m in self.models
         ]
         return web.json_response({"object": "list", "data": data})
 
     async def props(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"default_generation_settings": {"n_ctx": 2048}, "chat_template": "{% for m in messages %}{{ tools }}",
-             "modalities": {"vision": False}}
+            {
+                "default_generation_settings": {"n_ctx": 2048},
+                "chat_template": "{% for m in messages %}{{ tools }}",
+                "modalities": {"vision": False},
+            }
         )
 
     # ---------------------------------------------------------------------------------------- chat
@@ -89,15 +97,29 @@ class FakeOpenAI(Recorder):
         if not body.get("stream"):
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(CONTENT)}
             if model.startswith("tools"):
-                msg = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_abc", "type": "function",
-                     "function": {"name": "get_weather", "arguments": '{"city": "Tokyo", "unit": "c"}'}}]}
+                msg = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_abc",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Tokyo", "unit": "c"}'},
+                        }
+                    ],
+                }
             if model == "think":
                 msg["reasoning_content"] = "Let me think."
             return web.json_response(
-                {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": model,
-                 "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage,
-                 "timings": timings}
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+                    "usage": usage,
+                    "timings": timings,
+                }
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -106,8 +128,13 @@ class FakeOpenAI(Recorder):
             await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
 
         def chunk(delta: dict[str, Any], fr: str | None = None) -> dict[str, Any]:
-            return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": fr}]}
+            return {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": fr}],
+            }
 
         await send(chunk({"role": "assistant", "content": None}))
         if model == "think":
@@ -133,8 +160,16 @@ class FakeOpenAI(Recorder):
         last["timings"] = timings
         await send(last)
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                        "choices": [], "usage": usage})
+            await send(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -147,17 +182,33 @@ class FakeOpenAI(Recorder):
         usage = {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
         if not body.get("stream"):
             return web.json_response(
-                {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
-                 "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish}], "usage": usage}
+                {
+                    "id": "cmpl-1",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": model,
+                    "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish}],
+                    "usage": usage,
+                }
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for t in text:
-            obj = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
-                   "choices": [{"index": 0, "text": t, "finish_reason": None}]}
+            obj = {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "text": t, "finish_reason": None}],
+            }
             await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
-        obj = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model,
-               "choices": [{"index": 0, "text": "", "finish_reason": finish}]}
+        obj = {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "text": "", "finish_reason": finish}],
+        }
         await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
@@ -177,6 +228,10 @@ class FakeOpenAI(Recorder):
             data.append({"object": "embedding", "index": i, "embedding": vec})
         tokens = sum(max(1, math.ceil(len(t) / 4)) for t in inputs or [])
         return web.json_response(
-            {"object": "list", "data": data, "model": body.get("model"),
-             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
         )

@@ -19,9 +19,14 @@ import time
 
 
 async def serve(args: argparse.Namespace) -> None:
-    chat = {"id": "chatcmpl-tiny", "object": "chat.completion", "created": int(time.time()), "model": "tiny",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    chat = {
+        "id": "chatcmpl-tiny",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "tiny",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -36,8 +41,11 @@ async def serve(args: argparse.Namespace) -> None:
                 elif path != "/health":
                     status, body = "404 Not Found", {"error": {"message": f"no route {path}"}}
                 data = json.dumps(body).encode()
-                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

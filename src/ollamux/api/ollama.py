@@ -56,9 +56,7 @@ def _hints(body: dict[str, Any]) -> tuple[float | None, int | None]:
     return to_openai.parse_keep_alive(body.get("keep_alive")), num_ctx
 
 
-async def _load_or_unload(
-    state: AppState, route: Route, body: dict[str, Any], *, chat: bool
-) -> dict[str, Any]:
+async def _load_or_unload(state: AppState, route: Route, body: dict[str, Any], *, chat: bool) -> dict[str, Any]:
     """Empty messages/prompt: load (or, with keep_alive 0, unload) without calling the backend."""
     keep_alive, num_ctx = _hints(body)
     unload = keep_alive == 0
@@ -155,8 +153,15 @@ async def _via_pivot(
 
     # retries, replicas and fallbacks happen in there, before the first byte; `opened.route` is what answered
     async with open_upstream(
-        state, route, wire, rec=rec, keep_alive=keep_alive, num_ctx=num_ctx, read_body=not stream,
-        headers=upstream_headers(request, rec), client_auth=client_auth(request, state),
+        state,
+        route,
+        wire,
+        rec=rec,
+        keep_alive=keep_alive,
+        num_ctx=num_ctx,
+        read_body=not stream,
+        headers=upstream_headers(request, rec),
+        client_auth=client_auth(request, state),
     ) as opened:
         timing.load_ns = opened.load_ns
         up = opened.backend
@@ -170,8 +175,9 @@ async def _via_pivot(
                 end = time.perf_counter_ns()
                 if kind == "chat":
                     return from_openai.chat_response(pivot, route.requested, timing, end, think=think)
-                return from_openai.generate_response(pivot, route.requested, timing, end, raw=kind == "raw",
-                                                     think=think)
+                return from_openai.generate_response(
+                    pivot, route.requested, timing, end, raw=kind == "raw", think=think
+                )
 
             out = await relay_json(opened.response, translate)
             rec.response_text = out["message"].get("content") if kind == "chat" else out.get("response")
@@ -223,7 +229,13 @@ async def _embed_via_pivot(
         return plan.path, plan.build({"model": r.upstream, "input": inputs}, r.upstream)
 
     async with open_upstream(
-        state, route, wire, rec=rec, keep_alive=keep_alive, num_ctx=num_ctx, read_body=True,
+        state,
+        route,
+        wire,
+        rec=rec,
+        keep_alive=keep_alive,
+        num_ctx=num_ctx,
+        read_body=True,
         headers=upstream_headers(request, rec),
     ) as opened:
         to_pivot = opened.backend.pivot_plan("embedding").json
@@ -309,8 +321,12 @@ async def pull(request: web.Request, state: AppState, rec: RequestRecord) -> web
     meta = meta_for(entry, None, state.started_at)
     steps = [
         {"status": "pulling manifest"},
-        {"status": f"pulling {meta.digest[:12]}", "digest": f"sha256:{meta.digest}", "total": meta.size,
-         "completed": meta.size},
+        {
+            "status": f"pulling {meta.digest[:12]}",
+            "digest": f"sha256:{meta.digest}",
+            "total": meta.size,
+            "completed": meta.size,
+        },
         {"status": "verifying sha256 digest"},
         {"status": "writing manifest"},
         {"status": "success"},

@@ -49,7 +49,12 @@ async def relay(
 
     # retries, replicas and fallbacks happen in there, before the first byte
     async with open_upstream(
-        state, route, data, rec=rec, read_body=not stream, headers=identity_headers(request, rec),
+        state,
+        route,
+        data,
+        rec=rec,
+        read_body=not stream,
+        headers=identity_headers(request, rec),
         client_auth=client_auth(request, state),
     ) as opened:
         resp, served, up = opened.response, opened.route, opened.backend
@@ -57,8 +62,11 @@ async def relay(
         streamed = stream and content_type not in JSON_TYPES
         # a streamed line is bounded like any event; a whole answer (one line) like any whole answer
         max_line = up.settings.max_event_bytes if streamed else up.settings.max_response_bytes
-        rewriter = (ModelLineRewriter(served.upstream, route.requested, max_line_bytes=max_line)
-                    if served.upstream != route.requested else None)
+        rewriter = (
+            ModelLineRewriter(served.upstream, route.requested, max_line_bytes=max_line)
+            if served.upstream != route.requested
+            else None
+        )
         if streamed:
             translator = NDJSONPassthrough(NDJSON_CT, rewriter, up.redact.data if up.redact else None)
             return await relay_stream(request, rec, resp, translator, expect=NDJSON_CT)

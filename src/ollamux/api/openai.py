@@ -69,7 +69,12 @@ def _handler(kind: PivotKind) -> Any:
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         # retries, replicas and fallbacks happen in there, before the first byte
         async with open_upstream(
-            state, route, payload, rec=rec, raise_for_status=False, headers=headers,
+            state,
+            route,
+            payload,
+            rec=rec,
+            raise_for_status=False,
+            headers=headers,
             client_auth=client_auth(request, state),
         ) as opened:
             up = opened.backend
@@ -88,7 +93,9 @@ async def _via_pivot(
     stream = _stream_flag(body)
     opts = body.get("stream_options")
     answer = Answer(
-        model=route.requested, id=_PREFIXES[kind] + rec.id[:24], created=int(time.time()),
+        model=route.requested,
+        id=_PREFIXES[kind] + rec.id[:24],
+        created=int(time.time()),
         include_usage=isinstance(opts, dict) and opts.get("include_usage") is True,
         encoding_format=_encoding_format(body) if kind == "embedding" else "float",
     )
@@ -98,7 +105,12 @@ async def _via_pivot(
         return plan.path, plan.build(body, r.upstream)  # validates the request (400) before it is sent
 
     async with open_upstream(
-        state, route, wire, rec=rec, read_body=not stream, headers=identity_headers(request, rec),
+        state,
+        route,
+        wire,
+        rec=rec,
+        read_body=not stream,
+        headers=identity_headers(request, rec),
         client_auth=client_auth(request, state),
     ) as opened:
         plan = opened.backend.pivot_plan(kind)

@@ -29,6 +29,7 @@ __all__ = ["add_routes", "probe_backends", "start", "stop"]
 
 log = logging.getLogger("ollamux")
 
+
 # ---------------------------------------------------------------------------------------- request id
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     # endpoint() already set it on API answers; this covers /, /api/version, 404s and the ops routes

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Answer", "Api", "Backend", "Lease", "LeaseContext", "PivotKind", "PivotPlan"]
 
+
 class LeaseContext(Protocol):
     """`async with backend.lease(...) as lease:` the backend stays ready (a managed model is never
     stopped) until the block ends."""
@@ -42,8 +43,9 @@ class Backend(Protocol):
 
     def speaks(self, api: Api) -> bool: ...
 
-    def lease(self, route: Route | None = None, *, keep_alive: float | None = None,
-              num_ctx: int | None = None) -> LeaseContext: ...
+    def lease(
+        self, route: Route | None = None, *, keep_alive: float | None = None, num_ctx: int | None = None
+    ) -> LeaseContext: ...
 
     async def discover(self) -> list[ModelEntry]:
         """The models it lists now (for `discover: true`); raises OllamuxError when it cannot say."""

@@ -36,6 +36,7 @@ log = logging.getLogger("ollamux.failover")
 # maybe another dialect or wire format, so the handler's payload cannot simply be resent.
 PayloadFactory = Callable[[Route, HTTPBackend], "tuple[str, dict[str, Any] | bytes]"]
 
+
 @dataclass(slots=True)
 class Opened:
     """An upstream answer ready to be relayed, and where it came from."""
@@ -88,8 +89,21 @@ class open_upstream:
     A class rather than an async generator: on the healthy path this saves ~10 us per request.
     """
 
-    __slots__ = ("_resp", "_session", "client_auth", "headers", "keep_alive", "make_payload", "method", "num_ctx",
-                 "raise_for_status", "read_body", "rec", "route", "state")
+    __slots__ = (
+        "_resp",
+        "_session",
+        "client_auth",
+        "headers",
+        "keep_alive",
+        "make_payload",
+        "method",
+        "num_ctx",
+        "raise_for_status",
+        "read_body",
+        "rec",
+        "route",
+        "state",
+    )
 
     def __init__(
         self,
@@ -131,8 +145,13 @@ class open_upstream:
             backend = state.backends.get(r.backend)
             if backend is None or backend.api != api:
                 # the request was built for the model's own API; say so instead of guessing
-                log.warning("fallback %s of %s skipped: backend %s does not speak %s", r.upstream,
-                            route.requested, r.backend, api)
+                log.warning(
+                    "fallback %s of %s skipped: backend %s does not speak %s",
+                    r.upstream,
+                    route.requested,
+                    r.backend,
+                    api,
+                )
                 continue
             session: LeaseContext = backend.lease(r, keep_alive=self.keep_alive, num_ctx=self.num_ctx)
             try:
@@ -148,8 +167,9 @@ class open_upstream:
             try:
                 path, body = self.make_payload(r, up)
                 data = body if isinstance(body, bytes) else orjson.dumps(body)
-                resp, attempts = await _attempts(up, self.method, path, data, self.read_body,
-                                                 self.raise_for_status, self.headers, self.client_auth)
+                resp, attempts = await _attempts(
+                    up, self.method, path, data, self.read_body, self.raise_for_status, self.headers, self.client_auth
+                )
             except _RouteFailed as failed:
                 total_attempts += failed.attempts
                 failures.append((r, failed.error, failed.attempts))
@@ -167,8 +187,13 @@ class open_upstream:
                 raise
             total_attempts += attempts
             if failures and resp.status < 400:
-                log.warning("model %s served by %s on backend %s after: %s", route.requested, r.upstream,
-                            r.backend, "; ".join(e.message for _, e, _ in failures))
+                log.warning(
+                    "model %s served by %s on backend %s after: %s",
+                    route.requested,
+                    r.upstream,
+                    r.backend,
+                    "; ".join(e.message for _, e, _ in failures),
+                )
             rec = self.rec
             if rec is not None:
                 rec.model_served = r.upstream
@@ -226,8 +251,9 @@ async def _attempts(
         failed: BackendError
         kept: UpstreamResponse | None = None
         try:
-            resp = await backend.request(method, path, data, headers=headers, client_auth=client_auth,
-                                         raise_for_status=False, replica=replica)
+            resp = await backend.request(
+                method, path, data, headers=headers, client_auth=client_auth, raise_for_status=False, replica=replica
+            )
             status = resp.status
             if status < 500 and status != 429:
                 if status >= 400 and raise_for_status:
@@ -270,8 +296,14 @@ async def _attempts(
             raise _RouteFailed(failed, attempt, kept)
         if kept is not None:
             kept.release()
-        log.info("retrying %s on backend %s in %.2fs (attempt %d failed: %s)", path, backend.name, delay,
-                 attempt, failed.message)
+        log.info(
+            "retrying %s on backend %s in %.2fs (attempt %d failed: %s)",
+            path,
+            backend.name,
+            delay,
+            attempt,
+            failed.message,
+        )
         if delay > 0:
             await asyncio.sleep(delay)
 

@@ -105,8 +105,12 @@ class HealthMonitor:
             ) as resp:
                 await resp.read()
                 # a 401/404 still proves the server is there; a 5xx (llama-server loading: 503) does not
-                out = {"url": url, "reachable": resp.status < 500, "status": resp.status,
-                       "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                out = {
+                    "url": url,
+                    "reachable": resp.status < 500,
+                    "status": resp.status,
+                    "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+                }
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
             out = {"url": url, "reachable": False, "error": backend.redact.text(reason)}

@@ -369,8 +369,11 @@ class HTTPBackend:
     def _circuit_open(self, now: float) -> CircuitOpen:
         wait = min(r.down_until for r in self.replicas) - now
         last = next((r.last_error for r in self.replicas if r.last_error), None)
-        what = (f"its upstream {self.replicas[0].url}" if len(self.replicas) == 1
-                else f"all {len(self.replicas)} of its replicas")
+        what = (
+            f"its upstream {self.replicas[0].url}"
+            if len(self.replicas) == 1
+            else f"all {len(self.replicas)} of its replicas"
+        )
         err = CircuitOpen(
             f"backend '{self.name}' is unavailable: circuit breaker open after repeated failures of {what}"
             f" (next probe in {max(wait, 0):.1f}s)" + (f"; last error: {last}" if last else "")
@@ -509,8 +512,9 @@ class HTTPBackend:
         """How it serves a request in the pivot (OpenAI) shape; as an OpenAI-compatible server, as is."""
         return _OPENAI_PLANS[kind]
 
-    def lease(self, route: Route | None = None, *, keep_alive: float | None = None,
-              num_ctx: int | None = None) -> _Ready:
+    def lease(
+        self, route: Route | None = None, *, keep_alive: float | None = None, num_ctx: int | None = None
+    ) -> _Ready:
         """A static backend is always ready: one shared lease, nothing to start or stop."""
         return self._lease
 
@@ -528,7 +532,9 @@ class HTTPBackend:
 
 
 _PIVOT_PATHS: dict[PivotKind, str] = {
-    "chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"
+    "chat": "/chat/completions",
+    "completion": "/completions",
+    "embedding": "/embeddings",
 }
 
 

@@ -52,25 +52,41 @@ class OllamaBackend(HTTPBackend):
         max_line = self.settings.max_event_bytes
         if kind == "embedding":
             return PivotPlan(
-                path="/api/embed", build=to_ollama.embed_request, stream_type=NDJSON,
+                path="/api/embed",
+                build=to_ollama.embed_request,
+                stream_type=NDJSON,
                 json=lambda data, a: from_ollama.embeddings(data, a.model, encoding_format=a.encoding_format),
             )
         if kind == "chat":
+
             def chat_stream(a: Answer) -> StreamTranslator:
-                return OllamaToOpenAIStream(a.model, "chat", id=a.id, created=a.created,
-                                            include_usage=a.include_usage, max_line_bytes=max_line)
+                return OllamaToOpenAIStream(
+                    a.model, "chat", id=a.id, created=a.created, include_usage=a.include_usage, max_line_bytes=max_line
+                )
 
             return PivotPlan(
-                path="/api/chat", build=to_ollama.chat_request, stream_type=NDJSON, stream=chat_stream,
+                path="/api/chat",
+                build=to_ollama.chat_request,
+                stream_type=NDJSON,
+                stream=chat_stream,
                 json=lambda data, a: from_ollama.chat_completion(data, a.model, id=a.id, created=a.created),
             )
 
         def text_stream(a: Answer) -> StreamTranslator:
-            return OllamaToOpenAIStream(a.model, "completion", id=a.id, created=a.created,
-                                        include_usage=a.include_usage, max_line_bytes=max_line)
+            return OllamaToOpenAIStream(
+                a.model,
+                "completion",
+                id=a.id,
+                created=a.created,
+                include_usage=a.include_usage,
+                max_line_bytes=max_line,
+            )
 
         return PivotPlan(
-            path="/api/generate", build=to_ollama.completion_request, stream_type=NDJSON, stream=text_stream,
+            path="/api/generate",
+            build=to_ollama.completion_request,
+            stream_type=NDJSON,
+            stream=text_stream,
             json=lambda data, a: from_ollama.text_completion(data, a.model, id=a.id, created=a.created),
         )
 

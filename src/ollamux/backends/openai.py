@@ -25,6 +25,7 @@ log = logging.getLogger("ollamux.backends")
 DISCOVER_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
 
+
 class OpenAIBackend(HTTPBackend):
     """The pivot is its own wire format (`HTTPBackend.pivot_plan`: nothing to translate either way)."""
 
@@ -38,8 +39,9 @@ class OpenAIBackend(HTTPBackend):
         """llama-server's /props (context length, template, vision); {} from servers without it."""
         url = _origin(self.base_url()) + "/props"
         try:
-            async with self.client.get(url, headers=self.auth_headers,
-                                       timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as resp:
+            async with self.client.get(
+                url, headers=self.auth_headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+            ) as resp:
                 if resp.status == 200 and resp.content_type == "application/json":
                     return props_meta(await resp.json())
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # best effort: no extra metadata

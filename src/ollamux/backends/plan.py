@@ -1,5 +1,4 @@
-"""How a backend serves a request in the pivot shape: the wire APIs, and one plan per kind of request (pure).
-"""
+"""How a backend serves a request in the pivot shape: the wire APIs, and one plan per kind of request (pure)."""
 
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ def _parse_time(stamp: Any) -> float | None:
     if "." in s:
         head, _, tail = s.partition(".")
         digits = "".join(ch for ch in tail if ch.isdigit())
-        s = f"{head}.{digits[:6]}{tail[len(digits):]}"
+        s = f"{head}.{digits[:6]}{tail[len(digits) :]}"
     try:
         return datetime.fromisoformat(s).timestamp()
     except ValueError:
@@ -264,8 +264,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
         digest = str(m.get("digest") or "").removeprefix("sha256:")
         size, vram = m.get("size") or 0, m.get("size_vram") or 0
         proc = "100% GPU" if size and vram >= size else ("100% CPU" if not vram else f"{round(100 * vram / size)}% GPU")
-        rows.append([m.get("name", ""), digest[:12], _size(size), proc, str(m.get("context_length") or "-"),
-                     _until(m.get("expires_at"))])
+        rows.append(
+            [
+                m.get("name", ""),
+                digest[:12],
+                _size(size),
+                proc,
+                str(m.get("context_length") or "-"),
+                _until(m.get("expires_at")),
+            ]
+        )
     print(_table(rows))
     return 0
 

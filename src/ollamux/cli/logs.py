@@ -71,15 +71,27 @@ def _line(row: dict[str, Any]) -> str:
     model = row["model_requested"] or "-"
     if row["model_served"] and row["model_served"] != row["model_requested"]:
         model += f"->{row['model_served']}"
-    tokens = "-" if row["prompt_tokens"] is None and row["completion_tokens"] is None else (
-        f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}tok"
+    tokens = (
+        "-"
+        if row["prompt_tokens"] is None and row["completion_tokens"] is None
+        else (f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}tok")
     )
     tps = f"{row['tokens_per_s']:.1f}tok/s" if row["tokens_per_s"] else ""
     parts = [
-        ts, row["id"][:12], f"{row['api']:<6}", f"{row['method']} {row['route']}", model, str(row["status"]),
+        ts,
+        row["id"][:12],
+        f"{row['api']:<6}",
+        f"{row['method']} {row['route']}",
+        model,
+        str(row["status"]),
         ("stream" if row["streamed"] else "") + (" abandoned" if row["abandoned"] else ""),
-        _fmt_ms(row["latency_ms"]), f"ttft={_fmt_ms(row['ttft_ms'])}", tokens, tps,
-        row["backend"] or "", row["client"] or "", f"key={row['key_name']}" if row["key_name"] else "",
+        _fmt_ms(row["latency_ms"]),
+        f"ttft={_fmt_ms(row['ttft_ms'])}",
+        tokens,
+        tps,
+        row["backend"] or "",
+        row["client"] or "",
+        f"key={row['key_name']}" if row["key_name"] else "",
     ]
     line = " ".join(p for p in parts if p)
     if row["error"]:
@@ -97,17 +109,36 @@ def _emit(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> None:
 
 
 def _stats_table(stats: list[dict[str, Any]]) -> str:
-    head = ("model", "count", "errors", "abandoned", "p50", "p95", "ttft p50", "ttft p95", "prompt tok",
-            "compl tok", "tok/s")
+    head = (
+        "model",
+        "count",
+        "errors",
+        "abandoned",
+        "p50",
+        "p95",
+        "ttft p50",
+        "ttft p95",
+        "prompt tok",
+        "compl tok",
+        "tok/s",
+    )
     rows = [head]
     for s in stats:
-        rows.append((
-            s["model"], str(s["count"]), str(s["errors"]), str(s["abandoned"]),
-            _fmt_ms(s["latency_p50_ms"]), _fmt_ms(s["latency_p95_ms"]),
-            _fmt_ms(s["ttft_p50_ms"]), _fmt_ms(s["ttft_p95_ms"]),
-            str(s["prompt_tokens"]), str(s["completion_tokens"]),
-            f"{s['tokens_per_s']:.1f}" if s["tokens_per_s"] is not None else "-",
-        ))
+        rows.append(
+            (
+                s["model"],
+                str(s["count"]),
+                str(s["errors"]),
+                str(s["abandoned"]),
+                _fmt_ms(s["latency_p50_ms"]),
+                _fmt_ms(s["latency_p95_ms"]),
+                _fmt_ms(s["ttft_p50_ms"]),
+                _fmt_ms(s["ttft_p95_ms"]),
+                str(s["prompt_tokens"]),
+                str(s["completion_tokens"]),
+                f"{s['tokens_per_s']:.1f}" if s["tokens_per_s"] is not None else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join(
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -139,7 +170,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         path = _db_path(args)
         filters = Filters(
-            model=args.model, status=args.status, api=args.api,
+            model=args.model,
+            status=args.status,
+            api=args.api,
             since=parse_time(args.since) if args.since else None,
             until=parse_time(args.until) if args.until else None,
         )

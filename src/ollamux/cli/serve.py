@@ -64,7 +64,10 @@ def _load(args: argparse.Namespace) -> Settings | None:
     """Settings from flags, file and environment, checked as `serve` would; None after printing why not."""
     try:
         settings = settings_from_args(
-            args.config, getattr(args, "host", None), getattr(args, "port", None), getattr(args, "backend", None),
+            args.config,
+            getattr(args, "host", None),
+            getattr(args, "port", None),
+            getattr(args, "backend", None),
             os.environ,
         )
         check_runtime(settings)  # e.g. a gguf model without the llama extra installed

@@ -35,7 +35,6 @@ from .settings import (
 __all__ = ["load_settings", "parse_settings", "parse_url"]
 
 
-
 def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str]) -> Settings:
     """Read and validate a YAML config file; raise ConfigError naming the key on any problem."""
     p = Path(path).expanduser()
@@ -53,8 +52,7 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str]) -> S
 
 def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | None = None) -> Settings:
     root = Node("", raw, environ)
-    root.only({"server", "backends", "models", "runtime", "default_model", "request_log",
-               "metrics", "auth", "limits"})
+    root.only({"server", "backends", "models", "runtime", "default_model", "request_log", "metrics", "auth", "limits"})
     server = _parse_server(root.child("server"))
     backends: dict[str, BackendSettings] = {}
     for name, node in root.child("backends").items():
@@ -130,9 +128,24 @@ _MIN_BUFFER_BYTES = 1024
 
 def _parse_backend(name: str, node: Node) -> BackendSettings:
     node.only(
-        {"type", "url", "urls", "api_key", "timeout", "connect_timeout", "first_byte_timeout",
-         "idle_timeout", "discover", "discover_interval", "headers", "max_connections", "dialect",
-         "max_event_bytes", "max_response_bytes", *_RESILIENCE_KEYS}
+        {
+            "type",
+            "url",
+            "urls",
+            "api_key",
+            "timeout",
+            "connect_timeout",
+            "first_byte_timeout",
+            "idle_timeout",
+            "discover",
+            "discover_interval",
+            "headers",
+            "max_connections",
+            "dialect",
+            "max_event_bytes",
+            "max_response_bytes",
+            *_RESILIENCE_KEYS,
+        }
     )
     btype = node.opt_str("type") or "openai"
     if btype not in ("openai", "ollama"):
@@ -175,8 +188,16 @@ def _parse_backend(name: str, node: Node) -> BackendSettings:
     )
 
 
-_RESILIENCE_KEYS = ("retries", "retry_budget", "backoff", "backoff_max", "breaker", "health_interval",
-                    "health_path", "health_timeout")
+_RESILIENCE_KEYS = (
+    "retries",
+    "retry_budget",
+    "backoff",
+    "backoff_max",
+    "breaker",
+    "health_interval",
+    "health_path",
+    "health_timeout",
+)
 
 
 def _parse_resilience(node: Node, n_urls: int) -> Resilience:
@@ -235,8 +256,20 @@ def _parse_model(
     name: str, node: Node, backends: Mapping[str, BackendSettings], base_dir: Path | None
 ) -> ModelSettings:
     node.only(
-        {"backend", "upstream", "aliases", "fallbacks", "runtime", "context_length", "capabilities",
-         "family", "parameter_size", "quantization_level", "template", "system"}
+        {
+            "backend",
+            "upstream",
+            "aliases",
+            "fallbacks",
+            "runtime",
+            "context_length",
+            "capabilities",
+            "family",
+            "parameter_size",
+            "quantization_level",
+            "template",
+            "system",
+        }
     )
     if not name.strip():
         raise ConfigError(node.path, "a model needs a non-empty name")
@@ -285,8 +318,7 @@ def _parse_runtime(node: Node, base_dir: Path | None) -> RuntimeSettings:
 
 
 def _parse_request_log(node: Node, base_dir: Path | None) -> RequestLogSettings:
-    node.only({"enabled", "path", "capture_bodies", "body_cap_bytes", "retention_days", "retention_rows",
-               "queue_size"})
+    node.only({"enabled", "path", "capture_bodies", "body_cap_bytes", "retention_days", "retention_rows", "queue_size"})
     d = RequestLogSettings()
     path = node.opt_str("path")
     return RequestLogSettings(
@@ -295,7 +327,8 @@ def _parse_request_log(node: Node, base_dir: Path | None) -> RequestLogSettings:
         capture_bodies=node.opt_bool("capture_bodies", d.capture_bodies),
         body_cap_bytes=node.opt_int("body_cap_bytes", d.body_cap_bytes, lo=0),
         retention_days=node.opt_float("retention_days", d.retention_days, lo=0, nullable=True),
-        retention_rows=node.opt_int("retention_rows", d.retention_rows, lo=1) if node.has("retention_rows")
+        retention_rows=node.opt_int("retention_rows", d.retention_rows, lo=1)
+        if node.has("retention_rows")
         else d.retention_rows,
         queue_size=node.opt_int("queue_size", d.queue_size, lo=1),
     )

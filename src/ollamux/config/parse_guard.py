@@ -38,8 +38,7 @@ def parse_auth(node: Node) -> AuthSettings:
     keys: list[ApiKeySettings] = []
     seen: dict[bytes, str] = {}
     for name, kn in node.child("keys").items():
-        kn.only({"key", "key_sha256", "models", "requests_per_minute", "tokens_per_minute", "burst",
-                 "token_burst"})
+        kn.only({"key", "key_sha256", "models", "requests_per_minute", "tokens_per_minute", "burst", "token_burst"})
         if kn.has("key") == kn.has("key_sha256"):
             raise ConfigError(kn.path, "needs exactly one of 'key' (the key itself) or 'key_sha256' (its hex digest)")
         if kn.has("key"):
@@ -73,8 +72,20 @@ def _parse_concurrency(node: Node) -> ConcurrencyLimit:
 
 
 def parse_limits(node: Node, backends: Mapping[str, BackendSettings]) -> LimitSettings:
-    node.only({"requests_per_minute", "tokens_per_minute", "burst", "token_burst", "max_json_depth",
-               "header_timeout", "body_timeout", "host_guard", "allowed_hosts", "concurrency"})
+    node.only(
+        {
+            "requests_per_minute",
+            "tokens_per_minute",
+            "burst",
+            "token_burst",
+            "max_json_depth",
+            "header_timeout",
+            "body_timeout",
+            "host_guard",
+            "allowed_hosts",
+            "concurrency",
+        }
+    )
     d = LimitSettings()
     conc = node.child("concurrency")
     conc.only({"backends", "models"})

@@ -105,6 +105,4 @@ class KeyRing:
         if key is None:  # a public path that resolves a model cannot happen; refuse rather than allow
             raise Forbidden("this request needs an API key")
         if not key.policy.allows(route):
-            raise Forbidden(
-                f"API key '{key.name}' may not use model '{route.requested}'", code="model_not_allowed"
-            )
+            raise Forbidden(f"API key '{key.name}' may not use model '{route.requested}'", code="model_not_allowed")

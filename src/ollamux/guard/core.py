@@ -40,8 +40,15 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # the routes that run a model: only these wait at a concurrency gate
 INFERENCE_PATHS = frozenset(
     {
-        "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
     }
 )
 
@@ -93,18 +100,24 @@ class Guard:
         headers = request.headers
         if self.hosts is not None and not self.hosts.allowed(headers.get("Host", "")):
             host = printable(headers.get("Host", ""), 100)
-            return self.reject(request, Forbidden(
-                f"host '{host}' is not allowed: this server is bound to loopback and accepts only local host "
-                "names (limits.allowed_hosts adds more)",
-                code="host_not_allowed",
-            ))
+            return self.reject(
+                request,
+                Forbidden(
+                    f"host '{host}' is not allowed: this server is bound to loopback and accepts only local host "
+                    "names (limits.allowed_hosts adds more)",
+                    code="host_not_allowed",
+                ),
+            )
         origin = headers.get("Origin")
         if origin is not None and not self.cors.same_origin(origin, headers.get("Host")):
             if not self.cors.origin_allowed(origin):
-                return self.reject(request, Forbidden(
-                    f"origin '{printable(origin)}' is not allowed (server.cors_origins adds more)",
-                    code="origin_not_allowed",
-                ))
+                return self.reject(
+                    request,
+                    Forbidden(
+                        f"origin '{printable(origin)}' is not allowed (server.cors_origins adds more)",
+                        code="origin_not_allowed",
+                    ),
+                )
             if request.method == "OPTIONS":
                 return web.Response(status=204, headers=self.cors.preflight_headers(origin, headers))
             request[CORS_ORIGIN] = origin
@@ -153,9 +166,7 @@ class Guard:
                 f"request body is larger than {self.max_body} bytes (server.max_body_bytes)"
             ) from None
         if json_depth_exceeds(raw, self.max_depth):
-            raise BadRequest(
-                f"request body nests JSON more than {self.max_depth} levels deep (limits.max_json_depth)"
-            )
+            raise BadRequest(f"request body nests JSON more than {self.max_depth} levels deep (limits.max_json_depth)")
         return raw
 
     async def _gated(self, request: web.Request, handler: Any, raw: bytes) -> web.StreamResponse:
@@ -242,16 +253,23 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
     rid = client_request_id(request.headers)
     body = exc.openai_body() if api == "openai" else exc.ollama_body()
     resp = web.Response(
-        body=body, status=exc.status, content_type="application/json",
+        body=body,
+        status=exc.status,
+        content_type="application/json",
         headers={"x-request-id": rid, **exc.headers},
     )
     if exc.status == 408:
         resp.force_close()  # the rest of the body may still be on its way: do not read it as a request
     if observers is not None:
         rec = RequestRecord(
-            id=rid, api=api,  # type: ignore[arg-type]
-            route=request.path, method=request.method, client=request.remote,
-            key_name=request.get(KEY_NAME), status=exc.status, error=exc.message,
+            id=rid,
+            api=api,  # type: ignore[arg-type]
+            route=request.path,
+            method=request.method,
+            client=request.remote,
+            key_name=request.get(KEY_NAME),
+            status=exc.status,
+            error=exc.message,
         )
         observers.started(rec)
         observers.finished(rec)

@@ -44,8 +44,19 @@ JSON_TYPES = frozenset({"", "application/json"})
 # writes its own (length, date, server), or ours replaces the backend's (request id)
 _NOT_RELAYED = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-        "trailer", "transfer-encoding", "upgrade", "content-length", "date", "server", REQUEST_ID,
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+        REQUEST_ID,
     }
 )
 
@@ -70,8 +81,9 @@ def _relayed_headers(upstream: Mapping[str, str], rec: RequestRecord) -> CIMulti
 
 def _unreadable(up: UpstreamResponse, what: str, exc: Exception) -> UpstreamError:
     """An answer a translator could not read (a wrong type anywhere): the backend's fault, a 502."""
-    log.warning("backend '%s' sent %s ollamux cannot read (%s): %s: %s", up.backend.name, what, up.url,
-                type(exc).__name__, exc)
+    log.warning(
+        "backend '%s' sent %s ollamux cannot read (%s): %s: %s", up.backend.name, what, up.url, type(exc).__name__, exc
+    )
     return UpstreamError(
         f"backend '{up.backend.name}' sent {what} ollamux cannot read ({type(exc).__name__}: {exc})", status=502
     )
@@ -167,8 +179,9 @@ async def relay_json(up: UpstreamResponse, translate: Callable[[Any], Any]) -> A
         raise _unreadable(up, "an answer", exc) from None
 
 
-async def relay_passthrough(request: web.Request, rec: RequestRecord, up: UpstreamResponse,
-                            translator: StreamTranslator) -> web.StreamResponse:
+async def relay_passthrough(
+    request: web.Request, rec: RequestRecord, up: UpstreamResponse, translator: StreamTranslator
+) -> web.StreamResponse:
     """The backend's status, headers and body as they came (same API on both sides): an error body in the
     client's envelope, a small answer whole, anything else streamed as it arrives, never limited."""
     rec.upstream_url = up.url

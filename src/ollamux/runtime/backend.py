@@ -56,8 +56,9 @@ class ManagedBackend:
     def speaks(self, api: Api) -> bool:
         return api == "openai"
 
-    def lease(self, route: Route | None = None, *, keep_alive: float | None = None,
-              num_ctx: int | None = None) -> ManagedLease:
+    def lease(
+        self, route: Route | None = None, *, keep_alive: float | None = None, num_ctx: int | None = None
+    ) -> ManagedLease:
         """Hold the model ready for one request; the model is never stopped while the lease is open.
 
         On exit keep_alive applies: seconds idle before the model stops, 0 at once, negative never, None

@@ -42,8 +42,7 @@ def check_runtime(settings: Settings) -> None:
     if folder is not None and folder.is_dir() and not engine_available() and _has_gguf(folder):
         raise ConfigError(
             "runtime.models_dir",
-            f"{folder} holds GGUF files but the built-in llama.cpp engine (xllamacpp) is not installed: "
-            f"{INSTALL_HINT}",
+            f"{folder} holds GGUF files but the built-in llama.cpp engine (xllamacpp) is not installed: {INSTALL_HINT}",
         )
 
 

@@ -248,8 +248,9 @@ class ModelManager:
             info: GGUFInfo | None = self.headers.read(path)
         except (OSError, ValueError) as exc:
             log.warning("model '%s': cannot read %s: %s", name, path, exc)
-            return _Described(info=None, meta={"size": size, "modified_at": mtime} if size is not None else {},
-                              digest_stamp=None)
+            return _Described(
+                info=None, meta={"size": size, "modified_at": mtime} if size is not None else {}, digest_stamp=None
+            )
         assert info is not None
         meta = info.meta()
         meta["modified_at"] = st.st_mtime if mtime is None else mtime
@@ -291,8 +292,9 @@ class ModelManager:
             max_ctx = (d.info.context_length or None) if d.info else None
             size = d.info.size if d.info else 0
             if model is None:
-                self.models[backend] = ManagedModel(backend=backend, entry=entry, spec=spec, gguf=f.path,
-                                                    max_ctx=max_ctx, size=size)
+                self.models[backend] = ManagedModel(
+                    backend=backend, entry=entry, spec=spec, gguf=f.path, max_ctx=max_ctx, size=size
+                )
             else:
                 model.entry, model.spec, model.gguf = entry, spec, f.path
                 model.max_ctx, model.size, model.removed = max_ctx, size, False
@@ -361,9 +363,17 @@ class ModelManager:
             st = m.state
             if m.removed and not st.holds_slot:
                 continue
-            out.append(ModelStatus(model=m.name, state=st.phase.value, active=st.active, waiting=st.waiting,
-                                   ctx=st.ctx or None, pid=m.proc.pid if m.proc is not None else None,
-                                   expires_at=m.expires_at))
+            out.append(
+                ModelStatus(
+                    model=m.name,
+                    state=st.phase.value,
+                    active=st.active,
+                    waiting=st.waiting,
+                    ctx=st.ctx or None,
+                    pid=m.proc.pid if m.proc is not None else None,
+                    expires_at=m.expires_at,
+                )
+            )
         return out
 
     def _candidates(self) -> Iterable[Candidate]:
@@ -487,7 +497,10 @@ class ModelManager:
         if proc is not None:
             log.warning(
                 "model '%s' exited unexpectedly (code %s); the next request restarts it. Last lines of %s:\n%s",
-                m.name, proc.returncode, proc.log_path, tail(proc.log_path, 10),
+                m.name,
+                proc.returncode,
+                proc.log_path,
+                tail(proc.log_path, 10),
             )
         self._notify()
 
@@ -511,8 +524,21 @@ class ModelManager:
 
             return [fill(a) for a in spec.cmd]
         assert spec.gguf is not None
-        argv = [self.python, "-m", "ollamux.runtime.engine", "--model", str(spec.gguf), "--port", str(port),
-                "--ctx", str(ctx), "--parallel", str(spec.parallel), "--alias", m.name]
+        argv = [
+            self.python,
+            "-m",
+            "ollamux.runtime.engine",
+            "--model",
+            str(spec.gguf),
+            "--port",
+            str(port),
+            "--ctx",
+            str(ctx),
+            "--parallel",
+            str(spec.parallel),
+            "--alias",
+            m.name,
+        ]
         if spec.threads:
             argv += ["--threads", str(spec.threads)]
         return argv
@@ -536,8 +562,9 @@ class ModelManager:
             url = health if health.startswith("http") else f"http://127.0.0.1:{port}/{health.lstrip('/')}"
             healthy = await proc.wait_healthy(self.client, url, deadline)
             if m.state.generation != gen or m.state.phase is not Phase.STARTING:
-                raise ServiceUnavailable(f"model '{m.name}' was stopped while starting",
-                                         headers={"Retry-After": RETRY_AFTER})
+                raise ServiceUnavailable(
+                    f"model '{m.name}' was stopped while starting", headers={"Retry-After": RETRY_AFTER}
+                )
             if healthy:
                 m.state.apply(Event.READY)
                 m.http = _http_backend(_backend_settings(m.backend, port, spec), self.client)

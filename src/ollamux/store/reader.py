@@ -13,9 +13,29 @@ from .schema import connect
 __all__ = ["Filters", "LogReader", "percentile"]
 
 _FIELDS = (
-    "seq", "id", "ts", "api", "method", "route", "model_requested", "model_served", "backend", "upstream_url",
-    "status", "streamed", "abandoned", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "tokens_per_s", "error", "client", "key_name", "request_body", "response_text",
+    "seq",
+    "id",
+    "ts",
+    "api",
+    "method",
+    "route",
+    "model_requested",
+    "model_served",
+    "backend",
+    "upstream_url",
+    "status",
+    "streamed",
+    "abandoned",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_s",
+    "error",
+    "client",
+    "key_name",
+    "request_body",
+    "response_text",
 )
 
 

@@ -50,9 +50,28 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # The columns the writer fills, in order (seq is assigned by SQLite).
 COLUMNS: tuple[str, ...] = (
-    "id", "ts", "api", "method", "route", "model_requested", "model_served", "backend", "upstream_url",
-    "status", "streamed", "abandoned", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "tokens_per_s", "error", "client", "key_name", "request_body", "response_text",
+    "id",
+    "ts",
+    "api",
+    "method",
+    "route",
+    "model_requested",
+    "model_served",
+    "backend",
+    "upstream_url",
+    "status",
+    "streamed",
+    "abandoned",
+    "latency_ms",
+    "ttft_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_s",
+    "error",
+    "client",
+    "key_name",
+    "request_body",
+    "response_text",
 )
 
 

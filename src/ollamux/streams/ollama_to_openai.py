@@ -43,7 +43,13 @@ class OllamaToOpenAIStream:
     content_type = "text/event-stream"
 
     def __init__(
-        self, model: str, kind: Kind, *, id: str, created: int, include_usage: bool = False,
+        self,
+        model: str,
+        kind: Kind,
+        *,
+        id: str,
+        created: int,
+        include_usage: bool = False,
         max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.model = model

@@ -62,7 +62,12 @@ class OpenAIToOllamaStream:
     content_type = "application/x-ndjson"
 
     def __init__(
-        self, model: str, kind: Kind, timing: Timing, *, think: Any = None,
+        self,
+        model: str,
+        kind: Kind,
+        timing: Timing,
+        *,
+        think: Any = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
@@ -124,9 +129,7 @@ class OpenAIToOllamaStream:
             return self._content_lines([content])
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": content, "thinking": thinking}
-            return dumps_line(
-                {"model": self.model, "created_at": now_rfc3339(), "message": message, "done": False}
-            )
+            return dumps_line({"model": self.model, "created_at": now_rfc3339(), "message": message, "done": False})
         obj: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339(), "response": content}
         obj["thinking"] = thinking
         obj["done"] = False
@@ -337,4 +340,3 @@ class OpenAIToOllamaStream:
         obj["done_reason"] = done_reason(self.finish_reason)
         obj.update(final_metrics(self.usage, self.timings, self.timing, end))
         return obj
-

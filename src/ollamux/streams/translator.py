@@ -158,9 +158,7 @@ class NDJSONPassthrough:
 
     __slots__ = ("_error", "_first_ns", "_last", "_redact", "_rewriter", "content_type")
 
-    def __init__(
-        self, content_type: str, rewriter: ModelLineRewriter | None, redact: Redact | None = None
-    ) -> None:
+    def __init__(self, content_type: str, rewriter: ModelLineRewriter | None, redact: Redact | None = None) -> None:
         self.content_type = content_type
         self._rewriter = rewriter
         self._redact = redact

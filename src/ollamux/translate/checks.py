@@ -15,8 +15,15 @@ __all__ = ["json_type", "opt_field"]
 
 T = TypeVar("T")
 
-_NAMES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
-          bool: "a boolean", type(None): "null"}
+_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def json_type(value: Any) -> str:

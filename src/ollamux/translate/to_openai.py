@@ -229,9 +229,7 @@ def generate_as_chat_request(
     return body
 
 
-def completion_request(
-    req: Mapping[str, Any], upstream: str, *, stream: bool, dialect: Dialect
-) -> dict[str, Any]:
+def completion_request(req: Mapping[str, Any], upstream: str, *, stream: bool, dialect: Dialect) -> dict[str, Any]:
     """A raw (or fill-in-the-middle) /api/generate as a /completions body."""
     prompt = req.get("prompt") or ""
     if not isinstance(prompt, str):
@@ -244,9 +242,7 @@ def completion_request(
     return body
 
 
-def _common(
-    body: dict[str, Any], req: Mapping[str, Any], *, stream: bool, dialect: Dialect, chat: bool = True
-) -> None:
+def _common(body: dict[str, Any], req: Mapping[str, Any], *, stream: bool, dialect: Dialect, chat: bool = True) -> None:
     body.update(sampling_params(req.get("options"), dialect))
     rf = _response_format(req.get("format"))
     if rf is not None:
