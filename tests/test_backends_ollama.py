@@ -81,7 +81,8 @@ def test_request_and_stream_relayed_byte_for_byte(
 
 def test_generate_and_embeddings(client: ollama.Client, fake: FakeOllama) -> None:
     parts = list(client.generate(model="my-qwen", prompt="Once", stream=True))
-    assert "".join(p.response for p in parts) == "Once upon a time" and parts[-1].done
+    assert all(p.response is not None for p in parts)
+    assert "".join(p.response or "" for p in parts) == "Once upon a time" and parts[-1].done
     assert all(p.model == "my-qwen" for p in parts)
     r = client.generate(model="my-qwen", prompt="Once", raw=True)
     assert r.response == "Once upon a time" and fake.last("/api/generate").json["raw"] is True

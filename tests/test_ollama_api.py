@@ -197,7 +197,8 @@ def test_images_become_data_urls(client: ollama.Client, fake: FakeOpenAI) -> Non
 
 def test_generate_streamed_and_not(client: ollama.Client, fake: FakeOpenAI) -> None:
     parts = list(client.generate(model="fake-model", prompt="hi", system="sys", stream=True))
-    assert "".join(p.response for p in parts) == "Hello from the fake!"
+    assert all(p.response is not None for p in parts)
+    assert "".join(p.response or "" for p in parts) == "Hello from the fake!"
     assert parts[-1].done and parts[-1].eval_count == 3
     sent = fake.last("/chat/completions").json
     assert sent["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
@@ -244,7 +245,7 @@ def test_tags_show_ps(client: ollama.Client) -> None:
     tags = client.list()
     names = {m.model for m in tags.models}
     assert {"fake-model:latest", "llama3.2:latest", "tools:latest"} <= names
-    assert not any("*" in n for n in names)
+    assert not any(n is None or "*" in n for n in names)
     show = client.show("llama3.2")
     assert show.modelinfo is not None
     arch = show.modelinfo["general.architecture"]

@@ -9,25 +9,27 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam, ChatCompletionToolParam
 
 from .conftest import ProxyFactory
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
 
-WEATHER_TOOL = {
+WEATHER_TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-HI = [{"role": "user", "content": "hi"}]
+HI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n0000").decode()
 
 
@@ -63,7 +65,9 @@ def oai() -> Iterator[Callable[[str], openai.OpenAI]]:
         c.close()
 
 
-def collect(stream: Any) -> tuple[str, list[Any], Any, list[Any]]:
+def collect(
+    stream: Iterable[ChatCompletionChunk],
+) -> tuple[str, list[dict[str, str]], CompletionUsage | None, list[ChatCompletionChunk]]:
     """Content, assembled tool calls, the usage chunk's usage and the chunks of a streamed chat."""
     chunks = list(stream)
     text = ""
@@ -82,7 +86,7 @@ def collect(stream: Any) -> tuple[str, list[Any], Any, list[Any]]:
     return text, [calls[i] for i in sorted(calls)], usage, chunks
 
 
-def finish_of(chunks: list[Any]) -> str | None:
+def finish_of(chunks: list[ChatCompletionChunk]) -> str | None:
     reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(reasons) == 1
     return reasons[0]
@@ -90,7 +94,7 @@ def finish_of(chunks: list[Any]) -> str | None:
 
 # =========================================================================== OpenAI-compatible backend
 def test_chat_passthrough(proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
-    r = oai(proxy).chat.completions.create(model="fake-model", messages=HI)  # type: ignore[arg-type]
+    r = oai(proxy).chat.completions.create(model="fake-model", messages=HI)
     assert r.choices[0].message.content == "Hello from the fake!"
     assert r.choices[0].finish_reason == "stop"
     assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (11, 3)
@@ -101,7 +105,7 @@ def test_chat_passthrough_streamed_with_usage(proxy: str, oai: Callable[[str], o
         model="fm:7b",
         messages=HI,
         stream=True,
-        stream_options={"include_usage": True},  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
     )
     text, _, usage, chunks = collect(stream)
     assert text == "Hello from the fake!" and finish_of(chunks) == "stop"
@@ -110,11 +114,14 @@ def test_chat_passthrough_streamed_with_usage(proxy: str, oai: Callable[[str], o
 
 def test_tool_calls_passthrough(proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
     c = oai(proxy)
-    r = c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL])  # type: ignore[arg-type, list-item]
-    call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert json.loads(call.function.arguments) == {"city": "Tokyo", "unit": "c"}  # type: ignore[union-attr]
+    r = c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL])
+    tool_calls = r.choices[0].message.tool_calls
+    assert tool_calls is not None and len(tool_calls) == 1
+    call = tool_calls[0]
+    assert call.type == "function"
+    assert json.loads(call.function.arguments) == {"city": "Tokyo", "unit": "c"}
     _, calls, _, chunks = collect(
-        c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL], stream=True)  # type: ignore[arg-type, list-item]
+        c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL], stream=True)
     )
     assert calls == [{"id": "call_abc", "name": "get_weather", "arguments": '{"city": "Tokyo", "unit": "c"}'}]
     assert finish_of(chunks) == "tool_calls"
@@ -146,19 +153,20 @@ def test_models_list_and_retrieve(proxy: str, oai: Callable[[str], openai.OpenAI
     assert c.models.retrieve("x-org/some-model:q4").id == "x-org/some-model:q4"  # '/' and ':' in the id
     with pytest.raises(openai.NotFoundError) as info:
         c.models.retrieve("nope")
-    assert info.value.body["message"] == "model 'nope' not found"  # type: ignore[index]
+    body = info.value.body
+    assert isinstance(body, dict) and body["message"] == "model 'nope' not found"
 
 
 def test_errors_in_openai_envelope(proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
     c = oai(proxy)
     with pytest.raises(openai.NotFoundError, match="model 'nope' not found"):
-        c.chat.completions.create(model="nope", messages=HI)  # type: ignore[arg-type]
+        c.chat.completions.create(model="nope", messages=HI)
     with pytest.raises(openai.BadRequestError, match="temperature too hot"):
-        c.chat.completions.create(model="x-bad-request", messages=HI)  # type: ignore[arg-type]
+        c.chat.completions.create(model="x-bad-request", messages=HI)
     with pytest.raises(openai.InternalServerError, match="backend exploded"):
-        c.chat.completions.create(model="x-server-error", messages=HI)  # type: ignore[arg-type]
+        c.chat.completions.create(model="x-server-error", messages=HI)
     with pytest.raises(openai.APIError, match="the model crashed"):
-        collect(c.chat.completions.create(model="x-midstream", messages=HI, stream=True))  # type: ignore[arg-type]
+        collect(c.chat.completions.create(model="x-midstream", messages=HI, stream=True))
     r = httpx.post(proxy + "/v1/chat/completions", content=b'{"model": ')
     assert r.status_code == 400
     err = r.json()["error"]
@@ -176,7 +184,7 @@ def test_backend_down_is_502(start_proxy: ProxyFactory, oai: Callable[[str], ope
         }
     )
     with pytest.raises(openai.APIStatusError) as info:
-        oai(url).chat.completions.create(model="m", messages=HI)  # type: ignore[arg-type]
+        oai(url).chat.completions.create(model="m", messages=HI)
     assert info.value.status_code == 502 and "cannot be reached" in info.value.message
 
 
@@ -226,7 +234,7 @@ def test_chat_via_ollama(
         model="my-qwen",
         messages=HI,
         max_tokens=50,
-        seed=1,  # type: ignore[arg-type]
+        seed=1,
         response_format={"type": "json_object"},
     )
     assert r.model == "my-qwen" and r.object == "chat.completion"
@@ -243,7 +251,7 @@ def test_chat_via_ollama_streamed_with_usage(ollama_proxy: str, oai: Callable[[s
         model="my-qwen",
         messages=HI,
         stream=True,
-        stream_options={"include_usage": True},  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
     )
     text, _, usage, chunks = collect(stream)
     assert text == "Hello from Ollama!"
@@ -259,11 +267,11 @@ def test_thinking_via_ollama(
     ollama_proxy: str, oai: Callable[[str], openai.OpenAI], fake_ollama: tuple[FakeOllama, str]
 ) -> None:
     c = oai(ollama_proxy)
-    r = c.chat.completions.create(model="think", messages=HI, reasoning_effort="high")  # type: ignore[arg-type]
+    r = c.chat.completions.create(model="think", messages=HI, reasoning_effort="high")
     assert fake_ollama[0].last("/api/chat").json["think"] == "high"
     extra = r.choices[0].message.model_extra or {}
     assert extra["reasoning_content"] == "Let me think." and r.choices[0].message.content == "Hello from Ollama!"
-    chunks = list(c.chat.completions.create(model="think", messages=HI, stream=True))  # type: ignore[arg-type]
+    chunks = list(c.chat.completions.create(model="think", messages=HI, stream=True))
     reasoning = "".join(
         (ch.choices[0].delta.model_extra or {}).get("reasoning_content", "") for ch in chunks if ch.choices
     )
@@ -272,13 +280,16 @@ def test_thinking_via_ollama(
 
 def test_tool_calls_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
     c = oai(ollama_proxy)
-    r = c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL])  # type: ignore[arg-type, list-item]
+    r = c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL])
     assert r.choices[0].finish_reason == "tool_calls"
-    call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert call.id == "call_x1y2z3w4" and call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert call.function.arguments == '{"city":"Tokyo","unit":"c"}'  # type: ignore[union-attr]
+    tool_calls = r.choices[0].message.tool_calls
+    assert tool_calls is not None and len(tool_calls) == 1
+    call = tool_calls[0]
+    assert call.type == "function"
+    assert call.id == "call_x1y2z3w4" and call.function.name == "get_weather"
+    assert call.function.arguments == '{"city":"Tokyo","unit":"c"}'
     _, calls, _, chunks = collect(
-        c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL], stream=True)  # type: ignore[arg-type, list-item]
+        c.chat.completions.create(model="tools", messages=HI, tools=[WEATHER_TOOL], stream=True)
     )
     assert calls == [{"id": "call_x1y2z3w4", "name": "get_weather", "arguments": '{"city":"Tokyo","unit":"c"}'}]
     assert finish_of(chunks) == "tool_calls"
@@ -287,7 +298,7 @@ def test_tool_calls_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.Op
 def test_history_and_images_translated(
     ollama_proxy: str, oai: Callable[[str], openai.OpenAI], fake_ollama: tuple[FakeOllama, str]
 ) -> None:
-    messages = [
+    messages: list[ChatCompletionMessageParam] = [
         {
             "role": "user",
             "content": [
@@ -302,7 +313,7 @@ def test_history_and_images_translated(
         },
         {"role": "tool", "tool_call_id": "c1", "content": "a cat"},
     ]
-    oai(ollama_proxy).chat.completions.create(model="my-qwen", messages=messages)  # type: ignore[arg-type]
+    oai(ollama_proxy).chat.completions.create(model="my-qwen", messages=messages)
     sent = fake_ollama[0].last("/api/chat").json["messages"]
     assert sent[1]["images"] == [PNG_B64]
     assert sent[2]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
@@ -348,11 +359,11 @@ def test_models_via_ollama_discovery(ollama_proxy: str, oai: Callable[[str], ope
 def test_errors_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI]) -> None:
     c = oai(ollama_proxy)
     with pytest.raises(openai.BadRequestError, match="temperature too hot"):
-        c.chat.completions.create(model="bad-request", messages=HI)  # type: ignore[arg-type]
+        c.chat.completions.create(model="bad-request", messages=HI)
     with pytest.raises(openai.NotFoundError, match="model 'gone' not found"):
-        c.chat.completions.create(model="gone", messages=HI)  # type: ignore[arg-type]
+        c.chat.completions.create(model="gone", messages=HI)
     with pytest.raises(openai.APIError, match="the model crashed"):
-        collect(c.chat.completions.create(model="midstream", messages=HI, stream=True))  # type: ignore[arg-type]
+        collect(c.chat.completions.create(model="midstream", messages=HI, stream=True))
     r = httpx.post(
         ollama_proxy + "/v1/chat/completions", json={"model": "my-qwen", "messages": [{"role": "user", "content": 2}]}
     )
@@ -365,7 +376,7 @@ def test_errors_via_ollama(ollama_proxy: str, oai: Callable[[str], openai.OpenAI
         }
     }
     assert "x-request-id" in r.headers
-    _, _, _, chunks = collect(c.chat.completions.create(model="empty", messages=HI, stream=True))  # type: ignore[arg-type]
+    _, _, _, chunks = collect(c.chat.completions.create(model="empty", messages=HI, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant" and finish_of(chunks) == "stop"
 
 
@@ -387,25 +398,28 @@ def chain(proxy: str, start_proxy: ProxyFactory, tmp_path: Any) -> str:
 
 def test_round_trip_chain(chain: str, oai: Callable[[str], openai.OpenAI]) -> None:
     c = oai(chain)
-    r = c.chat.completions.create(model="chain", messages=HI)  # type: ignore[arg-type]
+    r = c.chat.completions.create(model="chain", messages=HI)
     assert r.choices[0].message.content == "Hello from the fake!" and r.model == "chain"
     assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (11, 3)
     text, _, usage, chunks = collect(
         c.chat.completions.create(model="chain", messages=HI, stream=True, stream_options={"include_usage": True})
-    )  # type: ignore[arg-type]
+    )
     assert text == "Hello from the fake!" and finish_of(chunks) == "stop"
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (11, 3)
 
-    r = c.chat.completions.create(model="chain-tools", messages=HI, tools=[WEATHER_TOOL])  # type: ignore[arg-type, list-item]
-    call = r.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"city": "Tokyo", "unit": "c"}  # type: ignore[union-attr]
+    r = c.chat.completions.create(model="chain-tools", messages=HI, tools=[WEATHER_TOOL])
+    tool_calls = r.choices[0].message.tool_calls
+    assert tool_calls is not None and len(tool_calls) == 1
+    call = tool_calls[0]
+    assert call.type == "function"
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Tokyo", "unit": "c"}
     _, calls, usage, chunks = collect(
         c.chat.completions.create(
             model="chain-tools",
             messages=HI,
             tools=[WEATHER_TOOL],
-            stream=True,  # type: ignore[arg-type, list-item]
+            stream=True,
             stream_options={"include_usage": True},
         )
     )

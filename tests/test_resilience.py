@@ -82,7 +82,7 @@ def lines(r: httpx.Response) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def proxy_for(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Proxy]]:
-    runners = []
+    runners: list[web.AppRunner] = []
 
     def start(config: dict[str, Any]) -> Proxy:
         db = tmp_path / f"requests-{len(runners)}.sqlite"

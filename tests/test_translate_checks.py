@@ -32,7 +32,8 @@ def test_a_wrong_type_is_a_502_naming_the_field(value: object, kind: type, said:
 
 
 def test_json_type_names() -> None:
-    assert [json_type(v) for v in ({}, [], "", 1, 1.5, None)] == [
+    values: list[object] = [{}, [], "", 1, 1.5, None]
+    assert [json_type(v) for v in values] == [
         "an object",
         "an array",
         "a string",

@@ -172,7 +172,8 @@ def test_vector_9_embeddings() -> None:
         "input": [""],
         "dimensions": 2,
     }
-    for bad in ({}, {"input": []}, {"input": [1, 2]}):
+    bads: list[dict[str, Any]] = [{}, {"input": []}, {"input": [1, 2]}]
+    for bad in bads:
         with pytest.raises(BadRequest, match="invalid input"):
             to_ollama.embed_request(bad, "m")
     with pytest.raises(BadRequest, match=r"Supported values: \['float', 'base64'\]"):
