@@ -1,10 +1,10 @@
 """The ModelManager: starts, shares, times out, evicts and stops the models ollamux runs itself.
 
-Everything here runs on the app's event loop, so the bookkeeping needs no locks: the state of each model
-(`state.ModelState`) changes only between awaits, and the eviction choice (`policy.plan_start`) is made on
-a snapshot taken in the same step as the action that follows it. The one exception is reading the disk
-(the models folder, GGUF headers, the digest cache): a worker thread gathers it into plain values, and the
-loop applies them in one step, so the thread never touches the manager's state.
+It holds the lifecycle only: which models there are, and what their files say, is its `Catalogue`
+(`catalogue.py`), which shares the `ManagedModel` records with it. Everything here runs on the app's event
+loop, so the bookkeeping needs no locks: the state of each model (`state.ModelState`) changes only between
+awaits, and the eviction choice (`policy.plan_start`) is made on a snapshot taken in the same step as the
+action that follows it. The catalogue's disk reads run in a worker thread that never touches that state.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -27,20 +25,21 @@ from ..backends.http import HTTPBackend
 from ..backends.openai import OpenAIBackend
 from ..config import BackendSettings, RuntimeSettings, RuntimeSpec, Settings, Timeouts
 from ..errors import BackendError, ModelNotFound, ServiceUnavailable
-from ..registry import ModelEntry, Registry
-from . import models_dir
-from .gguf_meta import DigestCache, GGUFInfo, HeaderCache, default_cache_dir
+from ..registry import Registry
+from .catalogue import Catalogue
+from .gguf_meta import DigestCache
+from .model import ManagedModel, ModelStatus, RunningModel
 from .policy import Candidate, plan_start
 from .process import ChildProcess, free_port, tail
-from .state import Event, ModelState, Phase
+from .state import Event, Phase
 
+# ManagedModel, ModelStatus and RunningModel live in `model.py` (the catalogue builds the records too)
 __all__ = ["FOREVER", "ManagedModel", "ModelManager", "ModelStartError", "ModelStatus", "RunningModel"]
 
 log = logging.getLogger("ollamux.runtime")
 
 # Ollama's "forever" is a duration of MaxInt64 nanoseconds: /api/ps shows an expiry ~292 years ahead
 FOREVER = 9_223_372_036.0
-SOURCE = "models_dir"
 RETRY_AFTER = "5"
 
 
@@ -48,89 +47,6 @@ class ModelStartError(BackendError):
     """The model's process exited while starting; the message carries the last lines it printed."""
 
     status = 500
-
-
-@dataclass(frozen=True)
-class RunningModel:
-    """One line of /api/ps."""
-
-    entry: ModelEntry
-    expires_at: float  # unix time
-    ctx: int
-    size: int
-    pid: int
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """One managed model as readiness (/health/ready) and the metrics see it."""
-
-    model: str
-    state: str  # the phase: stopped, starting, ready, stopping, failed
-    active: int  # requests using its process now
-    waiting: int  # requests waiting for it to start (or for a slot to start it in)
-    ctx: int | None  # the context it runs with (or was last asked to); None before its first start
-    pid: int | None
-    expires_at: float | None  # unix time it stops when idle; None while busy or not running
-
-
-@dataclass(frozen=True)
-class _Described:
-    """What the scan thread read about one model file; `info` None: unreadable (already logged)."""
-
-    info: GGUFInfo | None
-    meta: dict[str, Any]
-    digest_stamp: tuple[Path, int, int] | None  # (path, size, mtime_ns) when its digest is still unknown
-
-
-@dataclass(frozen=True)
-class _FolderScan:
-    stamp: int  # the folder's mtime_ns when it was listed (-1: missing)
-    files: list[tuple[models_dir.ModelFile, _Described]]
-
-
-@dataclass(frozen=True)
-class _ScanResult:
-    # configured models (first scan only): backend -> (their GGUF file, what it says)
-    config: dict[str, tuple[Path | None, _Described | None]]
-    folder: _FolderScan | None  # None: no models folder, or it did not change
-
-
-@dataclass(eq=False)
-class ManagedModel:
-    backend: str  # runtime:<model name>
-    entry: ModelEntry
-    spec: RuntimeSpec
-    gguf: Path | None  # the model file, when known (a cmd: model naming one in its arguments too)
-    max_ctx: int | None = None  # the context the model was trained for: never start with more
-    size: int = 0
-    state: ModelState = field(default_factory=ModelState)
-    proc: ChildProcess | None = None
-    http: HTTPBackend | None = None
-    start_task: asyncio.Task[None] | None = None
-    stop_task: asyncio.Task[None] | None = None
-    keep_alive: float | None = None  # what the last request asked; None: the model's ttl
-    expires_at: float | None = None
-    timer: asyncio.TimerHandle | None = None
-    removed: bool = False  # its file left the models folder
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
-
-    @property
-    def log_name(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.entry.name) + ".log"
-
-    def ctx_for(self, num_ctx: int | None) -> int:
-        """The context to run with: the configured one, or more when a request asks for more."""
-        base = self.spec.ctx
-        if self.spec.cmd is not None and not any("${CTX}" in a for a in self.spec.cmd):
-            return base  # the command cannot be told another context: restarting would not help
-        want = max(base, num_ctx or 0)
-        if self.max_ctx:
-            want = max(base, min(want, self.max_ctx))
-        return want
 
 
 class ModelManager:
@@ -150,187 +66,31 @@ class ModelManager:
         self.client = client
         self.registry = registry
         self.probed = probed
-        self.digests = digest_cache or DigestCache(default_cache_dir() / "digests.json")
-        self.headers = HeaderCache()  # used by the scan thread only
         self.python = python
         # told (model, seconds) each time a model becomes ready: the metrics' load-time histogram
         self.on_loaded: Callable[[str, float], None] | None = None
-        self.models: dict[str, ManagedModel] = {}
-        self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._dir_stamp: int | None = None
-        self._closing = False
-        self._rescan_task: asyncio.Task[None] | None = None
-        self._stale = False  # the next scan must re-read the folder even if its mtime did not change
-        self._config_pending = False  # configured GGUF files not described yet (the first scan does it)
-        self._hashing: set[tuple[Path, int, int]] = set()  # file versions whose digest was already asked for
         self.on_new_models: Callable[[], None] | None = None  # the app registers their backends
         # no disk access here: the first `rescan()` reads the GGUF headers, in a thread
-        for m in settings.models:
-            if m.runtime is None or m.is_wildcard:
-                continue
-            entry = registry.find(m.name)
-            if entry is None:  # pragma: no cover - config models always resolve
-                continue
-            self.models[m.backend] = ManagedModel(backend=m.backend, entry=entry, spec=m.runtime, gguf=m.runtime.gguf)
-            self._config_pending = True
+        self.catalogue = Catalogue(
+            settings, registry, probed, retire=self._arm, changed=self._new_models, digest_cache=digest_cache
+        )
+        self.models: dict[str, ManagedModel] = self.catalogue.models  # one dict: the catalogue adds to it
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     # ------------------------------------------------------------------------------------- catalogue
     async def rescan(self, *, force: bool = False) -> None:
-        """Bring the catalogue up to date with the disk, without blocking the loop.
-
-        The first call describes the configured GGUF files; every call re-reads the models folder if its
-        modification time changed (or `force`). The disk is read in a worker thread, and only files that
-        are new or changed are parsed again. Calls that arrive while a scan runs wait for that scan
-        instead of starting another; a forced one that arrives then gets one more scan after it.
-        """
-        if force:
-            self._stale = True
-        if self._closing or (self.settings.models_dir is None and not self._config_pending):
-            return
-        task = self._rescan_task
-        if task is not None and not task.done():
-            await asyncio.shield(task)
-            if not self._stale:
-                return
-            task = self._rescan_task  # another caller woken with us may have started the next one
-            if task is not None and not task.done():
-                await asyncio.shield(task)
-                return
-        task = asyncio.create_task(self._rescan_once(), name="rescan models")
-        self._rescan_task = task
-        self._tasks.add(task)  # close() cancels it
-        task.add_done_callback(self._rescan_done)
-        await asyncio.shield(task)  # a caller that goes away does not cancel the scan others wait for
-
-    def _rescan_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("rescanning the models failed: %s", task.exception())
-
-    async def _rescan_once(self) -> None:
-        force, self._stale = self._stale, False
-        config = [(b, m.name, m.spec) for b, m in self.models.items() if m.entry.source != SOURCE]
-        if not self._config_pending:
-            config = []
-        folder = self.settings.models_dir
-        try:
-            result = await asyncio.to_thread(self._read_disk, folder, None if force else self._dir_stamp, config)
-        except BaseException:
-            self._stale = self._stale or force  # the next call retries what this one was asked to do
-            raise
-        if not self._closing:
-            self._apply(result)
-
-    def _read_disk(
-        self, folder: Path | None, known_stamp: int | None, config: Sequence[tuple[str, str, RuntimeSpec]]
-    ) -> _ScanResult:
-        """In a worker thread: everything a scan needs from the disk, as plain values."""
-        described: dict[str, tuple[Path | None, _Described | None]] = {}
-        for backend, name, spec in config:
-            gguf = spec.gguf or _gguf_in(spec.cmd or ())
-            described[backend] = (gguf, self._describe(name, gguf) if gguf else None)
-        scan: _FolderScan | None = None
-        if folder is not None:
-            try:
-                stamp = folder.stat().st_mtime_ns
-            except OSError:
-                stamp = -1
-            # listed after the stamp was taken: a change during the listing makes the next stamp differ
-            if stamp != known_stamp:
-                files = [(f, self._describe(f.name, f.path, f.size, f.mtime)) for f in models_dir.scan(folder)]
-                scan = _FolderScan(stamp=stamp, files=files)
-        return _ScanResult(config=described, folder=scan)
-
-    def _describe(self, name: str, path: Path, size: int | None = None, mtime: float | None = None) -> _Described:
-        try:
-            st = path.stat()
-            info: GGUFInfo | None = self.headers.read(path)
-        except (OSError, ValueError) as exc:
-            log.warning("model '%s': cannot read %s: %s", name, path, exc)
-            return _Described(
-                info=None, meta={"size": size, "modified_at": mtime} if size is not None else {}, digest_stamp=None
-            )
-        assert info is not None
-        meta = info.meta()
-        meta["modified_at"] = st.st_mtime if mtime is None else mtime
-        digest = self.digests.cached(path)
-        if digest:
-            meta["digest"] = digest
-        return _Described(info=info, meta=meta, digest_stamp=None if digest else (path, st.st_size, st.st_mtime_ns))
-
-    def _apply(self, result: _ScanResult) -> None:
-        """On the loop, in one step: what the scan thread read becomes the catalogue."""
-        for backend, (gguf, d) in result.config.items():
-            model = self.models.get(backend)
-            if model is None:
-                continue
-            model.gguf = gguf
-            if d is not None and d.info is not None:
-                model.max_ctx, model.size = d.info.context_length or None, d.info.size
-                key = (model.entry.backend, model.entry.upstream)
-                # on top of what is there: compute_config_digests may have added the digest already
-                self.probed[key] = {**self.probed.get(key, {}), **d.meta}
-        self._config_pending = False
-        if result.folder is not None:
-            self._dir_stamp = result.folder.stamp
-            self._apply_folder(result.folder)
-
-    def _apply_folder(self, scan: _FolderScan) -> None:
-        entries: list[ModelEntry] = []
-        seen: set[str] = set()
-        to_hash: list[Path] = []
-        for f, d in scan.files:
-            backend = f"runtime:{f.name}"
-            model = self.models.get(backend)
-            if model is not None and model.entry.source != SOURCE:
-                continue  # a configured model of that name wins, as it does in the registry
-            seen.add(backend)
-            spec = RuntimeSpec(gguf=f.path, ctx=self.settings.ctx, ttl=self.settings.ttl, threads=self.settings.threads)
-            entry = ModelEntry(name=f.name, backend=backend, upstream=f.name, source=SOURCE, meta=d.meta)
-            entries.append(entry)
-            max_ctx = (d.info.context_length or None) if d.info else None
-            size = d.info.size if d.info else 0
-            if model is None:
-                self.models[backend] = ManagedModel(
-                    backend=backend, entry=entry, spec=spec, gguf=f.path, max_ctx=max_ctx, size=size
-                )
-            else:
-                model.entry, model.spec, model.gguf = entry, spec, f.path
-                model.max_ctx, model.size, model.removed = max_ctx, size, False
-            # each version of a file is hashed once: a file that cannot be hashed does not loop forever
-            if d.digest_stamp is not None and d.digest_stamp not in self._hashing:
-                self._hashing.add(d.digest_stamp)
-                to_hash.append(f.path)
-        for backend, model in self.models.items():
-            if model.entry.source == SOURCE and backend not in seen and not model.removed:
-                model.removed = True
-                self._arm(model)  # its file is gone: stop it once idle
-        self.registry.set_source(SOURCE, entries)
-        if self.on_new_models is not None:
-            self.on_new_models()
-        if to_hash and not self._closing:
-            self._background(self._compute_digests(to_hash))
-
-    async def _compute_digests(self, paths: Sequence[Path]) -> None:
-        for p in paths:
-            try:
-                await asyncio.to_thread(self.digests.get, p)
-            except OSError as exc:
-                log.warning("cannot hash %s: %s", p, exc)
-        await self.rescan(force=True)  # now with digests (the headers come from the cache)
+        """Bring the models up to date with the disk, without blocking the loop (`Catalogue.rescan`)."""
+        await self.catalogue.rescan(force=force)
 
     async def compute_config_digests(self) -> None:
         """Digests of configured GGUF files (slow once per file, then cached): off the request path."""
-        for model in list(self.models.values()):
-            if model.entry.source == SOURCE or model.gguf is None:
-                continue
-            try:
-                digest = await asyncio.to_thread(self.digests.get, model.gguf)
-            except OSError:
-                continue
-            key = (model.entry.backend, model.entry.upstream)
-            self.probed[key] = {**self.probed.get(key, {}), "digest": digest}
+        await self.catalogue.compute_config_digests()
+
+    def _new_models(self) -> None:
+        if self.on_new_models is not None:
+            self.on_new_models()
 
     # ---------------------------------------------------------------------------------------- queries
     def manages(self, backend: str) -> bool:
@@ -696,6 +456,7 @@ class ModelManager:
             self._disarm(m)
         for t in list(self._tasks):
             t.cancel()
+        await self.catalogue.close()  # no scan is applied after this: it would add models and hash files
         await asyncio.gather(*(self._stop(m) for m in self.models.values()), return_exceptions=True)
         for t in list(self._tasks):
             with contextlib.suppress(BaseException):
@@ -705,16 +466,6 @@ class ModelManager:
 def _http_backend(settings: BackendSettings, client: aiohttp.ClientSession) -> HTTPBackend:
     """The OpenAI-compatible backend a running model is called through: the one place that names its class."""
     return OpenAIBackend(settings, client)
-
-
-def _gguf_in(argv: Sequence[str]) -> Path | None:
-    """A `cmd:` model's GGUF file, when its command names one (for metadata and /api/ps size); reads the disk."""
-    for a in argv:
-        if a.lower().endswith(".gguf") and "${" not in a:
-            p = Path(a).expanduser()
-            if p.is_file():
-                return p
-    return None
 
 
 def _backend_settings(name: str, port: int, spec: RuntimeSpec) -> BackendSettings:

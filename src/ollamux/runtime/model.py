@@ -1,0 +1,79 @@
+"""One managed model: the record its catalogue and its manager share, and the views of it the app reads."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends.http import HTTPBackend
+from ..config import RuntimeSpec
+from ..registry import ModelEntry
+from .process import ChildProcess
+from .state import ModelState
+
+__all__ = ["ManagedModel", "ModelStatus", "RunningModel"]
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """One line of /api/ps."""
+
+    entry: ModelEntry
+    expires_at: float  # unix time
+    ctx: int
+    size: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One managed model as readiness (/health/ready) and the metrics see it."""
+
+    model: str
+    state: str  # the phase: stopped, starting, ready, stopping, failed
+    active: int  # requests using its process now
+    waiting: int  # requests waiting for it to start (or for a slot to start it in)
+    ctx: int | None  # the context it runs with (or was last asked to); None before its first start
+    pid: int | None
+    expires_at: float | None  # unix time it stops when idle; None while busy or not running
+
+
+@dataclass(eq=False)
+class ManagedModel:
+    """What the catalogue knows of a model (entry, spec, file, trained context, size), then its process."""
+
+    backend: str  # runtime:<model name>
+    entry: ModelEntry
+    spec: RuntimeSpec
+    gguf: Path | None  # the model file, when known (a cmd: model naming one in its arguments too)
+    max_ctx: int | None = None  # the context the model was trained for: never start with more
+    size: int = 0
+    state: ModelState = field(default_factory=ModelState)
+    proc: ChildProcess | None = None
+    http: HTTPBackend | None = None
+    start_task: asyncio.Task[None] | None = None
+    stop_task: asyncio.Task[None] | None = None
+    keep_alive: float | None = None  # what the last request asked; None: the model's ttl
+    expires_at: float | None = None
+    timer: asyncio.TimerHandle | None = None
+    removed: bool = False  # its file left the models folder
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def log_name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.entry.name) + ".log"
+
+    def ctx_for(self, num_ctx: int | None) -> int:
+        """The context to run with: the configured one, or more when a request asks for more."""
+        base = self.spec.ctx
+        if self.spec.cmd is not None and not any("${CTX}" in a for a in self.spec.cmd):
+            return base  # the command cannot be told another context: restarting would not help
+        want = max(base, num_ctx or 0)
+        if self.max_ctx:
+            want = max(base, min(want, self.max_ctx))
+        return want
