@@ -137,3 +137,19 @@ def test_request_lines_observer() -> None:
 def test_json_lines_survive_undecodable_text() -> None:
     line = json.loads(JSONFormatter().format(_record("bad \udcff byte", request_id="r")))
     assert line["msg"] == "bad \udcff byte" and line["request_id"] == "r"
+
+
+def test_readiness_reuses_recent_probes_instead_of_one_upstream_call_per_request(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory
+) -> None:
+    # one prober serves the health checks, the backend_up metric and readiness: a burst of readiness
+    # calls must not become a burst of upstream calls carrying the backend's key
+    fake, url = fake_openai
+    cfg = basic_config(url)
+    cfg["metrics"] = {"backend_probe_interval": 0}
+    with httpx.Client(base_url=start_proxy(cfg), timeout=10) as c:
+        before = sum(1 for r in fake.requests if r.path.endswith("/models"))
+        statuses = [c.get("/health/ready").status_code for _ in range(30)]
+        probes = sum(1 for r in fake.requests if r.path.endswith("/models")) - before
+    assert statuses == [200] * 30
+    assert probes == 1

@@ -553,6 +553,11 @@ def test_load_one_of_two_replicas_killed_halfway(
 
     async def kill_later() -> None:
         await asyncio.sleep(0.5)
+        # the kill lands mid-load once `a` has finished a stream (a busy machine may need longer than 0.5 s)
+        for _ in range(500):
+            if a.completed:
+                break
+            await asyncio.sleep(0.01)
         await asyncio.to_thread(a.kill)
 
     async def main() -> None:

@@ -77,10 +77,7 @@ def _handler(kind: PivotKind) -> Any:
             headers=headers,
             client_auth=client_auth(request, state),
         ) as opened:
-            up = opened.backend
-            resp = opened.response
-            translator = SSEPassthrough(resp.headers.get("Content-Type", SSE_CT), up.redact.data if up.redact else None)
-            return await relay_passthrough(request, rec, resp, translator)
+            return await relay_passthrough(request, rec, opened.response)
 
     return handle
 

@@ -216,8 +216,13 @@ class UpstreamResponse:
         try:
             with errors:
                 length = self.resp.content_length
-                if length is not None and length > limit:
-                    raise self._too_large(limit)
+                if length is not None:
+                    if length > limit:
+                        raise self._too_large(limit)
+                    # the usual answer: its length is known and allowed, so aiohttp's own read is bounded
+                    if self.idle_timeout is None or content.is_eof():
+                        self._body = await self.resp.read()
+                        return self._body
                 parts: list[bytes] = []
                 size = 0
                 while True:

@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from ..backends.http import UpstreamResponse, error_message_from_body
 from ..errors import OllamuxError, UpstreamError
 from ..observe import RequestRecord
-from ..streams.translator import StreamTranslator, usage_from_bytes
+from ..streams.translator import SSEPassthrough, StreamTranslator, usage_from_bytes
 
 __all__ = ["PREPARED", "relay_json", "relay_passthrough", "relay_stream", "stream_headers"]
 
@@ -179,9 +179,7 @@ async def relay_json(up: UpstreamResponse, translate: Callable[[Any], Any]) -> A
         raise _unreadable(up, "an answer", exc) from None
 
 
-async def relay_passthrough(
-    request: web.Request, rec: RequestRecord, up: UpstreamResponse, translator: StreamTranslator
-) -> web.StreamResponse:
+async def relay_passthrough(request: web.Request, rec: RequestRecord, up: UpstreamResponse) -> web.StreamResponse:
     """The backend's status, headers and body as they came (same API on both sides): an error body in the
     client's envelope, a small answer whole, anything else streamed as it arrives, never limited."""
     rec.upstream_url = up.url
@@ -204,6 +202,8 @@ async def relay_passthrough(
         if counts is not None:
             rec.prompt_tokens, rec.completion_tokens = counts
         return web.Response(body=data, status=status, headers=headers)
+    # a stream (or a big answer) as it arrives: only the backend's echoed secrets are masked
+    translator = SSEPassthrough(up.headers.get("Content-Type", "text/event-stream"), redact.data if redact else None)
     return await relay_stream(request, rec, up, translator, expect=None, status=status, headers=headers)
 
 

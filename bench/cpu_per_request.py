@@ -1,0 +1,86 @@
+"""CPU per request of ollamux in one process, against a raw-socket upstream: a quieter A/B than wrk.
+
+Client, proxy and upstream share one process and one loop, so the client's cost is in every number alike;
+what differs between two trees is ollamux's own. Compare an older commit with the working tree:
+    git worktree add /tmp/old <commit>
+    (cd /tmp/old && PYTHONPATH=src /path/to/.venv/bin/python /path/to/bench/cpu_per_request.py)
+    PYTHONPATH=src .venv/bin/python bench/cpu_per_request.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import aiohttp
+import orjson
+import uvloop
+from aiohttp import web
+
+from ollamux import create_app
+from ollamux.config import parse_settings
+
+ANSWER = orjson.dumps(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
+CASES = [
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/api/chat", {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}),
+]
+
+
+async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Keep-alive HTTP/1.1 that answers every request with the same chat completion."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            writer.write(HEAD + ANSWER)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def main(requests: int = 3000, rounds: int = 3) -> None:
+    up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = up.sockets[0].getsockname()[1]
+    config = {
+        "backends": {"b": {"url": f"http://127.0.0.1:{port}/v1"}},
+        "models": {"m": {"backend": "b"}},
+        "request_log": {"enabled": False},
+        "metrics": {"enabled": False},
+    }
+    runner = web.AppRunner(create_app(parse_settings(config, dict(os.environ))))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy_port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as client:
+        for path, body in CASES:
+            url, data = f"http://127.0.0.1:{proxy_port}{path}", orjson.dumps(body)
+            for _ in range(rounds):
+                t0 = time.process_time()
+                for _ in range(requests):
+                    async with client.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+                        assert r.status == 200, await r.text()
+                        await r.read()
+                print(f"{path}: {(time.process_time() - t0) / requests * 1e6:.1f} us of CPU per request")
+    await runner.cleanup()
+    up.close()
+
+
+if __name__ == "__main__":
+    uvloop.install()
+    asyncio.run(main())
