@@ -17,7 +17,7 @@ from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy, OllamuxEr
 from ..jsonutil import dumps_line, loads_object, now_rfc3339
 from ..observe import RequestRecord
 from ..pipeline import relay_json, relay_stream
-from ..registry import Route
+from ..registry import ModelEntry, Route
 from ..state import SETTINGS, AppState
 from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
 from ..streams.translator import Chain, StreamTranslator
@@ -290,15 +290,31 @@ async def show(request: web.Request, state: AppState, rec: RequestRecord) -> web
 
 
 async def ps(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    # like /api/tags, a keyed caller sees only the models its key may use: the names of the others alone
+    # tell what else the server runs and for whom. An open server shows everything, as Ollama does.
+    keyed = state.guard if state.guard is not None and state.guard.keys else None
+
+    def visible(name: str, entry: ModelEntry | None) -> bool:
+        if keyed is None:
+            return True
+        # a name no entry answers to is hidden: there is no policy to check it against
+        return entry is not None and keyed.may_use(rec, Route(name, entry, entry.upstream))
+
     items: list[dict[str, Any]] = []
     if state.runtime is not None:
         for running in state.runtime.running():
             entry = running.entry
+            if not visible(entry.name, entry):
+                continue
             meta = meta_for(entry, state.probed.get((entry.backend, entry.upstream)), state.started_at)
             items.append(
                 ps_item(entry, meta, expires_at=running.expires_at, context_length=running.ctx, size=running.size)
             )
-    items.extend(await discovery.remote_ps(state))
+    for item in await discovery.remote_ps(state):
+        # remote_ps names each item as we serve it, so resolving that name finds the entry (a wildcard
+        # route included) whose key policy applies
+        if visible(item["name"], state.registry.find(item["name"]) if keyed is not None else None):
+            items.append(item)
     items.sort(key=lambda m: m["expires_at"], reverse=True)
     return json_response({"models": items})
 

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from ..backends.health import HealthMonitor
 from ..backends.http import HTTPBackend
-from ..guard.core import client_request_id
+from ..errors import Unauthorized
+from ..guard.core import KEY_NAME, client_request_id
 from ..metrics import CONTENT_TYPE, Metrics, log_collector
 from ..oplog import RequestLines
 from ..state import SETTINGS, STATE, AppState
@@ -44,7 +45,8 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 async def ready(request: web.Request) -> web.StreamResponse:
-    """Readiness: version, uptime, backends (probed now), managed models, the request log."""
+    """Readiness: version, uptime, backends (probed within the last few seconds), managed models, the
+    request log. With inbound keys on, a caller without a valid key learns only the status."""
     state = request.app[STATE]
     backends = await probe_backends(state)
     models = _managed_models(state)
@@ -54,8 +56,13 @@ async def ready(request: web.Request) -> web.StreamResponse:
     problems += [f"model {m['model']} failed" for m in models if m.get("state") == "failed"]
     if log_state.get("state") == "failed":
         problems.append("request log failed")
+    word, status = ("ready", 200) if not problems else ("degraded", 503)
+    if not _may_see_details(request, state):
+        # load balancers only need the code; the details (backend URLs, the log's path and counts, model
+        # PIDs) map the deployment for an attacker, so a keyed server keeps them for its key holders
+        return json_response({"status": word}, status=status)
     body = {
-        "status": "ready" if not problems else "degraded",
+        "status": word,
         "problems": problems,
         "version": state.settings.server.version,
         "ollamux_version": _package_version(),
@@ -64,7 +71,23 @@ async def ready(request: web.Request) -> web.StreamResponse:
         "models": models,
         "request_log": log_state,
     }
-    return json_response(body, status=200 if not problems else 503)
+    return json_response(body, status=status)
+
+
+def _may_see_details(request: web.Request, state: AppState) -> bool:
+    """Whether this caller sees readiness in full: anyone on an open server (as with Ollama), else a
+    caller with a valid key. Any configured key will do for now; admin-only keys are a later change."""
+    guard = state.guard
+    if guard is None or not guard.keys:
+        return True
+    if request.get(KEY_NAME) is not None:
+        return True  # the operator took /health/ready off auth.public_paths: the guard checked the key
+    # a public path: the guard let the request through without looking at any key, so check it here
+    try:
+        guard.keys.identify(request.headers)
+    except Unauthorized:
+        return False
+    return True
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
