@@ -1,4 +1,4 @@
-"""Access control and limits: keys, rate limits, body and nesting limits, CORS, the Host guard.
+"""Access control and limits: HTTP versions, keys, rate limits, body and nesting limits, CORS, the Host guard.
 
 `install(app, settings)` wires it into an app; `authorize_model(state, rec, route)` is the one call a
 handler makes once it knows which model a request resolved to (403 if the key may not use it).

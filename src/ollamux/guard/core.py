@@ -1,9 +1,13 @@
-"""The guard middleware: host check, CORS, key, rate limit, body limits, concurrency, in that order.
+"""The guard middleware: HTTP version, host check, CORS, key, rate limit, body limits, concurrency, in that order.
 
 One plain aiohttp middleware that never touches the response body, so streams pass straight through
 (DESIGN.md: middleware must not break streaming). Each step is skipped by a precomputed flag when it is
 not configured; with nothing configured a request pays for a Host lookup (cached) and, on a POST, two
 byte counts over a body the handler reads anyway.
+
+Every request body on a body method is read here, whatever its Content-Type (or none): the handlers parse
+any body as JSON, so a body the guard let through unread would reach them with no deadline, no depth
+limit and no concurrency gate.
 
 Refusals made here never reach a handler, so they are rendered here, in the client's envelope (`/v1/*`
 speaks OpenAI, everything else Ollama), and recorded through the observers like any other request.
@@ -17,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from ..config import Settings
 from ..errors import BadRequest, Forbidden, OllamuxError, PayloadTooLarge
@@ -37,6 +42,8 @@ log = logging.getLogger("ollamux")
 KEY_NAME = web.RequestKey("ollamux_key_name", str)  # the name of the key the client used
 CORS_ORIGIN = web.RequestKey("ollamux_cors_origin", str)  # an allowed Origin to echo on the answer
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# aiohttp's parser also takes HTTP/0.9 and HTTP/2.0 request lines, and would answer them as HTTP/1.x
+_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 # the routes that run a model: only these wait at a concurrency gate
 INFERENCE_PATHS = frozenset(
     {
@@ -97,6 +104,8 @@ class Guard:
     # ------------------------------------------------------------------------------------ middleware
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.version not in _VERSIONS:
+            return self.reject_version(request)
         headers = request.headers
         if self.hosts is not None and not self.hosts.allowed(headers.get("Host", "")):
             host = printable(headers.get("Host", ""), 100)
@@ -124,30 +133,27 @@ class Guard:
         elif request.method == "OPTIONS" and self.hosts is not None:
             return web.Response(status=204)  # Ollama's host guard answers any OPTIONS this way
         path = request.path
-        if path in self.public_paths:
-            return await handler(request)  # type: ignore[no-any-return]
         try:
-            if self.keys:
-                name = self.keys.identify(headers)
-                request[KEY_NAME] = name
-                caller, label = f"key:{name}", f"key '{name}'"
-            else:
-                caller, label = f"ip:{request.remote}", f"client {request.remote}"
-            if self.rate_limited:
-                self.rates.admit(caller, label)
-            if request.method in _BODY_METHODS and request.body_exists:
-                raw = await self._read_body(request)
-            else:
-                raw = None
+            # a public path needs no key and is never rate limited; its body still gets every limit, since
+            # an operator may make an inference route public
+            if path not in self.public_paths:
+                if self.keys:
+                    name = self.keys.identify(headers)
+                    request[KEY_NAME] = name
+                    caller, label = f"key:{name}", f"key '{name}'"
+                else:
+                    caller, label = f"ip:{request.remote}", f"client {request.remote}"
+                if self.rate_limited:
+                    self.rates.admit(caller, label)
+            # read even when there is no body (b""): a handler may still resolve the default model
+            raw = await self._read_body(request) if request.method in _BODY_METHODS else None
         except OllamuxError as exc:
             return self.reject(request, exc)
         if not self.gated or raw is None or path not in INFERENCE_PATHS:
             return await handler(request)  # type: ignore[no-any-return]
         return await self._gated(request, handler, raw)
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        if request.content_type.startswith("multipart/"):
-            return None  # uploads are read by their handler as a stream
+    async def _read_body(self, request: web.Request) -> bytes:
         try:
             # a body already in the buffer (the usual small JSON request) needs no timer
             if self.body_timeout is not None and not request.content.is_eof():
@@ -165,6 +171,8 @@ class Guard:
             raise PayloadTooLarge(
                 f"request body is larger than {self.max_body} bytes (server.max_body_bytes)"
             ) from None
+        except web.RequestPayloadError as exc:
+            raise _payload_error(request, exc) from None
         if json_depth_exceeds(raw, self.max_depth):
             raise BadRequest(f"request body nests JSON more than {self.max_depth} levels deep (limits.max_json_depth)")
         return raw
@@ -196,11 +204,17 @@ class Guard:
                 g.release()
 
     def _route_of(self, request: web.Request, raw: bytes) -> Route | None:
-        """The model a body asks for; None when it cannot tell (the handler will say what is wrong)."""
+        """The model a body asks for, found as the handlers find it (Ollama's deprecated "name" key, the
+        default model for none): a request the gate reads differently would run ungated. None when it
+        cannot tell (the handler will say what is wrong)."""
         try:
-            body = orjson.loads(raw)
-            model = body.get("model") if isinstance(body, dict) else None
-            if not isinstance(model, str) or not model:
+            body = orjson.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                return None
+            model = body.get("model")
+            if model is None and api_of(request.path) == "ollama" and isinstance(body.get("name"), str):
+                model = body["name"]
+            if model is not None and not isinstance(model, str):
                 return None
             return self.registry.resolve(model) if self.registry is not None else None
         except (orjson.JSONDecodeError, OllamuxError):
@@ -213,6 +227,21 @@ class Guard:
 
     def reject(self, request: web.Request, exc: OllamuxError) -> web.Response:
         return reject_outside(request, exc, self.observers)
+
+    def reject_version(self, request: web.Request) -> web.Response:
+        v = request.version
+        refusal = OllamuxError(
+            f"HTTP/{v.major}.{v.minor} is not supported: this server speaks HTTP/1.1 and HTTP/1.0",
+            status=505,
+            code="http_version_not_supported",
+            headers={"Connection": "close"},
+        )
+        # aiohttp writes the status line in the request's version, and "HTTP/2.0 505" would claim the very
+        # version refused (RFC 9110 2.5: answer in the highest version the server speaks). There is no public
+        # way to set it; `version` is a cached property, so its cached value is replaced (the connection is
+        # closed after this answer, nothing else reads it).
+        request._cache["version"] = HttpVersion11
+        return self.reject(request, refusal)
 
     # ----------------------------------------------------------------------------- after a request
     def request_started(self, rec: RequestRecord) -> None:
@@ -258,8 +287,11 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
         content_type="application/json",
         headers={"x-request-id": rid, **exc.headers},
     )
-    if exc.status == 408:
-        resp.force_close()  # the rest of the body may still be on its way: do not read it as a request
+    if exc.headers.get("Connection") == "close":
+        # a 408's body may still be on its way, an undecodable one cannot be read past the error, a 505's
+        # client speaks something else: nothing more on this connection may be read as a request
+        resp.force_close()
+        _stop_reading(request)
     if observers is not None:
         rec = RequestRecord(
             id=rid,
@@ -274,6 +306,27 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
         observers.started(rec)
         observers.finished(rec)
     return resp
+
+
+def _stop_reading(request: web.Request) -> None:
+    """Hang up right after the answer. Left alone, aiohttp goes on reading what is left of the body for up
+    to 10 s first (its lingering close): a slow client keeps its connection past limits.body_timeout, and
+    a body that failed to decode fails again there, with a traceback in the operator log."""
+    request.protocol.close()  # no more bytes are fed to the body: marking its end below is final
+    request.content.feed_eof()
+
+
+def _payload_error(request: web.Request, exc: web.RequestPayloadError) -> BadRequest:
+    """A body aiohttp's parser could not read, as the client's mistake it is (aiohttp's own answer is a 500
+    with two tracebacks in the operator log)."""
+    if isinstance(exc.__cause__, ContentEncodingError):
+        encoding = printable(request.headers.get("Content-Encoding", ""), 50)
+        return BadRequest(
+            f"request body could not be decoded with its Content-Encoding ({encoding})",
+            headers={"Connection": "close"},
+        )
+    detail = " ".join(printable(str(exc.__cause__ or exc)).split())  # aiohttp's messages span lines
+    return BadRequest(f"request body could not be read: {detail}", headers={"Connection": "close"})
 
 
 def on_prepare_cors(guard: Guard) -> Any:
