@@ -239,3 +239,27 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     p.write_text("backends: {b: {url: 'http://127.0.0.1:1/v1'}}\nmodels: {m: {backend: b}}\n")
     r = run_cli("check", env={"OLLAMUX_CONFIG": str(p)})
     assert r.returncode == 0 and "model m:latest" in r.stdout
+
+
+def test_runtime_restart_defaults_to_on_failure() -> None:
+    s = parse_settings(
+        {"models": {"a": {"runtime": {"cmd": "srv"}}, "b": {"runtime": {"cmd": "srv", "restart": "never"}}}},
+        {},
+    )
+    restart = {m.name: m.runtime.restart for m in s.models if m.runtime is not None}
+    assert restart == {"a": "on-failure", "b": "never"}
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("always", "must be on-failure or never, not 'always'"),
+        (False, "quote it"),  # what YAML makes of a bare `restart: no`
+        (3, "must be on-failure or never, not 3"),
+    ],
+)
+def test_runtime_restart_errors_name_the_key(value: object, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_settings({"models": {"m": {"runtime": {"cmd": "srv", "restart": value}}}}, {})
+    assert e.value.key == "models.m.runtime.restart"
+    assert words in str(e.value)

@@ -4,6 +4,11 @@ and `/api/ps` only the running models the caller's key may use. Over real socket
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -140,3 +145,36 @@ def test_ps_lists_only_the_models_the_callers_key_may_use(
 def test_ps_on_an_open_server_lists_everything(fake_ollama: tuple[FakeOllama, str], start_proxy: ProxyFactory) -> None:
     proxy = start_proxy(_ps_config(fake_ollama[1]))
     assert _ps(proxy, None) == ["not-ours:latest", "qwen3:latest"]
+
+
+def test_readiness_recovers_after_a_managed_model_is_killed_without_any_request(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    # an orchestrator gating traffic on readiness sends no request to a degraded instance: the crashed
+    # model must come back by itself (restart: on-failure, the default), and readiness with it
+    server = str(Path(__file__).parent / "fakes" / "tiny_model_server.py")
+    cmd = [sys.executable, server, "--port", "${PORT}", "--ctx", "${CTX}"]
+    url = start_proxy(
+        {"runtime": {"log_dir": str(tmp_path / "logs")}, "models": {"tiny": {"runtime": {"cmd": cmd, "ctx": 512}}}}
+    )
+    with httpx.Client(base_url=url, timeout=10) as c:
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        assert c.post("/api/chat", json=chat).status_code == 200
+        (model,) = c.get("/health/ready").json()["models"]
+        assert model["state"] == "ready" and model["pid"]
+        os.kill(model["pid"], signal.SIGKILL)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = c.get("/health/ready")
+            (now,) = r.json()["models"]
+            seen.add(now["state"])
+            if now["state"] == "ready" and now["pid"] != model["pid"]:
+                break
+            if now["state"] != "ready":  # (ready with the old pid: the death is not noticed yet)
+                assert r.status_code == 503  # while the model is down or restarting, the instance is degraded
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"readiness never recovered; states seen: {seen}")
+        assert seen - {"ready"}, seen  # the crash was seen, and recovered from with no request
+        assert r.status_code == 200 and r.json()["status"] == "ready"

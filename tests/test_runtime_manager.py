@@ -2,18 +2,21 @@
 
 Each test starts a few `tests/fakes/tiny_model_server.py` processes as `runtime: {cmd: [...]}` models and
 drives the real manager: coalesced starts, eviction, context restarts, failed starts, keep_alive, leases,
-statuses, and rescanning the models folder off the event loop.
+statuses, restarts after a crash (kill -9 of the child), and rescanning the models folder off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import signal
 import struct
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from ollamux.runtime import gguf_meta, models_dir
 from ollamux.runtime.backend import ManagedBackend
 from ollamux.runtime.gguf_meta import DigestCache
 from ollamux.runtime.manager import ModelManager, ModelStartError, ModelStatus
+from ollamux.runtime.state import RestartPolicy
 
 SERVER = str(Path(__file__).parent / "fakes" / "tiny_model_server.py")
 
@@ -225,6 +229,167 @@ async def test_close_stops_every_process(h: Harness) -> None:
     await m.close()
     assert not any(alive(p) for p in pids)
     assert {s.state for s in m.statuses()} == {"stopped"}
+
+
+# ------------------------------------------------------------------------------- restarts after a crash
+async def running(m: ModelManager, backend: str) -> int:
+    """Start the model, leave it idle, and return its pid."""
+    await m.acquire(backend)
+    m.release(backend, None)
+    st = next(s for s in m.statuses() if f"runtime:{s.model.removesuffix(':latest')}" == backend)
+    assert st.state == "ready" and st.pid is not None
+    return st.pid
+
+
+def change_cmd(m: ModelManager, backend: str, *args: str, h: Harness) -> None:
+    """What the model's next start runs (say, its file was corrupted under the running process)."""
+    model = m.model(backend)
+    model.spec = replace(model.spec, cmd=tuple(h.cmd(*args)))
+
+
+async def test_crashed_model_restarts_in_the_background(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}})
+    old = await running(m, "runtime:a")
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: status(m, "a:latest").state == "restarting")
+    st = status(m, "a:latest")
+    assert st.pid is None and st.restart_at is not None and 0 < st.restart_at - time.time() <= 1  # first backoff
+    # no request: the manager brings it back by itself
+    await eventually(lambda: status(m, "a:latest").state == "ready")
+    st = status(m, "a:latest")
+    assert st.pid is not None and st.pid != old and alive(st.pid) and st.restart_at is None
+    assert [p for p, _ in h.starts()] == [old, st.pid] and st.ctx == 512 and st.restarts == 1
+    assert st.expires_at is not None and 290 < st.expires_at - time.time() <= 300  # it idles out like any start
+    lease = await m.acquire("runtime:a")
+    assert lease.load_ns == 0  # the next request finds it ready
+    m.release("runtime:a", None)
+
+
+async def test_restart_never_stays_failed_until_a_request(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd(), "restart": "never"}})
+    m.restart_policy = RestartPolicy(first=0.1)
+    old = await running(m, "runtime:a")
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: status(m, "a:latest").state == "failed")
+    await asyncio.sleep(0.5)
+    assert status(m, "a:latest").state == "failed" and len(h.starts()) == 1
+    lease = await m.acquire("runtime:a")  # as before: a request starts it
+    assert lease.load_ns > 0 and status(m, "a:latest").state == "ready" and len(h.starts()) == 2
+    m.release("runtime:a", None)
+
+
+async def test_restarts_that_keep_failing_back_off_then_recover(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}})
+    m.restart_policy = RestartPolicy(first=0.2, cap=0.8, fail_after=3)
+    old = await running(m, "runtime:a")
+    change_cmd(m, "runtime:a", "--crash", h=h)
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    seen: list[float] = []  # when each restart's process recorded itself, from the kill
+    states: list[str] = []
+    while time.monotonic() - t0 < 3.4:
+        seen += [time.monotonic() - t0] * (len(h.starts()) - 1 - len(seen))
+        states.append(status(m, "a:latest").state)
+        await asyncio.sleep(0.01)
+    # waits of 0.2, 0.4, 0.8, 0.8 s between restarts: four of them in the window, not dozens
+    assert 3 <= len(seen) <= 5, seen
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
+    assert seen[0] >= 0.2 and gaps[0] >= 0.4 and gaps[1] >= 0.8, seen
+    assert len(gaps) < 3 or 0.8 <= gaps[2] < 1.5, seen  # capped: not 1.6
+    # restarting until the third restart in a row failed, then failed (and still trying)
+    assert states[0] in ("ready", "restarting") and "restarting" in states and states[-1] == "failed"
+    assert states.index("failed") > states.index("restarting") and set(states) <= {"ready", "restarting", "failed"}
+    assert status(m, "a:latest").restarts >= len(seen)  # the next one may have spawned since
+
+    change_cmd(m, "runtime:a", h=h)  # the file is fixed: the next background try succeeds
+    await eventually(lambda: status(m, "a:latest").state == "ready", within=3)
+    assert alive(status(m, "a:latest").pid or 0)
+
+
+async def test_request_during_a_pending_restart_starts_it_once(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}})
+    old = await running(m, "runtime:a")
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: status(m, "a:latest").state == "restarting")
+    lease = await m.acquire("runtime:a")  # at once, not after the 1 s backoff
+    assert 0 < lease.load_ns < 900_000_000
+    st = status(m, "a:latest")
+    assert st.state == "ready" and st.restart_at is None
+    await asyncio.sleep(1.3)  # past the backoff: the background restart found it running
+    assert [p for p, _ in h.starts()] == [old, st.pid] and status(m, "a:latest").pid == st.pid
+    m.release("runtime:a", None)
+
+
+async def test_request_joins_a_background_restart_that_is_loading(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}})
+    m.restart_policy = RestartPolicy(first=0.05)
+    old = await running(m, "runtime:a")
+    change_cmd(m, "runtime:a", "--delay", "0.6", h=h)
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: len(h.starts()) == 2)  # the background restart is loading
+    assert status(m, "a:latest").state == "restarting"
+    leases = await asyncio.gather(*(m.acquire("runtime:a") for _ in range(3)))
+    assert all(x.load_ns > 0 for x in leases) and len(h.starts()) == 2  # they waited for it: one process
+    assert status(m, "a:latest").pid == h.starts()[1][0]
+    for _ in leases:
+        m.release("runtime:a", None)
+
+
+async def test_close_during_a_pending_restart_leaves_no_process(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}, "b": {"cmd": h.cmd()}}, max_running=2)
+    m.restart_policy = RestartPolicy(first=0.5)
+    old_a, old_b = await running(m, "runtime:a"), await running(m, "runtime:b")
+    change_cmd(m, "runtime:b", "--delay", "10", h=h)
+    os.kill(old_b, signal.SIGKILL)
+    await eventually(lambda: len(h.starts()) == 3)  # b's restart is loading
+    os.kill(old_a, signal.SIGKILL)
+    await eventually(lambda: status(m, "a:latest").state == "restarting")  # a's waits out its backoff
+    await m.close()
+    await asyncio.sleep(0.7)  # past a's backoff
+    assert len(h.starts()) == 3 and not any(alive(p) for p, _ in h.starts())
+    assert {s.state for s in m.statuses()} == {"stopped"}
+
+
+async def test_background_restart_never_evicts(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}, "b": {"cmd": h.cmd()}}, max_running=1)
+    m.restart_policy = RestartPolicy(first=0.3)
+    old = await running(m, "runtime:a")
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: status(m, "a:latest").state == "restarting")
+    await m.acquire("runtime:b")  # takes the slot a's crash freed, and holds it
+    await asyncio.sleep(0.6)
+    # no room at a's turn: not restarted, and not a failure either; it starts when asked
+    assert status(m, "a:latest").state == "stopped" and status(m, "b:latest").state == "ready"
+    assert len(h.starts()) == 2
+    m.release("runtime:b", None)
+    lease = await m.acquire("runtime:a")  # on demand, evicting the now idle b
+    assert lease.load_ns > 0 and status(m, "b:latest").state == "stopped"
+    m.release("runtime:a", None)
+
+
+async def test_request_takes_the_slot_of_a_background_restart(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}, "b": {"cmd": h.cmd()}}, max_running=1)
+    m.restart_policy = RestartPolicy(first=0.05)
+    old = await running(m, "runtime:a")
+    change_cmd(m, "runtime:a", "--delay", "10", h=h)
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: len(h.starts()) == 2)  # a's restart is loading, slowly, for nobody
+    lease = await m.acquire("runtime:b")
+    assert lease.load_ns < 3_000_000_000  # it did not wait for a's load
+    assert status(m, "a:latest").state == "stopped" and not alive(h.starts()[1][0])
+    m.release("runtime:b", None)
+
+
+async def test_models_stopped_on_purpose_are_not_restarted(h: Harness) -> None:
+    m = h.manager({"a": {"cmd": h.cmd()}, "b": {"cmd": h.cmd()}}, max_running=2)
+    m.restart_policy = RestartPolicy(first=0.05)
+    await m.acquire("runtime:a")
+    m.release("runtime:a", 0.2)  # idle expiry
+    await running(m, "runtime:b")
+    await m.unload("runtime:b")
+    await eventually(lambda: status(m, "a:latest").state == "stopped")
+    await asyncio.sleep(0.4)
+    assert [s.state for s in m.statuses()] == ["stopped", "stopped"] and len(h.starts()) == 2
 
 
 # ------------------------------------------------------------------------------------------ rescans

@@ -10,7 +10,7 @@ import pytest
 
 from ollamux.runtime.gguf_meta import DigestCache, read_gguf
 from ollamux.runtime.models_dir import model_name, scan
-from ollamux.runtime.state import Event, InvalidTransition, ModelState, Phase, next_phase
+from ollamux.runtime.state import Event, InvalidTransition, ModelState, Phase, RestartPolicy, next_phase
 
 LEGAL = {
     (Phase.STOPPED, Event.START): Phase.STARTING,
@@ -72,6 +72,63 @@ def test_request_counts() -> None:
     assert not s.busy and s.last_used == 13.0
     with pytest.raises(RuntimeError):
         s.end(14.0)
+
+
+def test_restart_backoff_doubles_up_to_the_cap() -> None:
+    p = RestartPolicy()
+    assert [p.delay(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert p.delay(10_000) == 60  # no overflow however long it keeps failing
+
+
+def _crashed(s: ModelState, now: float, p: RestartPolicy) -> float:
+    s.apply(Event.DIED)
+    return s.crashed(now, p)
+
+
+def test_recovery_status_and_backoff_bookkeeping() -> None:
+    p = RestartPolicy(first=1, cap=60, healthy=60, fail_after=3)
+    s = ModelState()
+    s.apply(Event.START)
+    s.apply(Event.READY)
+    s.ready_at = 0.0
+    assert s.status(p) == "ready"
+    assert _crashed(s, 5.0, p) == 1 and s.status(p) == "restarting"
+    assert s.apply(Event.START) is Phase.STARTING and s.restarts == 1 and s.status(p) == "restarting"
+    for n in (1, 2):  # restarts that die while loading: still restarting, each wait twice as long
+        s.apply(Event.DIED)
+        assert s.failed_restarts == n and s.status(p) == "restarting" and p.delay(s.restarts) == 2**n
+        s.apply(Event.START)
+    s.apply(Event.TIMEOUT)  # the third in a row: it keeps failing
+    assert s.failed_restarts == 3 and s.status(p) == "failed"
+    s.apply(Event.START)
+    assert s.status(p) == "failed"  # no flapping to "restarting" while it tries again
+    s.apply(Event.READY)
+    s.ready_at = 100.0
+    assert s.status(p) == "ready" and not s.recovering and s.failed_restarts == 0 and s.restarts == 4
+    assert _crashed(s, 110.0, p) == 16  # it did not last: the backoff goes on where it was
+    s.apply(Event.START)
+    s.apply(Event.READY)
+    s.ready_at = 200.0
+    assert _crashed(s, 260.0, p) == 1  # it ran healthily for a minute: the series starts over
+
+
+def test_only_a_crash_with_restarts_recovers() -> None:
+    p = RestartPolicy()
+    s = ModelState()
+    s.apply(Event.START)
+    s.apply(Event.DIED)  # a start that failed is reported to its request, and not retried
+    assert s.status(p) == "failed" and not s.recovering
+    with pytest.raises(RuntimeError):
+        ModelState().crashed(0.0, p)  # a crash is recorded after ready --died--> failed, never before
+    s.apply(Event.START)
+    s.apply(Event.READY)
+    _crashed(s, 0.0, p)
+    s.apply(Event.START)
+    s.apply(Event.DIED)
+    assert s.recovering and s.restarts == 1 and s.failed_restarts == 1
+    s.apply(Event.STOP)  # stopped on purpose (unload, shutdown, no slot): the recovery is over, for good
+    assert s.phase is Phase.STOPPED and s.status(p) == "stopped"
+    assert (s.recovering, s.restarts, s.failed_restarts) == (False, 0, 0)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ __all__ = ["CONTENT_TYPE", "MODEL_STATES", "Metrics", "log_collector"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # the states a managed model goes through; each model reports 1 for its current state, 0 for the others
-MODEL_STATES = ("stopped", "starting", "ready", "stopping", "failed")
+MODEL_STATES = ("stopped", "starting", "ready", "stopping", "failed", "restarting")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -53,7 +53,9 @@ async def ready(request: web.Request) -> web.StreamResponse:
     rl = state.request_log
     log_state: dict[str, Any] = rl.status() if rl is not None else {"enabled": False, "state": "disabled"}
     problems = [f"backend {name} unreachable" for name, b in backends.items() if not b["reachable"]]
-    problems += [f"model {m['model']} failed" for m in models if m.get("state") == "failed"]
+    # a crashed model counts while its restart is pending (requests for it would wait) and once restarts
+    # keep failing; it stops counting as soon as it is running again, no request needed
+    problems += [f"model {m['model']} {m['state']}" for m in models if m.get("state") in ("failed", "restarting")]
     if log_state.get("state") == "failed":
         problems.append("request log failed")
     word, status = ("ready", 200) if not problems else ("degraded", 503)

@@ -25,6 +25,7 @@ from .settings import (
     ModelSettings,
     RequestLogSettings,
     Resilience,
+    RestartMode,
     RuntimeSettings,
     RuntimeSpec,
     ServerSettings,
@@ -221,7 +222,7 @@ def _parse_resilience(node: Node, n_urls: int) -> Resilience:
 
 
 def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
-    node.only({"gguf", "cmd", "ctx", "ttl", "health", "startup_timeout", "env", "threads", "parallel"})
+    node.only({"gguf", "cmd", "ctx", "ttl", "health", "startup_timeout", "env", "threads", "parallel", "restart"})
     gguf = node.opt_str("gguf")
     cmd: tuple[str, ...] | None = None
     if node.has("cmd"):
@@ -242,7 +243,21 @@ def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
         env=tuple((str(k), str(v)) for k, v in node.str_map("env").items()),
         threads=node.opt_int("threads", None, lo=1) if node.has("threads") else None,
         parallel=node.opt_int("parallel", 1, lo=1),
+        restart=_parse_restart(node, d.restart),
     )
+
+
+def _parse_restart(node: Node, default: RestartMode) -> RestartMode:
+    if not node.has("restart"):
+        return default
+    v = node.value("restart")
+    if v == "on-failure":
+        return "on-failure"
+    if v == "never":
+        return "never"
+    # YAML reads a bare `no` or `off` as false: say so instead of "not False"
+    hint = " (quote it: YAML reads a bare no/off as false)" if isinstance(v, bool) else ""
+    raise ConfigError(node.key("restart"), f"must be on-failure or never, not {v!r}{hint}")
 
 
 def _resolve_path(value: str, base_dir: Path | None) -> Path:

@@ -15,6 +15,7 @@ DEFAULT_PORT = 11434
 DEFAULT_VERSION = "0.12.0"
 
 BackendType = Literal["openai", "ollama"]
+RestartMode = Literal["on-failure", "never"]
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,9 @@ class RuntimeSpec:
     env: tuple[tuple[str, str], ...] = ()
     threads: int | None = None
     parallel: int = 1
+    # on-failure: a process that crashes while ready is restarted in the background (with backoff);
+    # never: it stays failed until a request starts it
+    restart: RestartMode = "on-failure"
 
 
 @dataclass(frozen=True)

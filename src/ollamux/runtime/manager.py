@@ -5,6 +5,12 @@ It holds the lifecycle only: which models there are, and what their files say, i
 loop, so the bookkeeping needs no locks: the state of each model (`state.ModelState`) changes only between
 awaits, and the eviction choice (`policy.plan_start`) is made on a snapshot taken in the same step as the
 action that follows it. The catalogue's disk reads run in a worker thread that never touches that state.
+
+A model that crashes while ready (`restart: on-failure`, the default) is started again in the background
+(`_recover`), after a backoff (`restart_policy`), so readiness recovers without waiting for a request. That
+restart is the same start a request makes: a request arriving meanwhile starts it at once or joins the
+start under way. It only takes a free slot (it never evicts; without room the model starts on demand),
+it gives way to a request that needs its slot, and `close()` ends it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from .gguf_meta import DigestCache
 from .model import ManagedModel, ModelStatus, RunningModel
 from .policy import Candidate, plan_start
 from .process import ChildProcess, free_port, tail
-from .state import Event, Phase
+from .state import Event, Phase, RestartPolicy
 
 # ManagedModel, ModelStatus and RunningModel live in `model.py` (the catalogue builds the records too)
 __all__ = ["FOREVER", "ManagedModel", "ModelManager", "ModelStartError", "ModelStatus", "RunningModel"]
@@ -67,6 +73,7 @@ class ModelManager:
         self.registry = registry
         self.probed = probed
         self.python = python
+        self.restart_policy = RestartPolicy()  # when a crashed model is restarted (tests make it quicker)
         # told (model, seconds) each time a model becomes ready: the metrics' load-time histogram
         self.on_loaded: Callable[[str, float], None] | None = None
         self.on_new_models: Callable[[], None] | None = None  # the app registers their backends
@@ -126,12 +133,14 @@ class ModelManager:
             out.append(
                 ModelStatus(
                     model=m.name,
-                    state=st.phase.value,
+                    state=st.status(self.restart_policy),
                     active=st.active,
                     waiting=st.waiting,
                     ctx=st.ctx or None,
                     pid=m.proc.pid if m.proc is not None else None,
                     expires_at=m.expires_at,
+                    restarts=st.restarts,
+                    restart_at=m.restart_at if st.recovering else None,  # a stop calls off the sleep's restart
                 )
             )
         return out
@@ -191,6 +200,10 @@ class ModelManager:
                     if decision.start:
                         self._begin_start(m, want)
                         started = True
+                    elif (restart := self._unwanted_restart(backend)) is not None:
+                        # a request must not wait for a model nobody asked for to load, only to evict it
+                        log.info("model '%s': calling off the restart of '%s' to make room", m.name, restart.name)
+                        await self._stop(restart)
                     elif decision.evict is not None:
                         victim = self.models[decision.evict]
                         log.info("model '%s': stopping idle '%s' to make room", m.name, victim.name)
@@ -249,20 +262,97 @@ class ModelManager:
             self._died(m)
 
     def _died(self, m: ManagedModel) -> None:
+        """The process of a ready model exited on its own: a crash. Restart it in the background, if allowed."""
         proc = m.proc
         m.state.apply(Event.DIED)
         m.proc = None
         m.http = None
         self._disarm(m)
+        then = "the next request restarts it"
+        if m.spec.restart == "on-failure" and not self._closing and not m.removed:
+            delay = m.state.crashed(time.monotonic(), self.restart_policy)
+            then = f"restarting it in {delay:g}s"
+            # one recovery per model: a crash before the last one's task has ended is left to that task
+            if m.restart_task is None or m.restart_task.done():
+                m.restart_task = self._background(self._recover(m))
         if proc is not None:
             log.warning(
-                "model '%s' exited unexpectedly (code %s); the next request restarts it. Last lines of %s:\n%s",
+                "model '%s' exited unexpectedly (code %s); %s. Last lines of %s:\n%s",
                 m.name,
                 proc.returncode,
+                then,
                 proc.log_path,
                 tail(proc.log_path, 10),
             )
         self._notify()
+
+    async def _recover(self, m: ManagedModel) -> None:
+        """Bring back a model that crashed: wait out the backoff, start it, and again while its starts fail.
+
+        It ends once the model is ready, or stopped on purpose (unload, close, eviction of the start), or
+        when there is no free slot for it: it never evicts anyone, so it leaves the model stopped, to start on
+        demand. Every start goes through `_begin_start`, the one a request uses too, so the two coalesce.
+        """
+        st = m.state
+        policy = self.restart_policy
+        why: str | None = None  # set when it gives up: the model is left stopped, to start on demand
+        while why is None and st.recovering and not self._closing:
+            if m.removed:
+                why = "its file left the models folder"  # the same record comes back if the file does
+            elif st.phase is Phase.STARTING:
+                task = m.start_task
+                assert task is not None
+                # wait for the start, ours or a request's, without taking its error (or cancelling it)
+                await asyncio.wait([task])
+                self._log_failed_restart(m, task)
+            elif st.phase is not Phase.FAILED:
+                return  # not reached while recovering (ready and stop end it); a guard against a busy loop
+            else:
+                delay = policy.delay(st.restarts)
+                m.restart_at = time.time() + delay
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    m.restart_at = None
+                if not st.recovering or st.phase is not Phase.FAILED or self._closing or m.removed:
+                    continue  # a request started it meanwhile, or it was stopped: look again
+                if m.keep_alive == 0:
+                    why = "its last request asked to unload it"
+                elif not plan_start(self._candidates(), self.settings.max_running, m.backend).start:
+                    why = f"no free slot (runtime.max_running is {self.settings.max_running})"
+                else:
+                    log.info("model '%s': restarting after a crash (try %d)", m.name, st.restarts + 1)
+                    self._begin_start(m, st.ctx)
+        if why is None:
+            return  # ready again, stopped on purpose, or shutting down (close stops it)
+        log.info("model '%s': not restarted: %s; the next request starts it", m.name, why)
+        st.apply(Event.STOP)  # stopped, not failed: nothing is wrong that a request would not fix
+        self._notify()
+
+    def _log_failed_restart(self, m: ManagedModel, start: asyncio.Task[None]) -> None:
+        st = m.state
+        if not (st.recovering and st.phase is Phase.FAILED and st.failed_restarts > 0):
+            return  # it got ready (and maybe crashed again since), or was stopped: nothing failed
+        exc = None if start.cancelled() else start.exception()
+        policy = self.restart_policy
+        failing = st.failed_restarts >= policy.fail_after
+        log.log(
+            logging.ERROR if st.failed_restarts == policy.fail_after else logging.WARNING,
+            "model '%s': restart %d failed%s; trying again in %gs: %s",
+            m.name,
+            st.restarts,
+            ", reporting it failed until one succeeds" if failing else "",
+            policy.delay(st.restarts),
+            getattr(exc, "message", None) or exc,
+        )
+
+    def _unwanted_restart(self, wanted: str) -> ManagedModel | None:
+        """A background restart still loading that no request waits for: it yields its slot to `wanted`."""
+        for b, m in self.models.items():
+            st = m.state
+            if b != wanted and st.phase is Phase.STARTING and st.recovering and not st.busy:
+                return m
+        return None
 
     def _begin_start(self, m: ManagedModel, ctx: int) -> None:
         m.state.apply(Event.START)
@@ -327,9 +417,11 @@ class ModelManager:
                 )
             if healthy:
                 m.state.apply(Event.READY)
+                m.state.ready_at = time.monotonic()
                 m.http = _http_backend(_backend_settings(m.backend, port, spec), self.client)
                 self._background(self._watch(m, proc, gen))
                 ok = True
+                self._arm(m)  # no request releases a background restart: it idles out like any other start
                 log.info("model '%s': ready (pid %d)", m.name, proc.pid)
                 if self.on_loaded is not None:
                     self.on_loaded(m.name, spec.startup_timeout - (deadline - time.monotonic()))
@@ -436,8 +528,8 @@ class ModelManager:
         """Run `coro` as a task the manager keeps (and cancels on close)."""
         self._background(coro)
 
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _background(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
@@ -446,6 +538,7 @@ class ModelManager:
                 log.error("runtime task failed: %s", t.exception())
 
         task.add_done_callback(done)
+        return task
 
     # -------------------------------------------------------------------------------------- shutdown
     async def close(self) -> None:

@@ -29,15 +29,24 @@ class RunningModel:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """One managed model as readiness (/health/ready) and the metrics see it."""
+    """One managed model as readiness (/health/ready) and the metrics see it.
+
+    `state` is the phase (stopped, starting, ready, stopping, failed), except that a model which crashed
+    while ready and is being restarted in the background (`restart: on-failure`) reads "restarting" until
+    it is ready again: not a readiness problem, since a request still starts it at once. It reads "failed"
+    when it will not come back by itself: `restart: never`, a failed start, or restarts that keep failing
+    (`state.ModelState.status` has the rule).
+    """
 
     model: str
-    state: str  # the phase: stopped, starting, ready, stopping, failed
+    state: str  # stopped, starting, ready, stopping, restarting, failed
     active: int  # requests using its process now
     waiting: int  # requests waiting for it to start (or for a slot to start it in)
     ctx: int | None  # the context it runs with (or was last asked to); None before its first start
     pid: int | None
     expires_at: float | None  # unix time it stops when idle; None while busy or not running
+    restarts: int = 0  # restarts after a crash since it last ran healthily (the backoff's exponent)
+    restart_at: float | None = None  # unix time the next background restart is due; None: none is scheduled
 
 
 @dataclass(eq=False)
@@ -55,6 +64,8 @@ class ManagedModel:
     http: HTTPBackend | None = None
     start_task: asyncio.Task[None] | None = None
     stop_task: asyncio.Task[None] | None = None
+    restart_task: asyncio.Task[None] | None = None  # the background recovery after a crash, while it runs
+    restart_at: float | None = None  # unix time its next background restart is due
     keep_alive: float | None = None  # what the last request asked; None: the model's ttl
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
