@@ -5,26 +5,31 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..app import create_app
-from ..config import BackendSettings, ConfigError, Settings, default_models_dir, load_settings
+from ..config import DEFAULT_PORT, BackendSettings, ConfigError, Settings, default_models_dir, load_settings
 from ..config.parse import parse_url
 from ..names import normalize_name
 from ..oplog import configure
 from ..runtime.checks import check_runtime
-from ..server import run
+from ..server import ListenError, run
+from .client import ollama_host
 
-__all__ = ["register", "settings_from_args"]
+__all__ = ["bind_address", "register", "settings_from_args"]
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the server")
     p.add_argument("--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind (default 11434)")
+    p.add_argument("--host", help="address to bind (default: config file, else $OLLAMA_HOST, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to bind (default: config file, else $OLLAMA_HOST, else 11434)")
     p.add_argument(
         "--backend", metavar="URL", help="an OpenAI-compatible backend whose models are all served (no config needed)"
     )
@@ -37,9 +42,46 @@ def register(sub: Any) -> None:
     c.set_defaults(func=cmd_check)
 
 
+def bind_address(environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """The host and port `OLLAMA_HOST` names, as `ollama serve` reads it; None when it is unset or empty.
+
+    Parsed by the same code as the client commands' (`ollama_host`), so `OLLAMA_HOST=0.0.0.0:8080` makes
+    `ollamux serve` listen where `ollamux run` and `ollama run` connect: `host`, `host:port`, `:port`,
+    `[::1]:port`, and a scheme whose only effect is the default port (http://host is port 80, as in Ollama).
+    """
+    raw = environ.get("OLLAMA_HOST", "").strip().strip("\"'")
+    if not raw:
+        return None
+    url = urllib.parse.urlsplit(ollama_host(environ))
+    try:
+        port = url.port
+    except ValueError:  # not a number, or beyond 65535: better refused than bound somewhere unexpected
+        raise ConfigError("OLLAMA_HOST", f"'{raw}' does not end in a port from 0 to 65535") from None
+    return url.hostname or "127.0.0.1", DEFAULT_PORT if port is None else port
+
+
+def _server_keys_in_file(path: str) -> frozenset[str]:
+    """Which of `server.host` and `server.port` the config file sets itself.
+
+    Settings cannot tell a value the file gave from a default, and `OLLAMA_HOST` must yield to the file but
+    not to a default. The file was just parsed by load_settings, so reading it again cannot fail for a
+    reason it would not have; an unreadable one sets nothing.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return frozenset()
+    server = raw.get("server") if isinstance(raw, dict) else None
+    if not isinstance(server, dict):
+        return frozenset()
+    # as the parser reads them: an empty or null value means the default
+    return frozenset(k for k in ("host", "port") if server.get(k) not in (None, ""))
+
+
 def settings_from_args(
     config: str | None, host: str | None, port: int | None, backend: str | None, environ: Mapping[str, str]
 ) -> Settings:
+    """Settings for `serve`; the address from the flags, else the config file, else OLLAMA_HOST, else default."""
     path = config or environ.get("OLLAMUX_CONFIG")
     settings = load_settings(path, environ) if path else Settings()
     if backend:
@@ -53,6 +95,14 @@ def settings_from_args(
         # nothing configured: serve the GGUF files of the default models folder, as Ollama would
         settings = replace(settings, runtime=replace(settings.runtime, models_dir=default_models_dir(environ)))
     changes: dict[str, Any] = {}
+    env_address = bind_address(environ)
+    if env_address is not None:
+        in_file = _server_keys_in_file(path) if path else frozenset()
+        # key by key: a file that sets only the port still takes the host from OLLAMA_HOST
+        if "host" not in in_file:
+            changes["host"] = env_address[0]
+        if "port" not in in_file:
+            changes["port"] = env_address[1]
     if host:
         changes["host"] = host
     if port is not None:
@@ -108,7 +158,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     setup_logging(args.log_format, args.log_level)
-    run(create_app(settings), settings)
+    try:
+        run(create_app(settings), settings)
+    except ListenError as exc:  # a busy or forbidden port: what to do, not a traceback
+        print(f"ollamux: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
