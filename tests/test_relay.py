@@ -683,11 +683,12 @@ def assert_responsive(poller: HealthPoller) -> None:
     assert poller.error is None, f"/health failed while the event was relayed: {poller.error!r}"
     assert len(poller.latencies) >= 3, poller.latencies
     worst = max(poller.latencies)
-    # The property is "/health answers within 100 ms while a huge event is processed". This shared
-    # 2-core machine also runs the fake, the client and the poller in this process; and orjson holds the GIL
-    # for the ~0.2 s its one parse of the 100 MB event takes. 1 s catches a loop stalled for the whole event
-    # (the quadratic decoders stalled it for 6-40 s); the bench reports the real worst case.
-    assert worst < 1.0, f"/health took up to {worst * 1000:.0f} ms ({len(poller.latencies)} polls)"
+    # The property is "/health answers within 100 ms while a huge event is processed". In this process the
+    # fake, the client and the poller share the GIL with the proxy, and orjson holds the GIL for its one
+    # ~0.2 s parse of the 100 MB event; on a quiet machine the worst poll is 0.2-0.4 s (bench/README.md),
+    # on a busy one (CI beside other jobs) over 1 s was seen. 2.5 s still catches a loop stalled for the
+    # whole event by quadratic decoding (6-40 s before the linear decoders).
+    assert worst < 2.5, f"/health took up to {worst * 1000:.0f} ms ({len(poller.latencies)} polls)"
 
 
 def test_a_100mb_sse_event_reaches_an_ollama_client_whole_and_health_stays_responsive(
