@@ -25,7 +25,7 @@ from ..streams.translator import SSEPassthrough, StreamTranslator
 from ..translate import from_ollama
 from ..translate.checks import json_type
 from ..translate.passthrough import replace_model_in_body
-from ..translate.to_ollama import go_type
+from ..translate.to_ollama import encoding_format, go_type
 from .common import SSE_CT, client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
@@ -94,7 +94,7 @@ async def _via_pivot(
         id=_PREFIXES[kind] + rec.id[:24],
         created=int(time.time()),
         include_usage=isinstance(opts, dict) and opts.get("include_usage") is True,
-        encoding_format=_encoding_format(body) if kind == "embedding" else "float",
+        encoding_format=encoding_format(body) if kind == "embedding" else "float",
     )
 
     def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
@@ -135,15 +135,6 @@ def _object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UpstreamError(f"backend answered with {json_type(data)}, not a JSON object", status=502)
     return data
-
-
-def _encoding_format(body: dict[str, Any]) -> str:
-    fmt = body.get("encoding_format")
-    if fmt is None or fmt == "":
-        return "float"
-    if fmt not in ("float", "base64"):
-        raise BadRequest(f"Invalid value for 'encoding_format' = {fmt}. Supported values: ['float', 'base64'].")
-    return str(fmt)
 
 
 # -------------------------------------------------------------------------------------- models

@@ -7,11 +7,12 @@ says which backend and which URL failed and how; the API layer only renders it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -223,17 +224,11 @@ class UpstreamResponse:
                     if self.idle_timeout is None or content.is_eof():
                         self._body = await self.resp.read()
                         return self._body
-                parts: list[bytes] = []
-                size = 0
-                while True:
-                    idle = self.idle_timeout
-                    if idle is not None and not (content.is_eof() or _buffered(content)):
-                        async with asyncio.timeout(idle) as errors.idle:
-                            chunk = await content.readany()
-                    else:
-                        chunk = await content.readany()
-                    if not chunk:
-                        break
+            # a length not known (chunked) or a timer to keep: read as a stream, counting
+            parts: list[bytes] = []
+            size = 0
+            async with contextlib.aclosing(self.iter_chunks()) as chunks:
+                async for chunk in chunks:
                     size += len(chunk)
                     if size > limit:
                         raise self._too_large(limit)
@@ -258,7 +253,7 @@ class UpstreamResponse:
                 f"backend '{self.backend.name}' answered with invalid JSON from {self.url}", status=502
             ) from None
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive (no re-chunking), with the idle-gap timeout between them."""
         content = self.resp.content
         idle = self.idle_timeout

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -57,36 +57,26 @@ class OllamaBackend(HTTPBackend):
                 stream_type=NDJSON,
                 json=lambda data, a: from_ollama.embeddings(data, a.model, encoding_format=a.encoding_format),
             )
+        stream_kind: Literal["chat", "completion"] = kind
+
+        def stream(a: Answer) -> StreamTranslator:
+            return OllamaToOpenAIStream(
+                a.model, stream_kind, id=a.id, created=a.created, include_usage=a.include_usage, max_line_bytes=max_line
+            )
+
         if kind == "chat":
-
-            def chat_stream(a: Answer) -> StreamTranslator:
-                return OllamaToOpenAIStream(
-                    a.model, "chat", id=a.id, created=a.created, include_usage=a.include_usage, max_line_bytes=max_line
-                )
-
             return PivotPlan(
                 path="/api/chat",
                 build=to_ollama.chat_request,
                 stream_type=NDJSON,
-                stream=chat_stream,
+                stream=stream,
                 json=lambda data, a: from_ollama.chat_completion(data, a.model, id=a.id, created=a.created),
             )
-
-        def text_stream(a: Answer) -> StreamTranslator:
-            return OllamaToOpenAIStream(
-                a.model,
-                "completion",
-                id=a.id,
-                created=a.created,
-                include_usage=a.include_usage,
-                max_line_bytes=max_line,
-            )
-
         return PivotPlan(
             path="/api/generate",
             build=to_ollama.completion_request,
             stream_type=NDJSON,
-            stream=text_stream,
+            stream=stream,
             json=lambda data, a: from_ollama.text_completion(data, a.model, id=a.id, created=a.created),
         )
 
