@@ -1,35 +1,38 @@
-"""The request log's writer: records queue on the event loop, a thread writes them to SQLite in batches.
+"""The request log's writer: records queue on the event loop, a feeder thread turns them into rows and hands
+them in batches to a writer process, which inserts them into SQLite.
 
 The event loop's only cost per request is one bounded `deque.append` (a full queue drops the row and counts
-it); converting, capping and inserting happen on the writer thread, one transaction per batch.
+it); converting and capping happen on the feeder thread, inserting in `writer_process.py`, one transaction
+per batch. Why a process: see `RequestLog`.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
+import pickle
+import select
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from ..config import RequestLogSettings
 from ..observe import RequestRecord
-from .schema import COLUMNS, connect
 
 __all__ = ["RequestLog", "record_row"]
 
 log = logging.getLogger("ollamux.store")
 
-_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-# Rows go in 32 to a statement: Python's sqlite3 releases the GIL around every statement step, and one
-# step per row made the writer thread and the event loop trade the GIL thousands of times per batch
-# (measured: 16% of throughput at 4,000 req/s, against ~5 us of real work per row).
-_MULTI = 32
-_INSERT_MULTI = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES " + ", ".join(
-    [f"({', '.join('?' * len(COLUMNS))})"] * _MULTI
-)
+_CHILD_SCRIPT = str(Path(__file__).with_name("writer_process.py"))
+# a batch takes milliseconds; a reader's lock can hold it up to 3 x 5 s busy timeout: past this the child
+# is taken for hung (a dead network mount) and replaced
+_REPLY_TIMEOUT = 60.0
+_BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
 
 
 def _cap_bytes(data: bytes | None, cap: int) -> str | None:
@@ -99,23 +102,25 @@ def _row_or_repaired(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, 
         return record_row(rec, capture, cap)
 
 
-def _repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What SQLite can store of a row: valid UTF-8 text, 64-bit integers."""
-    out: list[Any] = []
-    for v in row:
-        if isinstance(v, str):
-            v = v.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
-        elif isinstance(v, int) and not -(2**63) <= v < 2**63:
-            v = None
-        out.append(v)
-    return tuple(out)
+class _ChildGone(Exception):
+    """The writer process died, hung or gave up on the file: the rows handed to it are lost."""
 
 
 class RequestLog:
-    """An observer that logs every finished request to SQLite, off the request path.
+    """An observer that logs every finished request to SQLite, off the request path and out of the process.
 
-    `open()` (blocking: run it in a thread) creates or migrates the file and starts the writer;
-    `close()` writes what is queued and stops it. Until `open()` succeeds, records are dropped and counted.
+    `open()` (blocking: run it in a thread) starts the writer process, which creates or migrates the file,
+    and the feeder thread; `close()` writes what is queued and stops both. Until `open()` succeeds, records
+    are dropped and counted.
+
+    A storage fault never stops serving: SQLite maps the WAL index (`-shm`) into memory, and a fault on that
+    mapping is SIGBUS, which no exception handler catches. So the file is written by a child process
+    (`writer_process.py`); when it dies, whatever the cause, the batch it held is counted as dropped, the
+    log reports "failed" (readiness degraded) and a new child is started with backoff (0.5 s doubling to
+    30 s; back to 0.5 s once a batch is written) while rows wait in the queue, still bounded by `queue_size`.
+    The log is "ok" again as soon as a new child has opened the file. A deleted or replaced log file counts
+    as a fault too (the child checks before each batch): an unlinked file stays writable, and rows written
+    to it would be lost without a word; the restarted child creates a fresh file.
     """
 
     def __init__(
@@ -134,8 +139,9 @@ class RequestLog:
         self.batch_size = batch_size
         self.retention_interval = retention_interval
         self._dropped_full = 0  # queue full or log not open: only the event loop writes it
-        self._dropped_failed = 0  # a batch SQLite refused: only the writer thread writes it
-        self.written = 0  # only the writer thread writes it
+        self._dropped_failed = 0  # rows the writer process refused or lost: only the feeder thread writes it
+        self.written = 0  # only the feeder thread writes it
+        self.restarts = 0  # writer processes started after the first: only the feeder thread writes it
         self.error: str | None = None
         self.schema_version = 0
         self._queue: collections.deque[RequestRecord] = collections.deque()
@@ -145,9 +151,11 @@ class RequestLog:
         self._idle.set()
         self._stop = False
         self._accepting = False
-        self._conn: sqlite3.Connection | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._last_retention = 0.0
+        self._backoff = _BACKOFF_MIN
+        self._next_start = 0.0  # monotonic time before which no new writer process is started
 
     # ------------------------------------------------------------------------------ event-loop side
     def request_started(self, rec: RequestRecord) -> None:
@@ -158,7 +166,7 @@ class RequestLog:
         if not self._accepting or len(q) >= self._max:
             self._dropped_full += 1
             return
-        q.append(rec)  # deque.append is atomic: no lock shared with the writer thread
+        q.append(rec)  # deque.append is atomic: no lock shared with the feeder thread
         if len(q) >= self.batch_size:
             self._wake.set()
 
@@ -184,21 +192,19 @@ class RequestLog:
             "queued": self.queued,
             "written": self.written,
             "dropped": self.dropped,
+            "restarts": self.restarts,
             "error": self.error,
         }
 
     # ------------------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Create or migrate the database and start the writer thread (blocking)."""
-        try:
-            self._conn = connect(self.path)
-            row = self._conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-            self.schema_version = int(row[0] or 0)
-            self._retain()
-        except (sqlite3.Error, OSError) as exc:
-            self.error = f"cannot open request log {self.path}: {exc}"
+        """Start the writer process, which creates or migrates the database, and the feeder thread (blocking)."""
+        opened = self._start_child()
+        if opened is not None:
+            self.error = f"cannot open request log {self.path}: {opened}"
             log.error("%s; requests are not logged", self.error)
             return
+        self._last_retention = time.monotonic()  # the child applied retention on opening
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="ollamux-request-log", daemon=True)
         self._thread.start()
@@ -212,9 +218,11 @@ class RequestLog:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("request log writer did not finish within %.0fs; %d rows lost", timeout, self.queued)
-        elif self._conn is not None:
-            self._conn.close()
-            self._conn = None
+                child = self._child
+                if child is not None:
+                    child.kill()  # stuck on the file: the process must not outlive the server
+        else:
+            self._stop_child()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued row is written (for tests and `close`); False on timeout."""
@@ -226,111 +234,217 @@ class RequestLog:
             time.sleep(0.005)
         return False
 
-    # ------------------------------------------------------------------------------ writer thread
+    def retain_now(self) -> None:
+        """Ask the writer to apply retention at its next wake-up (tests, and after a config change)."""
+        self._last_retention = 0.0
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------ the writer process
+    def _start_child(self) -> str | None:
+        """Start a writer process and open the file in it; None when that worked, else why not."""
+        s = self.settings
+        try:
+            child = subprocess.Popen(
+                [sys.executable, _CHILD_SCRIPT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                # its own session: a Ctrl-C in the terminal reaches the server, which then stops the child
+                # after handing over the last rows, never the child first
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            return f"cannot start the writer process: {exc}"
+        self._child = child
+        try:
+            reply = self._call(("open", str(self.path), s.retention_days, s.retention_rows))
+        except _ChildGone as exc:
+            return str(exc)
+        if reply[0] != "ok":
+            self._stop_child()
+            return str(reply[1])
+        self.schema_version = int(reply[1])
+        return None
+
+    def _call(self, msg: tuple[Any, ...], timeout: float = _REPLY_TIMEOUT) -> tuple[Any, ...]:
+        """Send one command to the writer process and read its answer; `_ChildGone` when it cannot answer."""
+        child = self._child
+        if child is None or child.stdin is None or child.stdout is None:
+            raise _ChildGone("the writer process is not running")
+        try:
+            child.stdin.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+            child.stdin.flush()
+            # each answer is read whole, so nothing is left buffered between calls and select sees it all
+            ready, _, _ = select.select([child.stdout], [], [], timeout)
+            if not ready:
+                raise _ChildGone(f"the writer process did not answer within {timeout:.0f} s")
+            reply: tuple[Any, ...] = pickle.load(child.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            self._reap()
+            raise _ChildGone(self._death_reason(child, exc)) from None
+        except _ChildGone:
+            self._reap()
+            raise
+        if reply[0] == "gone":
+            self._reap()
+            raise _ChildGone(str(reply[1]))
+        return reply
+
+    @staticmethod
+    def _death_reason(child: subprocess.Popen[bytes], exc: BaseException | None) -> str:
+        try:
+            code = child.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return f"the writer process stopped answering ({exc!r})"
+        if code < 0:
+            try:
+                return f"the writer process died of {signal.Signals(-code).name}"
+            except ValueError:
+                return f"the writer process died of signal {-code}"
+        return f"the writer process exited with status {code}"
+
+    def _reap(self) -> None:
+        """Forget the current writer process, killing it if it still runs (a hung one, say)."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        for f in (child.stdin, child.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        if child.poll() is None:
+            child.kill()
+        try:
+            child.wait(5.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a process stuck in the kernel (a dead NFS mount)
+            log.error("request log writer process %d did not exit after SIGKILL", child.pid)
+
+    def _stop_child(self) -> None:
+        """Ask the writer process to close the database and exit; kill it if it will not."""
+        child = self._child
+        if child is None:
+            return
+        try:
+            if child.stdin is not None:
+                child.stdin.write(pickle.dumps(("close",), protocol=pickle.HIGHEST_PROTOCOL))
+                child.stdin.close()
+            child.wait(10.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self._reap()
+
+    def _child_died(self, reason: str, lost: int) -> None:
+        self._dropped_failed += lost
+        self.error = f"{reason}; restarting it"
+        log.error("request log: %s; %d rows dropped; restarting it in %.1fs", reason, lost, self._backoff)
+        self._next_start = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+
+    def _ensure_child(self, stopping: bool) -> bool:
+        """A running writer process, starting one when the backoff allows (or at once when stopping)."""
+        child = self._child
+        if child is not None:
+            if child.poll() is None:
+                return True
+            # died between batches (killed, say): nothing was in its hands, so nothing is lost yet
+            reason = self._death_reason(child, None)
+            self._reap()
+            self._child_died(reason, 0)
+        if not stopping and time.monotonic() < self._next_start:
+            return False
+        self.restarts += 1
+        why = self._start_child()
+        if why is None:
+            # the file opened, migrated and took a retention pass: healthy again, no request needed (a
+            # readiness that waited for the next row could keep a load balancer from ever sending one)
+            self.error = None
+            log.warning("request log: writer process restarted")
+            return True
+        self._child_died(f"cannot reopen {self.path}: {why}", 0)
+        return False
+
+    # ------------------------------------------------------------------------------ feeder thread
     def _run(self) -> None:
-        assert self._conn is not None
         try:
             while True:
-                self._wake.wait(self.flush_interval)
+                # waiting out a backoff: wake when the next start is due
+                wait = self.flush_interval
+                if self._child is None:
+                    wait = max(0.01, min(wait, self._next_start - time.monotonic()))
+                self._wake.wait(wait)
                 self._wake.clear()
                 stopping = self._stop
-                self._drain_safely()
+                self._drain_safely(stopping)
                 if time.monotonic() - self._last_retention > self.retention_interval:
                     self._retain()
                 if stopping:
-                    self._drain_safely()
+                    self._drain_safely(stopping)
                     break
         finally:
-            try:
-                self._conn.close()
-            except sqlite3.Error:  # pragma: no cover
-                pass
-            self._conn = None
+            self._stop_child()
 
-    def _drain_safely(self) -> None:
-        # the writer thread must outlive any bug: a dead writer would silently drop every later row
+    def _drain_safely(self, stopping: bool) -> None:
+        # the feeder thread must outlive any bug: a dead feeder would silently drop every later row
         try:
-            self._drain()
+            self._drain(stopping)
         except Exception:
             log.exception("request log writer: unexpected error (the batch is lost)")
             self._idle.set()
 
-    def _drain(self) -> None:
+    def _drain(self, stopping: bool) -> None:
         q = self._queue
+        # checked on every wake-up, rows or not, so a death shows in readiness and a restart follows unasked
+        # (but no process is started at shutdown only to be stopped)
+        up = self._ensure_child(stopping) if q or not stopping else False
         while q:
+            if not up:
+                if stopping:
+                    # shutting down with no way to write: count what is left rather than wait on a backoff
+                    lost = len(q)
+                    q.clear()
+                    self._dropped_failed += lost
+                    log.error("request log: %d queued rows dropped at shutdown (%s)", lost, self.error)
+                break  # rows stay queued, bounded by queue_size, until a writer process runs again
             self._idle.clear()
             batch: list[RequestRecord] = []
             while q and len(batch) < 4096:
                 batch.append(q.popleft())
             self._write(batch)
+            up = self._ensure_child(stopping)
         self._idle.set()
 
     def _write(self, batch: Iterable[RequestRecord]) -> None:
-        assert self._conn is not None
         capture, cap = self.settings.capture_bodies, self.settings.body_cap_bytes
         rows = [_row_or_repaired(r, capture, cap) for r in batch]
-        for attempt in range(3):
-            try:
-                self._insert(rows)
-                self.written += len(rows)
-                self.error = None
-                return
-            except (UnicodeEncodeError, OverflowError, ValueError):
-                # one odd row (a lone surrogate in a client-sent string, a token count beyond 64 bits) must
-                # not cost the whole batch: write row by row, repairing what SQLite cannot take
-                self._write_one_by_one(rows)
-                return
-            except sqlite3.Error as exc:
-                self.error = f"write failed: {exc}"
-                if attempt == 2:
-                    # the rows are lost: count them as dropped so the metric tells the operator
-                    log.error("request log: %s; %d rows dropped", exc, len(rows))
-                    self._dropped_failed += len(rows)
-                    return
-                time.sleep(0.1 * (attempt + 1))  # a reader holding a lock (ollamux logs) may let go
-
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        assert self._conn is not None
-        self._conn.execute("BEGIN")
         try:
-            whole = len(rows) - len(rows) % _MULTI
-            for i in range(0, whole, _MULTI):
-                self._conn.execute(_INSERT_MULTI, [v for row in rows[i : i + _MULTI] for v in row])
-            if whole < len(rows):
-                self._conn.executemany(_INSERT, rows[whole:])
-            self._conn.execute("COMMIT")
-        except BaseException:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
-
-    def _write_one_by_one(self, rows: list[tuple[Any, ...]]) -> None:
-        for row in rows:
-            try:
-                self._insert([_repair(row)])
-                self.written += 1
-            except (sqlite3.Error, UnicodeEncodeError, OverflowError, ValueError) as exc:
-                log.error("request log: row %r dropped: %s", row[0], exc)
-                self._dropped_failed += 1
+            reply = self._call(("write", rows))
+        except _ChildGone as exc:
+            self._child_died(str(exc), len(rows))
+            return
+        if reply[0] != "ok":  # pragma: no cover - the protocol's own error: this batch is lost
+            self._dropped_failed += len(rows)
+            self.error = str(reply[1])
+            log.error("request log: %s; %d rows dropped", reply[1], len(rows))
+            return
+        _, written, dropped, error, lines = reply
+        self.written += written
+        self._dropped_failed += dropped
+        self.error = error
+        for line in lines:
+            log.error("%s", line)
+        if error is None:
+            self._backoff = _BACKOFF_MIN  # a batch went in: the next fault starts the backoff afresh
 
     def _retain(self) -> None:
-        """Delete rows older than retention_days and beyond retention_rows."""
-        assert self._conn is not None
         self._last_retention = time.monotonic()
-        s = self.settings
+        if self._child is None:
+            return
         try:
-            if s.retention_days:
-                self._conn.execute("DELETE FROM requests WHERE ts < ?", (time.time() - s.retention_days * 86400,))
-            if s.retention_rows:
-                self._conn.execute(
-                    "DELETE FROM requests WHERE seq <= (SELECT MAX(seq) FROM requests) - ?", (s.retention_rows,)
-                )
-        except sqlite3.Error as exc:
-            log.warning("request log retention failed: %s", exc)
-
-    def retain_now(self) -> None:
-        """Ask the writer to apply retention at its next wake-up (tests, and after a config change)."""
-        self._last_retention = 0.0
-        self._wake.set()
+            reply = self._call(("retain",))
+        except _ChildGone as exc:
+            self._child_died(str(exc), 0)
+            return
+        if reply[1] is not None:
+            log.warning("%s", reply[1])

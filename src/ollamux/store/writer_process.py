@@ -1,0 +1,215 @@
+"""The request log's writer process: the only code that touches the SQLite file on the server's behalf.
+
+Why a separate process: SQLite in WAL mode memory-maps the WAL index (the `-shm` file), so a storage fault on
+that file (truncated, replaced under us, a full disk when a page is first touched) reaches the writer as
+SIGBUS, not as an exception, and SIGBUS ends the whole process. In a child process it ends only the child:
+the server counts the batch it had handed over as dropped, marks the log failed (readiness degraded) and
+starts a new child with backoff. Exclusive locking mode would avoid the mapping, but then `ollamux logs`
+could not read the file while the server runs.
+
+Protocol, one pickled message each way per command over stdin/stdout (the parent is the only peer):
+  ("open", path, retention_days, retention_rows) -> ("ok", schema_version) | ("error", message)
+  ("write", rows)                                -> ("ok", written, dropped, error | None, [log lines])
+                                                  | ("gone", message), then the child exits
+  ("retain",)                                    -> ("ok", warning | None)
+  ("close",) or end of input                     -> the child closes the database and exits 0
+
+Run by path (`python .../writer_process.py`), not with `-m`: importing the ollamux package would load
+aiohttp and the rest of the server, 0.4 s added to every start and restart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, BinaryIO
+
+# Rows go in 32 to a statement: one statement step per row costs ~5x more per row than the insert itself.
+_MULTI = 32
+
+
+def _schema() -> ModuleType:
+    if __package__:
+        from . import schema
+
+        return schema
+    # schema.py needs only the standard library: load it by path, without the ollamux package
+    spec = importlib.util.spec_from_file_location("_ollamux_store_schema", Path(__file__).with_name("schema.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What SQLite can store of a row: valid UTF-8 text, 64-bit integers."""
+    out: list[Any] = []
+    for v in row:
+        if isinstance(v, str):
+            v = v.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
+        elif isinstance(v, int) and not -(2**63) <= v < 2**63:
+            v = None
+        out.append(v)
+    return tuple(out)
+
+
+class FileGone(Exception):
+    """The database file was deleted or replaced: writing on would put rows into a file no one can read."""
+
+
+class Store:
+    def __init__(self, path: Path, retention_days: float | None, retention_rows: int | None) -> None:
+        schema = _schema()
+        self.path = path
+        self.retention_days = retention_days
+        self.retention_rows = retention_rows
+        self.conn: sqlite3.Connection = schema.connect(path)
+        # the file as opened: an unlinked file stays writable through our descriptor, so without this check
+        # a deleted log directory would swallow every later row without a single error
+        st = os.stat(path)
+        self.identity = (st.st_dev, st.st_ino)
+        cols: tuple[str, ...] = schema.COLUMNS
+        one = f"({', '.join('?' * len(cols))})"
+        self.insert_one = f"INSERT INTO requests ({', '.join(cols)}) VALUES {one}"
+        self.insert_multi = f"INSERT INTO requests ({', '.join(cols)}) VALUES " + ", ".join([one] * _MULTI)
+        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        self.schema_version = int(row[0] or 0)
+        self.retain()
+
+    def check_file(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise FileGone(f"request log {self.path} is gone ({exc.strerror})") from None
+        if (st.st_dev, st.st_ino) != self.identity:
+            raise FileGone(f"request log {self.path} was replaced")
+
+    def write(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, str | None, list[str]]:
+        """(written, dropped, error, log lines) for one batch."""
+        self.check_file()
+        error: str | None = None
+        for attempt in range(3):
+            try:
+                self._insert(rows)
+                return len(rows), 0, None, []
+            except (UnicodeEncodeError, OverflowError, ValueError):
+                # one odd row (a lone surrogate in a client-sent string, a token count beyond 64 bits) must
+                # not cost the whole batch: write row by row, repairing what SQLite cannot take
+                return self._write_one_by_one(rows)
+            except sqlite3.Error as exc:
+                error = f"write failed: {exc}"
+                if attempt < 2:
+                    time.sleep(0.1 * (attempt + 1))  # a reader holding a lock (ollamux logs) may let go
+        # the rows are lost: counted as dropped so the metric tells the operator
+        return 0, len(rows), error, [f"request log: {error}; {len(rows)} rows dropped"]
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            whole = len(rows) - len(rows) % _MULTI
+            for i in range(0, whole, _MULTI):
+                conn.execute(self.insert_multi, [v for row in rows[i : i + _MULTI] for v in row])
+            if whole < len(rows):
+                conn.executemany(self.insert_one, rows[whole:])
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    def _write_one_by_one(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, str | None, list[str]]:
+        written = dropped = 0
+        lines: list[str] = []
+        for row in rows:
+            try:
+                self._insert([_repair(row)])
+                written += 1
+            except (sqlite3.Error, UnicodeEncodeError, OverflowError, ValueError) as exc:
+                lines.append(f"request log: row {row[0]!r} dropped: {exc}")
+                dropped += 1
+        return written, dropped, None, lines
+
+    def retain(self) -> str | None:
+        """Delete rows older than retention_days and beyond retention_rows; a warning when that failed."""
+        try:
+            if self.retention_days:
+                self.conn.execute("DELETE FROM requests WHERE ts < ?", (time.time() - self.retention_days * 86400,))
+            if self.retention_rows:
+                self.conn.execute(
+                    "DELETE FROM requests WHERE seq <= (SELECT MAX(seq) FROM requests) - ?", (self.retention_rows,)
+                )
+        except sqlite3.Error as exc:
+            return f"request log retention failed: {exc}"
+        return None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """Answer the parent's commands until it says close or goes away."""
+    store: Store | None = None
+
+    def reply(msg: tuple[Any, ...]) -> None:
+        pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+    try:
+        while True:
+            try:
+                msg = pickle.load(inp)
+            except EOFError:  # the parent closed the pipe or died: nothing more will come
+                return 0
+            kind = msg[0]
+            if kind == "write":
+                if store is None:
+                    reply(("error", "request log is not open"))
+                    continue
+                try:
+                    reply(("ok", *store.write(msg[1])))
+                except FileGone as exc:
+                    reply(("gone", str(exc)))
+                    return 3
+            elif kind == "retain":
+                reply(("ok", store.retain() if store is not None else None))
+            elif kind == "open":
+                try:
+                    store = Store(Path(msg[1]), msg[2], msg[3])
+                except (sqlite3.Error, OSError) as exc:
+                    reply(("error", str(exc)))
+                    continue
+                reply(("ok", store.schema_version))
+            elif kind == "close":
+                return 0
+            else:
+                reply(("error", f"unknown command {kind!r}"))
+    finally:
+        if store is not None:
+            store.close()
+
+
+def main() -> int:
+    # the parent decides when to stop: a Ctrl-C or a SIGTERM sent to the whole group (a terminal, systemd)
+    # must not end the child before the parent has handed over the rows it still holds
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stdout carries replies only: a stray print would break the protocol
+    return serve(inp, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
