@@ -32,9 +32,33 @@ ANSWER = orjson.dumps(
     }
 )
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
+# a 50-event token stream, as llama-server sends one
+_EVENTS = [
+    {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+    }
+    for i in range(49)
+] + [
+    {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 49, "total_tokens": 54},
+    }
+]
+STREAM = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in _EVENTS) + b"data: [DONE]\n\n"
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(STREAM)
 CASES = [
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/chat", {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/api/chat", {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/chat/completions", {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
 ]
 
 
@@ -47,8 +71,8 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            writer.write(HEAD + ANSWER)
+            body = await reader.readexactly(length)
+            writer.write(STREAM_HEAD + STREAM if b'"stream":true' in body else HEAD + ANSWER)
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
 
@@ -76,7 +100,8 @@ async def main(requests: int = 3000, rounds: int = 3) -> None:
                     async with client.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
                         assert r.status == 200, await r.text()
                         await r.read()
-                print(f"{path}: {(time.process_time() - t0) / requests * 1e6:.1f} us of CPU per request")
+                kind = "stream" if body.get("stream") else "json"
+                print(f"{path} {kind}: {(time.process_time() - t0) / requests * 1e6:.1f} us of CPU per request")
     await runner.cleanup()
     up.close()
 

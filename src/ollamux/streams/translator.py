@@ -81,6 +81,7 @@ def usage_from_bytes(data: bytes) -> tuple[int | None, int | None] | None:
 
 
 Redact = Callable[[bytes], bytes]
+_TAIL = 4096  # the last bytes of a relayed stream searched for an upstream error event (for the log row)
 
 
 def error_in(data: bytes, prefix: bytes) -> str | None:
@@ -105,22 +106,19 @@ class SSEPassthrough:
     """An OpenAI stream relayed as it came: the bytes untouched (but for a backend's echoed secrets), usage
     read from the last frames."""
 
-    __slots__ = ("_error", "_first_ns", "_last", "_prev", "_redact", "content_type")
+    __slots__ = ("_first_ns", "_last", "_prev", "_redact", "content_type")
 
     def __init__(self, content_type: str, redact: Redact | None = None) -> None:
         self.content_type = content_type
         self._redact = redact
         self._prev = self._last = b""
         self._first_ns: int | None = None
-        self._error: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if self._first_ns is None:
             self._first_ns = time.perf_counter_ns()
         if self._redact is not None:
             chunk = self._redact(chunk)
-        if b'"error"' in chunk and self._error is None:
-            self._error = error_in(chunk, b"data: ")
         self._prev, self._last = self._last, chunk
         return chunk
 
@@ -132,7 +130,11 @@ class SSEPassthrough:
 
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self._first_ns
-        rec.error = rec.error or self._error
+        # an upstream error event ends its stream, so it is among the last bytes; scanning only those keeps
+        # the per-chunk path free of a search (`"error"` is slow to find in JSON full of quotes)
+        tail = self._prev[-_TAIL:] + self._last[-_TAIL:]
+        if rec.error is None and b'"error"' in tail:
+            rec.error = error_in(tail, b"data: ")
         # the usage chunk is among the last frames, perhaps cut between the last two reads
         counts = usage_from_bytes(self._last) or usage_from_bytes(self._prev[-_USAGE_SPAN:] + self._last)
         if counts is not None:
@@ -156,7 +158,7 @@ class NDJSONPassthrough:
     """An Ollama stream relayed as it came, each line's `model` turned back into the client's name (when
     the backend serves it under another), usage read from the final line."""
 
-    __slots__ = ("_error", "_first_ns", "_last", "_redact", "_rewriter", "content_type")
+    __slots__ = ("_first_ns", "_last", "_redact", "_rewriter", "content_type")
 
     def __init__(self, content_type: str, rewriter: ModelLineRewriter | None, redact: Redact | None = None) -> None:
         self.content_type = content_type
@@ -164,7 +166,6 @@ class NDJSONPassthrough:
         self._redact = redact
         self._last = b""
         self._first_ns: int | None = None
-        self._error: str | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if self._first_ns is None:
@@ -173,8 +174,6 @@ class NDJSONPassthrough:
             chunk = self._rewriter.feed(chunk)
         if self._redact is not None:
             chunk = self._redact(chunk)
-        if b'"error"' in chunk and self._error is None:
-            self._error = error_in(chunk, b"")
         if chunk:
             self._last = chunk
         return chunk
@@ -190,7 +189,9 @@ class NDJSONPassthrough:
 
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self._first_ns
-        rec.error = rec.error or self._error
+        tail = self._last[-_TAIL:]
+        if rec.error is None and b'"error"' in tail:
+            rec.error = error_in(tail, b"")
         prompt, completion = ollama_counts(self._last[-2048:])
         rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
         rec.completion_tokens = completion if completion is not None else rec.completion_tokens
