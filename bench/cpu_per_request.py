@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -54,7 +55,7 @@ _EVENTS = [
 ]
 STREAM = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in _EVENTS) + b"data: [DONE]\n\n"
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(STREAM)
-CASES = [
+CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/chat", {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/chat", {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
