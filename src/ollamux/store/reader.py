@@ -8,35 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .schema import connect
+from .schema import COLUMNS, connect
 
 __all__ = ["Filters", "LogReader", "percentile"]
 
-_FIELDS = (
-    "seq",
-    "id",
-    "ts",
-    "api",
-    "method",
-    "route",
-    "model_requested",
-    "model_served",
-    "backend",
-    "upstream_url",
-    "status",
-    "streamed",
-    "abandoned",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_per_s",
-    "error",
-    "client",
-    "key_name",
-    "request_body",
-    "response_text",
-)
+_FIELDS = ("seq", *COLUMNS)  # a row as the reader returns it: the writer's columns after seq
 
 
 @dataclass(frozen=True)
