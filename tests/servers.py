@@ -4,13 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+import yaml
 from aiohttp import web
 
 T = TypeVar("T")
+
+
+def log_row(db: Path, rid: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The request log's row for `rid`, waiting for the writer to flush it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if db.exists():
+            con = sqlite3.connect(db)
+            con.row_factory = sqlite3.Row
+            try:
+                found = con.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
+            except sqlite3.OperationalError:
+                found = None
+            finally:
+                con.close()
+            if found is not None:
+                return dict(found)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no request-log row for {rid}")
+        time.sleep(0.05)
+
+
+def start_serve(config: dict[str, Any], tmp: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A real `ollamux serve --config` on a free port (text log on tmp/stderr.log), once /health answers:
+    (process, base URL, stderr path). The caller stops it."""
+    port = free_port()
+    cfg = tmp / "ollamux.yaml"
+    cfg.write_text(yaml.safe_dump({**config, "server": {**config.get("server", {}), "port": port}}))
+    err_path = tmp / "stderr.log"
+    with err_path.open("wb") as err:
+        cmd = [sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--log-format", "text"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url, err_path
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            raise AssertionError(f"ollamux did not start: {err_path.read_text()}")
+        time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -21,7 +21,6 @@ import json
 import logging
 import re
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from .conftest import ProxyFactory
 from .fakes.hostile_upstream import CRASH, HTML, SECRET_HEADER, SECRET_KEY, TOKENS, Hostile
-from .servers import LoopThread
+from .servers import LoopThread, log_row
 
 Kind = Literal["openai", "ollama"]
 Api = Literal["openai", "ollama"]
@@ -63,23 +62,8 @@ class Relay:
     db: Path
 
     def row(self, rid: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The request log's row for `rid` (the writer thread flushes every quarter second)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.db.exists():
-                con = sqlite3.connect(self.db)
-                con.row_factory = sqlite3.Row
-                try:
-                    found = con.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
-                except sqlite3.OperationalError:
-                    found = None
-                finally:
-                    con.close()
-                if found is not None:
-                    return dict(found)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no request-log row for {rid}")
-            time.sleep(0.05)
+        """The request log's row for `rid` (the writer flushes it within a second)."""
+        return log_row(self.db, rid, timeout)
 
     def db_bytes(self) -> bytes:
         """Every byte of the request log: the main file, its -wal and its -shm."""

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from ollamux.config import parse_settings
 from ollamux.state import STATE
 
 from .fakes.flaky_upstream import Flaky, start_garbage_server, stop_server
-from .servers import LoopThread, free_port
+from .servers import LoopThread, free_port, log_row
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05, "breaker": {"failures": 50, "cooldown": 1}}
 
@@ -57,23 +56,8 @@ class Proxy:
             return c.post(self.url + "/api/chat", json=body, headers=headers)
 
     def row(self, rid: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The request log's row for `rid` (the writer thread flushes every quarter second)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.db.exists():
-                con = sqlite3.connect(self.db)
-                con.row_factory = sqlite3.Row
-                try:
-                    found = con.execute("SELECT * FROM requests WHERE id = ?", (rid,)).fetchone()
-                except sqlite3.OperationalError:
-                    found = None
-                finally:
-                    con.close()
-                if found is not None:
-                    return dict(found)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no request-log row for {rid}")
-            time.sleep(0.05)
+        """The request log's row for `rid` (the writer flushes it within a second)."""
+        return log_row(self.db, rid, timeout)
 
 
 def lines(r: httpx.Response) -> list[dict[str, Any]]:

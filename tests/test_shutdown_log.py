@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 from .fakes.openai_upstream import FakeOpenAI
-from .servers import free_port
+from .servers import start_serve
 
 
 def _load(url: str, worker: int, stop: threading.Event, completed: list[str], lock: threading.Lock) -> None:
@@ -42,43 +39,20 @@ def _load(url: str, worker: int, stop: threading.Event, completed: list[str], lo
 
 
 def test_sigterm_under_load_logs_every_completed_request(fake_openai: tuple[FakeOpenAI, str], tmp_path: Path) -> None:
-    port = free_port()
     db = tmp_path / "requests.sqlite"
-    cfg = tmp_path / "ollamux.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"port": port, "shutdown_grace": 5},
-                "backends": {"fake": {"type": "openai", "url": f"{fake_openai[1]}/v1"}},
-                "models": {"fake-model": {"backend": "fake"}, "x-*": {"backend": "fake"}},
-                "request_log": {"path": str(db)},
-                "metrics": {"backend_probe_interval": 0},
-            }
-        )
-    )
-    err_path = tmp_path / "stderr.log"
-    with err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--log-format", "text"],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    url = f"http://127.0.0.1:{port}"
+    config = {
+        "server": {"shutdown_grace": 5},
+        "backends": {"fake": {"type": "openai", "url": f"{fake_openai[1]}/v1"}},
+        "models": {"fake-model": {"backend": "fake"}, "x-*": {"backend": "fake"}},
+        "request_log": {"path": str(db)},
+        "metrics": {"backend_probe_interval": 0},
+    }
+    proc, url, err_path = start_serve(config, tmp_path)
     stop = threading.Event()
     completed: list[str] = []
     lock = threading.Lock()
     workers: list[threading.Thread] = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, err_path.read_text()
-            assert time.monotonic() < deadline, "ollamux did not start"
-            time.sleep(0.05)
         workers = [threading.Thread(target=_load, args=(url, w, stop, completed, lock)) for w in range(6)]
         for w in workers:
             w.start()

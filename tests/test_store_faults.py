@@ -12,7 +12,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,54 +19,30 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from ollamux.config import RequestLogSettings
 from ollamux.observe import RequestRecord
 from ollamux.store import RequestLog
 
 from .fakes.openai_upstream import FakeOpenAI
-from .servers import free_port
+from .servers import start_serve
 
 Serve = tuple[subprocess.Popen[bytes], str, Path]
 
 
 @pytest.fixture
 def serve(fake_openai: tuple[FakeOpenAI, str], tmp_path: Path) -> Iterator[Serve]:
-    """A real `ollamux serve` logging to tmp_path/logs/requests.sqlite: (process, url, stderr path)."""
-    port = free_port()
+    """A real `ollamux serve` logging to tmp_path/logs/requests.sqlite: (process, url, database path)."""
     db = tmp_path / "logs" / "requests.sqlite"
-    cfg = tmp_path / "ollamux.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"port": port, "shutdown_grace": 5},
-                "backends": {"fake": {"type": "openai", "url": f"{fake_openai[1]}/v1"}},
-                "models": {"fake-model": {"backend": "fake"}},
-                "request_log": {"path": str(db)},
-                "metrics": {"backend_probe_interval": 0},
-            }
-        )
-    )
-    err_path = tmp_path / "stderr.log"
-    with err_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ollamux", "serve", "--config", str(cfg), "--log-format", "text"],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    url = f"http://127.0.0.1:{port}"
+    config = {
+        "server": {"shutdown_grace": 5},
+        "backends": {"fake": {"type": "openai", "url": f"{fake_openai[1]}/v1"}},
+        "models": {"fake-model": {"backend": "fake"}},
+        "request_log": {"path": str(db)},
+        "metrics": {"backend_probe_interval": 0},
+    }
+    proc, url, _ = start_serve(config, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, err_path.read_text()
-            assert time.monotonic() < deadline, "ollamux did not start"
-            time.sleep(0.05)
         yield proc, url, db
     finally:
         if proc.poll() is None:

@@ -25,7 +25,7 @@ from ..streams.translator import SSEPassthrough, StreamTranslator
 from ..translate import from_ollama
 from ..translate.checks import json_type
 from ..translate.passthrough import replace_model_in_body
-from ..translate.to_ollama import encoding_format, go_type
+from ..translate.to_ollama import encoding_format, go_type, stream_flag
 from .common import SSE_CT, client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
@@ -40,15 +40,6 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"invalid type for 'model' field: {go_type(model)}", param="model")
     return resolve_model(state, rec, model)
-
-
-def _stream_flag(body: dict[str, Any]) -> bool:
-    stream = body.get("stream")
-    if stream is None:
-        return False  # OpenAI's default (Ollama's is the opposite)
-    if not isinstance(stream, bool):
-        raise BadRequest(f"invalid type for 'stream' field: {go_type(stream)}")
-    return stream
 
 
 # ---------------------------------------------------------------------------------- generation
@@ -87,7 +78,7 @@ async def _via_pivot(
 ) -> web.StreamResponse:
     """A backend that does not speak OpenAI: the request is already the pivot, the backend's plan
     turns it into its wire format and its answers back."""
-    stream = _stream_flag(body)
+    stream = stream_flag(body)
     opts = body.get("stream_options")
     answer = Answer(
         model=route.requested,

@@ -20,6 +20,7 @@ __all__ = [
     "embed_request",
     "encoding_format",
     "go_type",
+    "stream_flag",
     "think_value",
 ]
 
@@ -240,7 +241,8 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _stream(body: Mapping[str, Any]) -> bool:
+def stream_flag(body: Mapping[str, Any]) -> bool:
+    """An OpenAI request's `stream`: false when absent, a 400 when not a boolean."""
     stream = body.get("stream")
     if stream is None:
         return False  # OpenAI's default (pitfall 1: Ollama's is the opposite)
@@ -259,7 +261,7 @@ def _logprobs(body: Mapping[str, Any], req: dict[str, Any]) -> None:
 
 def chat_request(body: Mapping[str, Any], upstream: str) -> dict[str, Any]:
     """An OpenAI chat completion request as Ollama's `/api/chat` request."""
-    req: dict[str, Any] = {"model": upstream, "messages": _messages(body.get("messages")), "stream": _stream(body)}
+    req: dict[str, Any] = {"model": upstream, "messages": _messages(body.get("messages")), "stream": stream_flag(body)}
     fmt = _format(body.get("response_format"))
     if fmt is not None:
         req["format"] = fmt
@@ -285,7 +287,7 @@ def completion_request(body: Mapping[str, Any], upstream: str) -> dict[str, Any]
         prompt = ""
     if not isinstance(prompt, str):
         raise BadRequest(f"invalid type for 'prompt' field: {go_type(prompt)} (one string prompt is supported)")
-    req: dict[str, Any] = {"model": upstream, "prompt": prompt, "stream": _stream(body)}
+    req: dict[str, Any] = {"model": upstream, "prompt": prompt, "stream": stream_flag(body)}
     suffix = body.get("suffix")
     if isinstance(suffix, str) and suffix:
         req["suffix"] = suffix  # fill-in-the-middle needs the model's template, so no raw mode
