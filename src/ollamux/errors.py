@@ -25,6 +25,7 @@ __all__ = [
     "ServiceUnavailable",
     "Unauthorized",
     "UpstreamError",
+    "anthropic_error_type",
     "openai_error_type",
 ]
 
@@ -42,6 +43,19 @@ def openai_error_type(status: int) -> str:
     if status == 429:
         return "rate_limit_error"
     return "api_error"
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error types by status (docs.anthropic.com, "Errors"); the SDK maps on status too."""
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
 
 
 class OllamuxError(Exception):
@@ -81,6 +95,17 @@ class OllamuxError(Exception):
 
     def openai_body(self) -> bytes:
         return orjson.dumps(self.openai_payload())
+
+    def anthropic_payload(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": anthropic_error_type(self.status), "message": self.message}}
+
+    def body_for(self, api: str) -> bytes:
+        """The error in the envelope of the API the client spoke ("openai" and "responses" share one)."""
+        if api in ("openai", "responses"):
+            return self.openai_body()
+        if api == "anthropic":
+            return orjson.dumps(self.anthropic_payload())
+        return self.ollama_body()
 
 
 class BadRequest(OllamuxError):

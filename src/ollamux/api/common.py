@@ -44,7 +44,7 @@ Handler = Callable[[web.Request, AppState, RequestRecord], Awaitable[web.StreamR
 
 
 def error_response(exc: OllamuxError, api: ApiName, rec: RequestRecord) -> web.Response:
-    body = exc.openai_body() if api == "openai" else exc.ollama_body()
+    body = exc.body_for(api)
     headers = {REQUEST_ID: rec.id, **exc.headers}
     return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
 

@@ -506,7 +506,7 @@ class HTTPBackend:
 
     # ------------------------------------------------------------------------- the Backend protocol
     def speaks(self, api: Api) -> bool:
-        return api == self.api
+        return api == self.api or api in self.settings.native_apis
 
     def pivot_plan(self, kind: PivotKind) -> PivotPlan:
         """How it serves a request in the pivot (OpenAI) shape; as an OpenAI-compatible server, as is."""

@@ -10,9 +10,11 @@ from ..streams.translator import StreamTranslator
 
 __all__ = ["Answer", "Api", "PivotKind", "PivotPlan"]
 
-# The wire APIs a backend may speak natively. "openai" is the pivot: every front can reach a backend
-# that speaks it through one translator pair.
-Api = Literal["openai", "ollama"]
+# The wire APIs a backend may speak natively. "openai" (chat completions, completions, embeddings) is the
+# pivot: every front can reach a backend that speaks it through one translator pair. "responses" (OpenAI's
+# Responses API) and "anthropic" (Anthropic's Messages API) are spoken by some servers beside "openai"
+# (llama.cpp's, vLLM); a front whose API the backend speaks is relayed untouched.
+Api = Literal["openai", "ollama", "responses", "anthropic"]
 
 
 PivotKind = Literal["chat", "completion", "embedding"]

@@ -23,6 +23,7 @@ from .settings import (
     ConfigError,
     MetricsSettings,
     ModelSettings,
+    NativeApi,
     RequestLogSettings,
     Resilience,
     RestartMode,
@@ -145,6 +146,7 @@ def _parse_backend(name: str, node: Node) -> BackendSettings:
             "dialect",
             "max_event_bytes",
             "max_response_bytes",
+            "apis",
             *_RESILIENCE_KEYS,
         }
     )
@@ -186,7 +188,22 @@ def _parse_backend(name: str, node: Node) -> BackendSettings:
         resilience=_parse_resilience(node, len(urls)),
         max_event_bytes=node.opt_int("max_event_bytes", defaults.max_event_bytes, lo=_MIN_BUFFER_BYTES),
         max_response_bytes=node.opt_int("max_response_bytes", defaults.max_response_bytes, lo=_MIN_BUFFER_BYTES),
+        native_apis=parse_native_apis(node),
     )
+
+
+_NATIVE_APIS: dict[str, NativeApi] = {"responses": "responses", "messages": "anthropic", "anthropic": "anthropic"}
+
+
+def parse_native_apis(node: Node) -> frozenset[NativeApi]:
+    """`apis: [responses, messages]`: the APIs the backend serves itself, relayed untouched."""
+    out: set[NativeApi] = set()
+    for i, name in enumerate(node.str_list("apis")):
+        api = _NATIVE_APIS.get(name.lower())
+        if api is None:
+            raise ConfigError(f"{node.key('apis')}[{i}]", f"'{name}' is not one of responses, messages")
+        out.add(api)
+    return frozenset(out)
 
 
 _RESILIENCE_KEYS = (
@@ -222,7 +239,10 @@ def _parse_resilience(node: Node, n_urls: int) -> Resilience:
 
 
 def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
-    node.only({"gguf", "cmd", "ctx", "ttl", "health", "startup_timeout", "env", "threads", "parallel", "restart"})
+    node.only(
+        {"gguf", "cmd", "ctx", "ttl", "health", "startup_timeout", "env", "threads", "parallel", "restart"}
+        | {"apis", "rerank"}
+    )
     gguf = node.opt_str("gguf")
     cmd: tuple[str, ...] | None = None
     if node.has("cmd"):
@@ -244,6 +264,8 @@ def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
         threads=node.opt_int("threads", None, lo=1) if node.has("threads") else None,
         parallel=node.opt_int("parallel", 1, lo=1),
         restart=_parse_restart(node, d.restart),
+        native_apis=parse_native_apis(node) if node.has("apis") else None,
+        rerank=node.opt_bool("rerank", False),
     )
 
 

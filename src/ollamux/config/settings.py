@@ -15,6 +15,9 @@ DEFAULT_PORT = 11434
 DEFAULT_VERSION = "0.12.0"
 
 BackendType = Literal["openai", "ollama"]
+# APIs beyond chat completions that a backend may serve natively (sent through untouched, not translated
+# through the chat-completions pivot): `apis: [responses, messages]` in the config
+NativeApi = Literal["responses", "anthropic"]
 RestartMode = Literal["on-failure", "never"]
 
 
@@ -71,6 +74,7 @@ class BackendSettings:
     # non-streamed answer read whole to translate it (pass-through streams are never held whole).
     max_event_bytes: int = 128 * 1024 * 1024  # generous: a 100 MB base64 image or embedding block passes
     max_response_bytes: int = 256 * 1024 * 1024
+    native_apis: frozenset[NativeApi] = frozenset()
 
     @property
     def url(self) -> str:
@@ -93,6 +97,16 @@ class RuntimeSpec:
     # on-failure: a process that crashes while ready is restarted in the background (with backoff);
     # never: it stays failed until a request starts it
     restart: RestartMode = "on-failure"
+    # the APIs its server serves itself beyond chat completions; None: what the engine has (llama.cpp's
+    # server serves the Responses and Messages APIs; an arbitrary `cmd` is not assumed to)
+    native_apis: frozenset[NativeApi] | None = None
+    rerank: bool = False  # start llama.cpp's server in reranking mode (a reranker model, /v1/rerank)
+
+    @property
+    def apis(self) -> frozenset[NativeApi]:
+        if self.native_apis is not None:
+            return self.native_apis
+        return frozenset({"responses", "anthropic"}) if self.gguf is not None else frozenset()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from ..config import Settings
 from ..errors import BadRequest, Forbidden, OllamuxError, PayloadTooLarge
 from ..names import normalize_name
-from ..observe import Observers, RequestRecord, new_request_id
+from ..observe import ApiName, Observers, RequestRecord, new_request_id
 from ..registry import Registry, Route
 from .auth import KeyRing
 from .cors import Cors
@@ -56,8 +56,19 @@ INFERENCE_PATHS = frozenset(
         "/v1/embeddings",
         "/v1/responses",
         "/v1/messages",
+        "/v1/rerank",
+        "/v1/reranking",
+        "/rerank",
+        "/infill",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/images/generations",
+        "/v1/images/edits",
     }
 )
+# llama.cpp's routes outside /v1/ that answer in OpenAI's error shape
+_OPENAI_SHAPED = frozenset({"/rerank", "/infill", "/tokenize", "/detokenize"})
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -66,8 +77,15 @@ def printable(text: str, limit: int = 200) -> str:
     return text[:limit].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def api_of(path: str) -> str:
-    return "openai" if path.startswith("/v1/") else "ollama"
+def api_of(path: str) -> ApiName:
+    """The API a path belongs to, for refusals made before a handler runs (their envelope, their label)."""
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path.startswith("/v1/responses"):
+        return "responses"
+    if path.startswith(("/v1/", "/upstream/")) or path in _OPENAI_SHAPED:
+        return "openai"
+    return "ollama"
 
 
 class Guard:
@@ -280,7 +298,7 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
     """A refusal made before any handler ran: rendered in the client's envelope and recorded."""
     api = api_of(request.path)
     rid = client_request_id(request.headers)
-    body = exc.openai_body() if api == "openai" else exc.ollama_body()
+    body = exc.body_for(api)
     resp = web.Response(
         body=body,
         status=exc.status,
@@ -295,7 +313,7 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
     if observers is not None:
         rec = RequestRecord(
             id=rid,
-            api=api,  # type: ignore[arg-type]
+            api=api,
             route=request.path,
             method=request.method,
             client=request.remote,

@@ -54,7 +54,10 @@ class ManagedBackend:
         return "openai"  # every managed model is served by an OpenAI-compatible server
 
     def speaks(self, api: Api) -> bool:
-        return api == "openai"
+        if api == "openai":
+            return True
+        m = self.manager.models.get(self.name)
+        return m is not None and api in m.spec.apis
 
     def lease(
         self, route: Route | None = None, *, keep_alive: float | None = None, num_ctx: int | None = None

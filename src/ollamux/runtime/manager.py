@@ -564,4 +564,6 @@ def _http_backend(settings: BackendSettings, client: aiohttp.ClientSession) -> H
 def _backend_settings(name: str, port: int, spec: RuntimeSpec) -> BackendSettings:
     # generation on a CPU can take minutes: no total limit; a dead child fails the connect at once
     timeouts = replace(Timeouts(), total=None, connect=5.0)
-    return BackendSettings(name=name, type="openai", urls=(f"http://127.0.0.1:{port}/v1",), timeouts=timeouts)
+    return BackendSettings(
+        name=name, type="openai", urls=(f"http://127.0.0.1:{port}/v1",), timeouts=timeouts, native_apis=spec.apis
+    )
