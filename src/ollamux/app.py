@@ -13,6 +13,7 @@ from . import discovery, guard
 from .api import ollama as ollama_api
 from .api import openai as openai_api
 from .api import ops
+from .api import routed as routed_api
 from .backends import Backend, make_backend, new_client_session
 from .config import Settings
 from .observe import Observers
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     guard.install(app, settings)  # keys, rate limits, body limits, CORS, Host guard (one middleware)
     ollama_api.add_routes(app)
     openai_api.add_routes(app)
+    routed_api.add_routes(app)  # rerank, llama.cpp's extras, audio, images, /upstream/{model}/...
     ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
     app.cleanup_ctx.append(_lifespan)
     return app

@@ -22,6 +22,7 @@ __all__ = [
     "generate_as_chat_request",
     "parse_keep_alive",
     "sampling_params",
+    "think_params",
 ]
 
 # "openai" refuses unknown parameters (top_k, min_p...); llama.cpp and vLLM take the extended set.
@@ -90,7 +91,10 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a valid JSON Schema object')
 
 
-def _think_params(think: Any, dialect: Dialect) -> dict[str, Any]:
+def think_params(think: Any, dialect: Dialect) -> dict[str, Any]:
+    """Ollama's `think` (true/false or low/medium/high/max) as the pivot's switches for this dialect:
+    `reasoning_effort`, and llama.cpp's/vLLM's `chat_template_kwargs.enable_thinking`. Every front that
+    can ask for thinking (Responses' `reasoning.effort`, Anthropic's `thinking`) maps to this value."""
     if think is None:
         return {}
     if isinstance(think, bool):
@@ -249,7 +253,7 @@ def _common(body: dict[str, Any], req: Mapping[str, Any], *, stream: bool, diale
         if chat or dialect != "openai":
             body["response_format"] = rf
     if chat:
-        body.update(_think_params(req.get("think"), dialect))
+        body.update(think_params(req.get("think"), dialect))
     body["stream"] = stream
     if stream:
         # usage arrives in a final chunk only when asked for; without it the counts are lost (pitfall 3)
