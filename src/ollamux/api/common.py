@@ -12,9 +12,9 @@ from aiohttp import web
 from .. import guard
 from ..errors import OllamuxError
 from ..guard.core import KEY_NAME, client_request_id
-from ..jsonutil import dumps
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
 from ..pipeline import PREPARED, stream_headers
+from ..pipeline.pivot import json_answer as json_response
 from ..registry import Route
 from ..state import STATE, AppState
 
@@ -118,10 +118,6 @@ def _started(request: web.Request, rec: RequestRecord, err: OllamuxError) -> boo
         return False
     rec.error = rec.error or err.message
     return True
-
-
-def json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(obj), status=status, content_type="application/json", charset="utf-8")
 
 
 async def start_stream(request: web.Request, rec: RequestRecord, content_type: str) -> web.StreamResponse:

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from .. import discovery, guard
 from ..backends.base import Answer, PivotKind
-from ..backends.failover import open_upstream
+from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..catalog import meta_for, ps_item, show_body, tag_item
 from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy, OllamuxError
 from ..jsonutil import dumps_line, loads_object, now_rfc3339
 from ..observe import RequestRecord
-from ..pipeline import relay_json, relay_stream
+from ..pipeline import relay_json
+from ..pipeline.pivot import serve_via_pivot
 from ..registry import ModelEntry, Route
 from ..state import SETTINGS, AppState
 from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
-from ..streams.translator import Chain, StreamTranslator
+from ..streams.translator import StreamTranslator
 from ..translate import from_openai, to_openai
 from ..translate.from_openai import Timing
 from . import ollama_native
@@ -131,6 +133,39 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
 PivotFactory = Callable[[Route, HTTPBackend], dict[str, Any]]
 
 
+@dataclass(slots=True)
+class _OllamaFront:
+    """An Ollama chat or generate request on a backend that does not speak Ollama, through the pivot."""
+
+    kind: PivotKind
+    make_pivot: PivotFactory
+    mode: Kind  # how the answer reads: chat, generate, or raw completion
+    stream: bool
+    requested: str
+    think: Any
+    timing: Timing
+    rid: str
+
+    def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
+        return self.make_pivot(route, backend)
+
+    def answer(self, opened: Opened) -> Answer:
+        self.timing.load_ns = opened.load_ns
+        return Answer(model=opened.route.requested, id=self.rid, created=int(time.time()))
+
+    def to_client(self, pivot: dict[str, Any], opened: Opened) -> Any:
+        end = time.perf_counter_ns()
+        if self.mode == "chat":
+            return from_openai.chat_response(pivot, self.requested, self.timing, end, think=self.think)
+        return from_openai.generate_response(
+            pivot, self.requested, self.timing, end, raw=self.mode == "raw", think=self.think
+        )
+
+    def client_stream(self, opened: Opened) -> StreamTranslator:
+        max_event = opened.backend.settings.max_event_bytes
+        return OpenAIToOllamaStream(self.requested, self.mode, self.timing, think=self.think, max_event_bytes=max_event)
+
+
 async def _via_pivot(
     request: web.Request,
     state: AppState,
@@ -142,55 +177,20 @@ async def _via_pivot(
     kind: Kind,
     stream: bool,
 ) -> web.StreamResponse:
-    """An Ollama request on a backend that does not speak Ollama: through the OpenAI pivot and back."""
-    timing = Timing(start_ns=rec.start_ns)
-    think = body.get("think")
     keep_alive, num_ctx = _hints(body)
-
-    def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
-        plan = up.pivot_plan(pivot_kind)
-        return plan.path, plan.build(make_pivot(r, up), r.upstream)
-
-    # retries, replicas and fallbacks happen in there, before the first byte; `opened.route` is what answered
-    async with open_upstream(
+    timing = Timing(start_ns=rec.start_ns)
+    front = _OllamaFront(pivot_kind, make_pivot, kind, stream, route.requested, body.get("think"), timing, rec.id)
+    return await serve_via_pivot(
+        request,
         state,
+        rec,
         route,
-        wire,
-        rec=rec,
-        keep_alive=keep_alive,
-        num_ctx=num_ctx,
-        read_body=not stream,
+        front,
         headers=upstream_headers(request, rec),
         client_auth=client_auth(request, state),
-    ) as opened:
-        timing.load_ns = opened.load_ns
-        up = opened.backend
-        plan = up.pivot_plan(pivot_kind)
-        answer = Answer(model=opened.route.requested, id=rec.id, created=int(time.time()))
-        if not stream:
-            to_pivot = plan.json
-
-            def translate(data: Any) -> dict[str, Any]:
-                pivot = to_pivot(data, answer) if to_pivot is not None else data
-                end = time.perf_counter_ns()
-                if kind == "chat":
-                    return from_openai.chat_response(pivot, route.requested, timing, end, think=think)
-                return from_openai.generate_response(
-                    pivot, route.requested, timing, end, raw=kind == "raw", think=think
-                )
-
-            out = await relay_json(opened.response, translate)
-            rec.response_text = out["message"].get("content") if kind == "chat" else out.get("response")
-            rec.prompt_tokens = out.get("prompt_eval_count")
-            rec.completion_tokens = out.get("eval_count")
-            rec.first_token_ns = time.perf_counter_ns()
-            return json_response(out)
-        translator: StreamTranslator = OpenAIToOllamaStream(
-            route.requested, kind, timing, think=think, max_event_bytes=up.settings.max_event_bytes
-        )
-        if plan.stream is not None:
-            translator = Chain(plan.stream(answer), translator)
-        return await relay_stream(request, rec, opened.response, translator, expect=plan.stream_type)
+        keep_alive=keep_alive,
+        num_ctx=num_ctx,
+    )
 
 
 # ------------------------------------------------------------------------------------- embeddings

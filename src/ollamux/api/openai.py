@@ -5,28 +5,29 @@ path), full translation to Ollama's native API for Ollama backends, and the mode
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from .. import discovery, guard
 from ..backends.base import Answer, PivotKind
-from ..backends.failover import open_upstream
+from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..catalog import meta_for
-from ..errors import BadRequest, UpstreamError
+from ..errors import BadRequest
 from ..jsonutil import loads_object
 from ..names import strip_latest
 from ..observe import RequestRecord
-from ..pipeline import relay_json, relay_passthrough, relay_stream
+from ..pipeline import relay_passthrough
+from ..pipeline.pivot import serve_via_pivot
 from ..registry import ModelEntry, Route
 from ..state import AppState
-from ..streams.translator import SSEPassthrough, StreamTranslator
+from ..streams.translator import StreamTranslator
 from ..translate import from_ollama
-from ..translate.checks import json_type
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import encoding_format, go_type, stream_flag
-from .common import SSE_CT, client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
+from .common import client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
 
@@ -73,12 +74,32 @@ def _handler(kind: PivotKind) -> Any:
     return handle
 
 
+@dataclass(frozen=True, slots=True)
+class _OpenAIFront:
+    """An OpenAI request on a backend that does not speak OpenAI: the request is already the pivot, the
+    backend's plan turns it into its wire format and its answers back."""
+
+    kind: PivotKind
+    body: dict[str, Any]
+    stream: bool
+    answer_: Answer
+
+    def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
+        return self.body
+
+    def answer(self, opened: Opened) -> Answer:
+        return self.answer_
+
+    def to_client(self, pivot: dict[str, Any], opened: Opened) -> Any:
+        return pivot
+
+    def client_stream(self, opened: Opened) -> StreamTranslator | None:
+        return None
+
+
 async def _via_pivot(
     request: web.Request, state: AppState, rec: RequestRecord, route: Route, body: dict[str, Any], kind: PivotKind
 ) -> web.StreamResponse:
-    """A backend that does not speak OpenAI: the request is already the pivot, the backend's plan
-    turns it into its wire format and its answers back."""
-    stream = stream_flag(body)
     opts = body.get("stream_options")
     answer = Answer(
         model=route.requested,
@@ -87,45 +108,16 @@ async def _via_pivot(
         include_usage=isinstance(opts, dict) and opts.get("include_usage") is True,
         encoding_format=encoding_format(body) if kind == "embedding" else "float",
     )
-
-    def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
-        plan = up.pivot_plan(kind)
-        return plan.path, plan.build(body, r.upstream)  # validates the request (400) before it is sent
-
-    async with open_upstream(
+    front = _OpenAIFront(kind, body, stream_flag(body) and kind != "embedding", answer)
+    return await serve_via_pivot(
+        request,
         state,
+        rec,
         route,
-        wire,
-        rec=rec,
-        read_body=not stream,
+        front,
         headers=identity_headers(request, rec),
         client_auth=client_auth(request, state),
-    ) as opened:
-        plan = opened.backend.pivot_plan(kind)
-        if not stream or kind == "embedding":
-            to_pivot = plan.json
-            out: dict[str, Any] = await relay_json(
-                opened.response, (lambda data: to_pivot(data, answer)) if to_pivot is not None else _object
-            )
-            rec.first_token_ns = time.perf_counter_ns()
-            usage = out.get("usage")
-            usage = usage if isinstance(usage, dict) else {}
-            rec.prompt_tokens = usage.get("prompt_tokens")
-            rec.completion_tokens = usage.get("completion_tokens")
-            if kind != "embedding":
-                choice = out["choices"][0]
-                rec.response_text = choice["message"]["content"] if kind == "chat" else choice["text"]
-            return json_response(out)
-        translator: StreamTranslator = (
-            plan.stream(answer) if plan.stream is not None else SSEPassthrough(SSE_CT, opened.backend.redact.data)
-        )
-        return await relay_stream(request, rec, opened.response, translator, expect=plan.stream_type)
-
-
-def _object(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise UpstreamError(f"backend answered with {json_type(data)}, not a JSON object", status=502)
-    return data
+    )
 
 
 # -------------------------------------------------------------------------------------- models
