@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from . import discovery, guard
+from .api import anthropic as anthropic_api
 from .api import ollama as ollama_api
 from .api import openai as openai_api
 from .api import ops
+from .api import responses as responses_api
 from .api import routed as routed_api
 from .backends import Backend, make_backend, new_client_session
 from .config import Settings
@@ -20,6 +22,7 @@ from .observe import Observers
 from .registry import Registry
 from .runtime import start_runtime
 from .state import SETTINGS, STATE, AppState
+from .store.responses import open_responses
 
 __all__ = ["create_app"]
 
@@ -36,6 +39,8 @@ def create_app(settings: Settings) -> web.Application:
     guard.install(app, settings)  # keys, rate limits, body limits, CORS, Host guard (one middleware)
     ollama_api.add_routes(app)
     openai_api.add_routes(app)
+    responses_api.add_routes(app)
+    anthropic_api.add_routes(app)
     routed_api.add_routes(app)  # rerank, llama.cpp's extras, audio, images, /upstream/{model}/...
     ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
     app.cleanup_ctx.append(_lifespan)
@@ -53,6 +58,10 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     try:
         # request log, metrics, operator lines and the backend prober, before any request is served
         await ops.start(app, state)
+        log_settings = settings.request_log
+        state.responses = open_responses(
+            log_settings.path if log_settings.enabled else None, log_settings.retention_days
+        )
         state.runtime = await start_runtime(state)  # managed models: registered now, started on first request
         await discovery.refresh_all(state)
         if any(bs.discover for bs in settings.backends.values()):
@@ -67,6 +76,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         if state.runtime is not None:
             with contextlib.suppress(Exception):
                 await state.runtime.close()  # stop every model process before the client and loop go away
+        if state.responses is not None:
+            with contextlib.suppress(Exception):
+                state.responses.close()
         with contextlib.suppress(Exception):
             await ops.stop(app, state)  # stops the prober, writes every queued request-log row
         for b in backends.values():

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .runtime.manager import ModelManager
     from .store import RequestLog
+    from .store.responses import ResponseStore
 
 __all__ = ["SETTINGS", "STATE", "AppState"]
 
@@ -40,6 +41,7 @@ class AppState:
     probed: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
     guard: Guard | None = None  # keys, limits, CORS, Host guard (None only in apps built without one)
     request_log: RequestLog | None = None  # request_log.enabled
+    responses: ResponseStore | None = None  # stored Responses-API answers (beside the log, else in memory)
     metrics: Metrics | None = None  # metrics.enabled
     runtime: ModelManager | None = None  # when any model is run by ollamux itself
     health: HealthMonitor | None = None  # probes of the HTTP backends' replicas

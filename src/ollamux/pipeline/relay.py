@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from ..backends.http import UpstreamResponse, error_message_from_body
 from ..errors import OllamuxError, UpstreamError
-from ..observe import RequestRecord
+from ..observe import ApiName, RequestRecord
 from ..streams.translator import SSEPassthrough, StreamTranslator, usage_from_bytes
 
 __all__ = ["PREPARED", "relay_json", "relay_passthrough", "relay_stream", "stream_headers"]
@@ -179,9 +179,11 @@ async def relay_json(up: UpstreamResponse, translate: Callable[[Any], Any]) -> A
         raise _unreadable(up, "an answer", exc) from None
 
 
-async def relay_passthrough(request: web.Request, rec: RequestRecord, up: UpstreamResponse) -> web.StreamResponse:
+async def relay_passthrough(
+    request: web.Request, rec: RequestRecord, up: UpstreamResponse, *, api: ApiName = "openai"
+) -> web.StreamResponse:
     """The backend's status, headers and body as they came (same API on both sides): an error body in the
-    client's envelope, a small answer whole, anything else streamed as it arrives, never limited."""
+    client's envelope (`api`'s), a small answer whole, anything else streamed as it arrives, never limited."""
     rec.upstream_url = up.url
     status = up.status
     headers = _relayed_headers(up.headers, rec)
@@ -190,8 +192,8 @@ async def relay_passthrough(request: web.Request, rec: RequestRecord, up: Upstre
         data = redact.data(await up.read())
         rec.status = status
         rec.error = error_message_from_body(data, status)
-        if not _is_openai_error(data):  # keep the client's envelope: wrap plain text, {"detail"}, ...
-            data = OllamuxError(rec.error, status=status).openai_body()
+        if not _in_envelope(data, api):  # keep the client's envelope: wrap plain text, {"detail"}, ...
+            data = OllamuxError(rec.error, status=status).body_for(api)
             headers["Content-Type"] = "application/json"
         return web.Response(body=data, status=status, headers=headers)
     length = up.resp.content_length
@@ -207,11 +209,15 @@ async def relay_passthrough(request: web.Request, rec: RequestRecord, up: Upstre
     return await relay_stream(request, rec, up, translator, expect=None, status=status, headers=headers)
 
 
-def _is_openai_error(data: bytes) -> bool:
+def _in_envelope(data: bytes, api: ApiName) -> bool:
+    """An error body already in the client's envelope: OpenAI's `{"error": {...}}`, or Anthropic's
+    `{"type": "error", "error": {...}}`."""
     if not (data.lstrip()[:1] == b"{" and b'"error"' in data and b'"message"' in data):
         return False
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(obj, dict) and isinstance(obj.get("error"), dict)
+    if not (isinstance(obj, dict) and isinstance(obj.get("error"), dict)):
+        return False
+    return obj.get("type") == "error" if api == "anthropic" else True
