@@ -97,8 +97,10 @@ class RuntimeSpec:
     # on-failure: a process that crashes while ready is restarted in the background (with backoff);
     # never: it stays failed until a request starts it
     restart: RestartMode = "on-failure"
-    # the APIs its server serves itself beyond chat completions; None: what the engine has (llama.cpp's
-    # server serves the Responses and Messages APIs; an arbitrary `cmd` is not assumed to)
+    # the APIs its server serves itself beyond chat completions; None: the engine's own that are good
+    # enough. llama.cpp's server serves the Messages API; its Responses API stream leaves `output_index`
+    # out of events the openai SDK's accumulator needs, and it keeps nothing for previous_response_id, so
+    # Responses go through the pivot. An arbitrary `cmd` is not assumed to serve either.
     native_apis: frozenset[NativeApi] | None = None
     rerank: bool = False  # start llama.cpp's server in reranking mode (a reranker model, /v1/rerank)
 
@@ -106,7 +108,7 @@ class RuntimeSpec:
     def apis(self) -> frozenset[NativeApi]:
         if self.native_apis is not None:
             return self.native_apis
-        return frozenset({"responses", "anthropic"}) if self.gguf is not None else frozenset()
+        return frozenset({"anthropic"}) if self.gguf is not None else frozenset()
 
 
 @dataclass(frozen=True)

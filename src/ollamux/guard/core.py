@@ -29,6 +29,7 @@ from ..errors import BadRequest, Forbidden, OllamuxError, PayloadTooLarge
 from ..names import normalize_name
 from ..observe import ApiName, Observers, RequestRecord, new_request_id
 from ..registry import Registry, Route
+from ..translate.model_ref import UPSTREAM_PREFIX, form_boundary, form_field, split_model_path
 from .auth import KeyRing
 from .cors import Cors
 from .hostguard import HostGuard, is_loopback_bind
@@ -69,6 +70,43 @@ INFERENCE_PATHS = frozenset(
 )
 # llama.cpp's routes outside /v1/ that answer in OpenAI's error shape
 _OPENAI_SHAPED = frozenset({"/rerank", "/infill", "/tokenize", "/detokenize"})
+
+
+# what a model's backend runs a model for, reached raw through /upstream/{model}/...
+_UPSTREAM_INFERENCE = (
+    *(p for p in INFERENCE_PATHS if p.startswith("/v1/")),
+    "/chat/completions",
+    "/completions",
+    "/completion",
+    "/embeddings",
+    "/embedding",
+    "/infill",
+    "/rerank",
+    "/reranking",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+)
+# the routes whose upload bodies (a form, audio, an image) are data passed on, never parsed as JSON
+_UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/edits"})
+_DATA_TYPES = ("multipart/", "audio/", "image/", "video/", "application/octet-stream")
+
+
+def _runs_a_model(path: str) -> bool:
+    """Only requests that run a model wait at a concurrency gate; `/upstream/m/health` does not."""
+    return path in INFERENCE_PATHS or (path.startswith(UPSTREAM_PREFIX) and path.endswith(_UPSTREAM_INFERENCE))
+
+
+def _is_json_body(request: web.Request) -> bool:
+    """Whether a handler may parse the body as JSON: every body may (Ollama's handlers read any content
+    type as JSON, `curl -d` sends it as a form), but an upload on a route that passes uploads on, and
+    anything sent raw to `/upstream/`, is data."""
+    path = request.path
+    if path.startswith(UPSTREAM_PREFIX):
+        return False
+    ct = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return not (path in _UPLOAD_PATHS and ct.startswith(_DATA_TYPES))
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -167,7 +205,7 @@ class Guard:
             raw = await self._read_body(request) if request.method in _BODY_METHODS else None
         except OllamuxError as exc:
             return self.reject(request, exc)
-        if not self.gated or raw is None or path not in INFERENCE_PATHS:
+        if not self.gated or raw is None or not _runs_a_model(path):
             return await handler(request)  # type: ignore[no-any-return]
         return await self._gated(request, handler, raw)
 
@@ -191,7 +229,9 @@ class Guard:
             ) from None
         except web.RequestPayloadError as exc:
             raise _payload_error(request, exc) from None
-        if json_depth_exceeds(raw, self.max_depth):
+        # only a JSON body is parsed (and could nest too deep for the parser); an upload's bytes are data,
+        # and a few MB of audio hold enough '[' and '{' to look like a deep document
+        if _is_json_body(request) and json_depth_exceeds(raw, self.max_depth):
             raise BadRequest(f"request body nests JSON more than {self.max_depth} levels deep (limits.max_json_depth)")
         return raw
 
@@ -224,17 +264,30 @@ class Guard:
     def _route_of(self, request: web.Request, raw: bytes) -> Route | None:
         """The model a body asks for, found as the handlers find it (Ollama's deprecated "name" key, the
         default model for none): a request the gate reads differently would run ungated. None when it
-        cannot tell (the handler will say what is wrong)."""
+        cannot tell (the handler will say what is wrong).
+
+        Beyond JSON: an upload (audio transcription, image edit) names its model in a form field, and
+        `/upstream/{model}/...` in its path; both are read by the functions their handlers use."""
+        if self.registry is None:
+            return None
         try:
+            path = request.path
+            if path.startswith(UPSTREAM_PREFIX):
+                return split_model_path(self.registry, request.rel_url.raw_path[len(UPSTREAM_PREFIX) :])[0]
+            # only the upload routes read a form; every other handler parses any body as JSON
+            boundary = form_boundary(request.headers.get("Content-Type", "")) if path in _UPLOAD_PATHS else None
+            if boundary is not None:
+                field = form_field(raw, boundary, "model")
+                return self.registry.resolve(field.value if field is not None else None)
             body = orjson.loads(raw) if raw.strip() else {}
             if not isinstance(body, dict):
                 return None
             model = body.get("model")
-            if model is None and api_of(request.path) == "ollama" and isinstance(body.get("name"), str):
+            if model is None and api_of(path) == "ollama" and isinstance(body.get("name"), str):
                 model = body["name"]
             if model is not None and not isinstance(model, str):
                 return None
-            return self.registry.resolve(model) if self.registry is not None else None
+            return self.registry.resolve(model)
         except (orjson.JSONDecodeError, OllamuxError):
             return None
 

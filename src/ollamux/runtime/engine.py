@@ -2,8 +2,9 @@
 
 It wraps `xllamacpp.Server` (llama.cpp's own HTTP server, prebuilt) and runs in its own process, started
 by the manager, never inside ollamux: a crash or an out-of-memory kill of a model cannot take ollamux down,
-and stopping the process gives its memory back. It serves the OpenAI API (chat, completions, embeddings)
-and /health until SIGTERM.
+and stopping the process gives its memory back. It serves the OpenAI API (chat, completions, embeddings;
+with --rerank, /v1/rerank instead of embeddings), llama.cpp's own routes (/infill, /tokenize, ...) and
+/health until SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
     p.add_argument("--parallel", "-np", type=int, default=1, help="requests served at once (slots)")
     p.add_argument("--alias", default=None, help="the model name /v1/models reports")
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="serve /v1/rerank (llama.cpp's --reranking): rank pooling; embeddings are not usable then",
+    )
     return p
 
 
@@ -51,8 +57,13 @@ def build_params(args: argparse.Namespace) -> Any:
     # GGUF names no pooling type ("Pooling type 'none' is not OAI compatible"), so chat models get mean
     # pooling, as `llama-server --embeddings --pooling mean` would; embedding models keep their own.
     params.embedding = True
-    info = read_gguf(Path(args.model))
-    if info.pooling_type is None:
+    info = read_gguf(Path(args.model))  # read in every mode: a file that is no GGUF fails here, clearly
+    if args.rerank:
+        # llama.cpp's `--reranking` is exactly this pair (the binding has no flag of its own): /v1/rerank
+        # answers only with rank pooling, which scores each query and document pair from the pooled output
+        # (through the model's classification head when its GGUF has one); chat still works
+        params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
+    elif info.pooling_type is None:
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
     return params
 

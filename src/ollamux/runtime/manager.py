@@ -391,6 +391,8 @@ class ModelManager:
         ]
         if spec.threads:
             argv += ["--threads", str(spec.threads)]
+        if spec.rerank:
+            argv.append("--rerank")  # a `cmd:` model sets its own server's flag (llama-server --reranking)
         return argv
 
     async def _start(self, m: ManagedModel, ctx: int, gen: int) -> None:
