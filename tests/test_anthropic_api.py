@@ -143,11 +143,17 @@ def test_thinking(backend: Backend, claude: Callable[[str], anthropic.Anthropic]
 
 
 def test_count_tokens(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    short = claude(backend.url).messages.count_tokens(model="fake-model", messages=HI)
-    long = claude(backend.url).messages.count_tokens(
+    c = claude(backend.url)
+    short = c.messages.count_tokens(model="fake-model", messages=HI)
+    long = c.messages.count_tokens(
         model="fake-model", messages=[{"role": "user", "content": "hello there " * 50}], system="Be brief."
     )
     assert 0 < short.input_tokens < long.input_tokens
+    if backend.kind == "openai":
+        # llama.cpp's tokenizer (the fake counts words) at the server root, not an estimate
+        sent = backend.fake.last("/tokenize")
+        assert sent.path == "/tokenize" and "hello there" in sent.json["content"]
+        assert long.input_tokens == len(sent.json["content"].split())
 
 
 def test_unknown_model_is_not_found(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:

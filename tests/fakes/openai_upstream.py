@@ -41,7 +41,12 @@ class FakeOpenAI(Recorder):
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/tokenize", self.tokenize)  # llama.cpp's, at the server root
         return app
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        body = await self._capture(request)
+        return web.json_response({"tokens": list(range(len(str(body.get("content", "")).split())))})
 
     async def list_models(self, request: web.Request) -> web.Response:
         self.requests.append(Captured(request.path, dict(request.headers), b""))

@@ -13,12 +13,13 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..backends.plan import Answer, PivotKind
-from ..errors import BadRequest
+from ..errors import BadRequest, OllamuxError
 from ..jsonutil import loads_object
 from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
@@ -89,8 +90,40 @@ async def count_tokens(request: web.Request, state: AppState, rec: RequestRecord
     if state.backend_for(route).speaks("anthropic"):
         return await _native(request, state, rec, route, "/messages/count_tokens", raw, body)
     ta.to_pivot(body, route.upstream, dialect="llama.cpp")  # the same checks as /v1/messages: a 400 says why
-    rec.prompt_tokens = ta.estimate_tokens(body)
+    counted = await _tokenized(request, state, rec, route, ta.count_text(body))
+    if counted is not None:
+        rec.prompt_tokens = counted + ta.IMAGE_TOKENS * ta.count_images(body)
+    else:
+        rec.prompt_tokens = ta.estimate_tokens(body)
     return json_response({"input_tokens": rec.prompt_tokens})
+
+
+async def _tokenized(request: web.Request, state: AppState, rec: RequestRecord, route: Route, text: str) -> int | None:
+    """Tokens of `text` by the backend's own tokenizer: llama.cpp's `POST /tokenize` at its server root.
+    None when the backend has none (an Ollama server, OpenAI, a server that answers 404): then the
+    documented estimate counts."""
+    if not state.backend_for(route).speaks("openai"):
+        return None
+
+    def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:
+        if up.settings.dialect == "openai":
+            raise _NoTokenizer
+        return up.root_path("/tokenize"), orjson.dumps({"content": text, "add_special": False})
+
+    try:
+        async with open_upstream(
+            state, route, payload, rec=rec, read_body=True, headers=identity_headers(request, rec), client_auth=None
+        ) as opened:
+            tokens = (await opened.response.json()).get("tokens")
+    except (_NoTokenizer, OllamuxError, AttributeError):
+        return None
+    finally:
+        rec.error = None  # a backend without a tokenizer is no failure of this request
+    return len(tokens) if isinstance(tokens, list) else None
+
+
+class _NoTokenizer(Exception):
+    """OpenAI's API has no tokenizer route: not worth a request."""
 
 
 async def _native(

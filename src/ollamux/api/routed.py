@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..backends.failover import open_upstream
 from ..backends.http import HTTPBackend
-from ..errors import BadRequest, OllamuxError
+from ..errors import BadRequest
 from ..jsonutil import loads_object
 from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
@@ -37,7 +37,7 @@ from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type
 from .common import Handler, client_auth, endpoint, resolve_model, upstream_headers
 
-__all__ = ["add_routes", "at_root", "check_rerank"]
+__all__ = ["add_routes", "check_rerank"]
 
 BodyKind = Literal["json", "form"]
 BodyFor = Callable[[Route], bytes]  # the bytes to send for one route (a fallback has its own model name)
@@ -55,24 +55,6 @@ class _Target:
 
 
 # ------------------------------------------------------------------------------------------ paths
-def at_root(backend: HTTPBackend, path: str) -> str:
-    """`path` (from '/', or "" for the root itself) below the backend server's root, spelled as
-    `HTTPBackend.request` wants it: appended to a replica's URL.
-
-    An OpenAI-compatible server's base URL ends in /v1, and llama.cpp's own routes (/infill, /tokenize,
-    /health) sit above it: a '..' segment steps out of the /v1, and the HTTP client resolves it (yarl
-    normalises dot segments) before anything is sent. A base without /v1 (Ollama's) is the root already.
-    """
-    path = path or "/"
-    versioned = {r.url.endswith("/v1") for r in backend.replicas}
-    if len(versioned) > 1:
-        raise OllamuxError(
-            f"backend '{backend.name}' has URLs with and without a trailing /v1: its server root is ambiguous",
-            status=500,
-        )
-    return "/.." + path if versioned == {True} else path
-
-
 def _no_dot_segments(rest: str) -> None:
     """'.' and '..' would climb out of the backend's root (a base URL with a path prefix, or /v1), so they
     are refused, whether spelled plainly or percent-encoded (the HTTP client decodes %2E)."""
@@ -123,7 +105,7 @@ async def _relay(
     content_type: str | None = None,
 ) -> web.StreamResponse:
     def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:
-        return (at_root(up, path) if root else path), body_for(r)
+        return (up.root_path(path) if root else path), body_for(r)
 
     async with open_upstream(
         state,

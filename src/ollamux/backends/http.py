@@ -389,6 +389,23 @@ class HTTPBackend:
         now = time.monotonic()
         return next((r.url for r in self.replicas if r.down_until <= now), self.replicas[0].url)
 
+    def root_path(self, path: str) -> str:
+        """`path` (from '/', or "" for the root itself) below the backend server's root, spelled as
+        `request` wants it: appended to a replica's URL.
+
+        An OpenAI-compatible server's base URL ends in /v1, and llama.cpp's own routes (/infill, /tokenize,
+        /health) sit above it: a '..' segment steps out of the /v1, and the HTTP client resolves it (yarl
+        normalises dot segments) before anything is sent. A base without /v1 (Ollama's) is the root already.
+        """
+        path = path or "/"
+        versioned = {r.url.endswith("/v1") for r in self.replicas}
+        if len(versioned) > 1:
+            raise OllamuxError(
+                f"backend '{self.name}' has URLs with and without a trailing /v1: its server root is ambiguous",
+                status=500,
+            )
+        return "/.." + path if versioned == {True} else path
+
     def count_failure(self, replica: Replica, error: str, *, eject: bool) -> None:
         res = self.resilience
         replica.failed(
