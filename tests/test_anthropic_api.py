@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -212,3 +213,17 @@ def test_claude_code_shaped_request(backend: Backend) -> None:
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.startswith("event: message_start\n")
     assert "event: content_block_start\n" in r.text and "event: message_stop\n" in r.text
+
+
+def test_real_claude_code_body_reaches_the_backend_with_one_system_message(backend: Backend) -> None:
+    """The body Claude Code 2.1.332 really sent (tests/data): its system blocks and the system message it
+    puts after the user's become one leading system message, which every chat template accepts."""
+    body = json.loads((Path(__file__).parent / "data" / "claude_code_request.json").read_text())
+    body["model"] = "fake-model"
+    r = httpx.post(backend.url + "/v1/messages?beta=true", json=body, headers={"x-api-key": "k"}, timeout=20)
+    assert r.status_code == 200, r.text
+    messages = backend.last_messages()
+    assert [m["role"] for m in messages].count("system") == 1 and messages[0]["role"] == "system"
+    assert "working directory" in messages[0]["content"].lower()  # the in-messages system text was kept
+    if backend.kind == "openai":
+        assert len(backend.fake.last().json["tools"]) == len(body["tools"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -230,3 +231,19 @@ def test_unknown_fields_and_tool_types_are_tolerated(backend: Backend) -> None:
     r = httpx.post(backend.url + "/v1/responses", json=body, timeout=20)
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "completed"
+
+
+def test_real_codex_body_reaches_the_backend(backend: Backend) -> None:
+    """The body Codex 0.171 really sent (tests/data): developer items become one leading system message,
+    the namespace's functions are offered beside the top-level ones, web_search is dropped."""
+    body = json.loads((Path(__file__).parent / "data" / "codex_request.json").read_text())
+    body["model"] = "fake-model"
+    r = httpx.post(backend.url + "/v1/responses", json=body, timeout=20)
+    assert r.status_code == 200, r.text
+    assert "response.completed" in r.text
+    messages = backend.last_messages()
+    assert [m["role"] for m in messages] == ["system", "user", "user"]
+    if backend.kind == "openai":
+        names = [t["function"]["name"] for t in backend.fake.last().json["tools"]]
+        nested = [t["name"] for t in body["tools"] if t["type"] == "namespace" for t in t["tools"]]
+        assert set(nested) <= set(names) and "web_search" not in names

@@ -31,6 +31,7 @@ from ..streams.translator import StreamTranslator
 from ..translate import anthropic as ta
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
+from ..translate.to_openai import one_system_message
 from .common import client_auth, endpoint, identity_headers, json_response, resolve_model
 
 __all__ = ["add_routes"]
@@ -44,7 +45,7 @@ class _MessagesFront:
     kind: PivotKind = "chat"
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
-        return ta.to_pivot(self.body, route.upstream, dialect=backend.settings.dialect)
+        return one_system_message(ta.to_pivot(self.body, route.upstream, dialect=backend.settings.dialect))
 
     def answer(self, opened: Opened) -> Answer:
         return Answer(model=self.meta.model, id=self.meta.id, created=0, include_usage=True)

@@ -32,6 +32,7 @@ from ..streams.translator import StreamTranslator
 from ..translate import responses as tr
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
+from ..translate.to_openai import one_system_message
 from .common import client_auth, endpoint, identity_headers, json_response, resolve_model
 
 __all__ = ["add_routes"]
@@ -60,10 +61,9 @@ class _ResponsesFront:
     response: dict[str, Any] | None = None
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
-        self.pivot_request = tr.to_pivot(
-            self.body, route.upstream, dialect=backend.settings.dialect, history=self.history
-        )
-        return self.pivot_request
+        dialect = backend.settings.dialect
+        self.pivot_request = tr.to_pivot(self.body, route.upstream, dialect=dialect, history=self.history)
+        return one_system_message(self.pivot_request)  # the stored conversation keeps the request's own order
 
     def answer(self, opened: Opened) -> Answer:
         return Answer(model=self.meta.model, id=self.meta.id, created=self.meta.created_at, include_usage=True)

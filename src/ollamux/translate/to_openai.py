@@ -20,6 +20,7 @@ __all__ = [
     "completion_request",
     "embed_inputs",
     "generate_as_chat_request",
+    "one_system_message",
     "parse_keep_alive",
     "sampling_params",
     "think_params",
@@ -297,3 +298,28 @@ def parse_keep_alive(value: Any) -> float | None:
         float(num) * _UNITS[unit] for num, unit in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
     )
     return -total if m.group(1) == "-" else total
+
+
+def one_system_message(pivot: dict[str, Any]) -> dict[str, Any]:
+    """The pivot with every system message joined into one at the start.
+
+    Anthropic's and OpenAI's Responses clients put system text in several places (Claude Code sends a
+    `role: "system"` message after the user's; Codex sends two `developer` items), and many chat templates
+    (llama.cpp's Jinja ones for Gemma, Mistral, Qwen) refuse a system message anywhere but first, or two of
+    them. Text parts are joined with a blank line, in order; a list content keeps only its text parts.
+    """
+    messages = pivot.get("messages")
+    if not isinstance(messages, list):
+        return pivot
+    system = [m for m in messages if isinstance(m, dict) and m.get("role") == "system"]
+    if not system or (len(system) == 1 and messages[0] is system[0]):
+        return pivot
+    texts: list[str] = []
+    for m in system:
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    rest = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "system")]
+    return {**pivot, "messages": [{"role": "system", "content": "\n\n".join(t for t in texts if t)}, *rest]}
