@@ -19,6 +19,8 @@ from anthropic.types import ToolParam
 from .conftest import ProxyFactory, basic_config
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
+from .servers import log_row
+from .test_metrics import scrape, value
 from .test_responses_api import Backend, ollama_config
 
 WEATHER: ToolParam = {
@@ -227,3 +229,28 @@ def test_real_claude_code_body_reaches_the_backend_with_one_system_message(backe
     assert "working directory" in messages[0]["content"].lower()  # the in-messages system text was kept
     if backend.kind == "openai":
         assert len(backend.fake.last().json["tools"]) == len(body["tools"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "api"),
+    [
+        ("/v1/messages", {"model": "fake-model", "max_tokens": 8, "messages": HI}, "anthropic"),
+        ("/v1/messages", {"model": "fake-model", "max_tokens": 8, "messages": HI, "stream": True}, "anthropic"),
+        ("/v1/responses", {"model": "fake-model", "input": "hi"}, "responses"),
+        ("/v1/responses", {"model": "fake-model", "input": "hi", "stream": True}, "responses"),
+    ],
+)
+def test_log_row_and_metrics_name_the_api(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path, path: str, body: Any, api: str
+) -> None:
+    url = start_proxy(basic_config(fake_openai[1]))
+    rid = f"front-{api}-{body.get('stream', False)}"
+    r = httpx.post(url + path, json=body, headers={"x-request-id": rid}, timeout=20)
+    assert r.status_code == 200, r.text
+    row = log_row(tmp_path / "requests.sqlite", rid)
+    assert (row["api"], row["route"], row["status"], row["model_requested"]) == (api, path, 200, "fake-model")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 3)
+    assert row["streamed"] == int(bool(body.get("stream"))) and row["ttft_ms"] is not None
+    with httpx.Client(base_url=url) as c:
+        samples = scrape(c)
+    assert value(samples, "ollamux_requests_total", api=api, route=path, status="200") == 1

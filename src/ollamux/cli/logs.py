@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing requests as they are logged")
     p.add_argument("--model", help="only this model (as asked for, or as served)")
     p.add_argument("--status", help="a status code, 4xx/5xx, 'ok' (< 400) or 'error' (>= 400)")
-    p.add_argument("--api", choices=("ollama", "openai"), help="only requests on this API")
+    p.add_argument("--api", choices=("ollama", "openai", "responses", "anthropic"), help="only requests on this API")
     p.add_argument("--since", help="from this time: ISO 8601 (2025-01-31T12:00) or an age (30s, 15m, 2h, 7d)")
     p.add_argument("--until", help="before this time (same forms as --since)")
     p.add_argument("--stats", action="store_true", help="per model: count, errors, p50/p95 latency and TTFT, tokens")
@@ -80,7 +80,7 @@ def _line(row: dict[str, Any]) -> str:
     parts = [
         ts,
         row["id"][:12],
-        f"{row['api']:<6}",
+        f"{row['api']:<9}",
         f"{row['method']} {row['route']}",
         model,
         str(row["status"]),

@@ -19,7 +19,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             seq               INTEGER PRIMARY KEY,  -- insertion order: retention by count and `logs --follow`
             id                TEXT NOT NULL,        -- the x-request-id (a client may reuse one: not unique)
             ts                REAL NOT NULL,        -- unix seconds when the request arrived
-            api               TEXT NOT NULL,        -- ollama | openai
+            api               TEXT NOT NULL,        -- ollama | openai | responses | anthropic
             method            TEXT NOT NULL,
             route             TEXT NOT NULL,
             model_requested   TEXT,
