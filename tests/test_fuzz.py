@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from ollamux import create_app
 from ollamux.config import parse_settings
+from ollamux.guard.core import api_of
 
 from .conftest import basic_config
 from .fakes.openai_upstream import FakeOpenAI
@@ -150,11 +151,13 @@ def check(target: Target, method: str, path: str, status: int, headers: Any, bod
     if status == 400 and headers.get("content-type", "").startswith("text/plain"):
         return  # the HTTP parser refused the request line or headers before any route saw it
     data = json.loads(body)
-    if path.startswith("/v1/"):
+    api = api_of(path.split("?")[0])  # the envelope of the API the path belongs to
+    if api == "ollama":
+        msg = data["error"]
+    else:
         msg = data["error"]["message"]
         assert data["error"]["type"], data
-    else:
-        msg = data["error"]
+        assert api != "anthropic" or data["type"] == "error", data
     assert isinstance(msg, str) and len(msg) > 5, data
 
 
