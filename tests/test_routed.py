@@ -186,7 +186,7 @@ def test_rerank_not_json_and_unknown_model(proxy: str, fake: RecordingUpstream, 
     err = openai_error(send(http, "POST", proxy + "/rerank", i, content=b"query=q"), 400)
     assert err["message"].startswith("invalid JSON in request body")
     err = openai_error(send(http, "POST", proxy + "/rerank", i, json={**RERANK, "model": "nope"}), 404)
-    assert err["message"] == "model 'nope' not found" and err["code"] == "model_not_found"
+    assert err["message"].startswith("model 'nope' not found; try one of: ") and err["code"] == "model_not_found"
     assert fake.by_rid(i) == []
 
 

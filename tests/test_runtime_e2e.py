@@ -106,7 +106,8 @@ def test_starts_on_demand_and_shows_in_ps(proxy: Proxy, client: ollama.Client, m
     expires = item["expires_at"]
     assert expires > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 200))
     again = chat(client, model)
-    assert again.load_duration is not None and again.load_duration < 1_000_000  # already running
+    # already running: no load_duration at all (issue 22: a 0 is left out, as Ollama's omitempty; was 0)
+    assert again.load_duration is None
 
 
 @pytest.mark.parametrize("model", LIFECYCLE)
@@ -258,8 +259,10 @@ def test_json_mode_returns_json(client: ollama.Client) -> None:
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}, "required": ["name"]}
     r = chat(client, "smollm2", "Give a name for a cat as JSON.", format=schema, options={"num_predict": 24})
     assert r.done_reason == "stop" and isinstance(json.loads(r.message.content or ""), dict)
-    r = chat(client, "smollm2", 'Reply with {"ok": true} and nothing else.', format="json", options={"num_predict": 24})
-    assert r.done_reason == "stop" and json.loads(r.message.content or "") is not None
+    # Ollama's default sampling (repeat_penalty 1.1, which models ollamux runs get) makes the tiny model
+    # wordier inside a free-form JSON value: room for it to close the document
+    r = chat(client, "smollm2", 'Reply with {"ok": true} and nothing else.', format="json", options={"num_predict": 96})
+    assert r.done_reason == "stop" and json.loads(r.message.content or "") is not None, r.message.content
 
 
 def test_embeddings(client: ollama.Client) -> None:

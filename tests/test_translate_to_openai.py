@@ -58,15 +58,21 @@ def test_bad_think_and_format() -> None:
         to_openai.chat_request({"messages": msgs, "format": "yaml"}, "m", stream=False, dialect="llama.cpp")
 
 
-def test_content_must_be_string_and_roles_known() -> None:
+def test_content_must_be_string_and_any_role_is_taken() -> None:
     with pytest.raises(BadRequest, match="content must be a string"):
         to_openai.chat_request(
             {"messages": [{"role": "user", "content": ["a"]}]}, "m", stream=False, dialect="llama.cpp"
         )
-    with pytest.raises(BadRequest, match="role"):
-        to_openai.chat_request(
-            {"messages": [{"role": "wizard", "content": "a"}]}, "m", stream=False, dialect="llama.cpp"
-        )
+    # issue 22 row 20: any role is taken, as Ollama's api.Message (was a 400 for a role outside the five)
+    body = to_openai.chat_request(
+        {"messages": [{"role": "wizard", "content": "a"}, {"role": "User", "content": "b"}]},
+        "m",
+        stream=False,
+        dialect="llama.cpp",
+    )
+    assert [m["role"] for m in body["messages"]] == ["wizard", "user"]
+    with pytest.raises(BadRequest, match="role must be a string"):
+        to_openai.chat_request({"messages": [{"role": 5, "content": "a"}]}, "m", stream=False, dialect="llama.cpp")
 
 
 def test_tool_results_pair_by_id_then_name_then_order() -> None:

@@ -13,11 +13,12 @@ from . import discovery, guard
 from .api import anthropic as anthropic_api
 from .api import ollama as ollama_api
 from .api import openai as openai_api
-from .api import ops
+from .api import ops, routing
 from .api import responses as responses_api
 from .api import routed as routed_api
 from .backends import Backend, make_backend, new_client_session
 from .config import Settings
+from .model_admin import open_model_admin
 from .observe import Observers
 from .registry import Registry
 from .runtime import start_runtime
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     anthropic_api.add_routes(app)
     routed_api.add_routes(app)  # rerank, llama.cpp's extras, audio, images, /upstream/{model}/...
     ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
+    routing.install(app)  # Gin's trailing-slash redirects, 404 and 405 for what matches no route
     app.cleanup_ctx.append(_lifespan)
     return app
 
@@ -64,6 +66,7 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         state.runtime = await start_runtime(state)  # managed models: registered now, started on first request
         await discovery.refresh_all(state)
+        state.admin = await open_model_admin(state)  # copied and created models, once their bases are known
         if any(bs.discover for bs in settings.backends.values()):
             tasks.append(asyncio.create_task(discovery.run_refresher(state)))
         yield
@@ -79,6 +82,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
         if state.responses is not None:
             with contextlib.suppress(Exception):
                 state.responses.close()
+        if state.admin is not None:
+            with contextlib.suppress(Exception):
+                state.admin.close()
         with contextlib.suppress(Exception):
             await ops.stop(app, state)  # stops the prober, writes every queued request-log row
         for b in backends.values():

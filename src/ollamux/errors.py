@@ -6,6 +6,7 @@ at the API boundary, in the envelope of the API the client spoke.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -123,10 +124,15 @@ class Forbidden(OllamuxError):
 class ModelNotFound(OllamuxError):
     status = 404
 
-    def __init__(self, model: str) -> None:
-        # Ollama's exact wording: clients and people search for it.
-        super().__init__(f"model '{model}' not found", code="model_not_found")
+    def __init__(self, model: str, suggestions: Sequence[str] = ()) -> None:
+        # Ollama's exact wording first: clients and people search for it (and SDK tests match on the name);
+        # then a few names that do exist, so a typo or a missing tag is one glance away from fixed
+        message = f"model '{model}' not found"
+        if suggestions:
+            message += "; try one of: " + ", ".join(suggestions)
+        super().__init__(message, code="model_not_found")
         self.model = model
+        self.suggestions = tuple(suggestions)
 
 
 class NotImplementedByProxy(OllamuxError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -64,19 +65,32 @@ def _json_type(value: Any) -> str:
     return "null"
 
 
+def _fraction(digits: str) -> str:
+    """Go's RFC3339Nano fraction: trailing zeros trimmed, and no dot at all for a whole second."""
+    digits = digits.rstrip("0")
+    return f".{digits}" if digits else ""
+
+
 def rfc3339(ts: float) -> str:
-    """Go's time.Time JSON form for UTC: microseconds and 'Z' (Go clients reject zoneless times)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """Go's time.Time JSON form (RFC3339Nano) for UTC: 'Z', the fraction without trailing zeros.
+
+    A float timestamp (a file's mtime) holds microseconds at best, so the fraction stops there."""
+    sec = math.floor(ts)
+    us = round((ts - sec) * 1e6)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S") + _fraction(f"{us:06d}") + "Z"
 
 
 _ts_cache: list[object] = [-1, ""]  # [whole second, its "YYYY-MM-DDTHH:MM:SS" text]
 
 
 def now_rfc3339() -> str:
-    """rfc3339(time.time()), formatting the date part once a second: every streamed line carries one."""
-    now = time.time()
-    sec = int(now)
+    """Now as Ollama writes `created_at` (Go's time.Now().UTC() in JSON: RFC3339Nano, nanoseconds, trailing
+    zeros trimmed: `2025-01-31T09:00:00.12345678Z`); the date part is formatted once a second, since every
+    streamed line carries one."""
+    sec, ns = divmod(time.time_ns(), 1_000_000_000)
     if _ts_cache[0] != sec:
         _ts_cache[0] = sec
         _ts_cache[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_ts_cache[1]}.{int((now - sec) * 1e6):06d}Z"
+    return f"{_ts_cache[1]}{_fraction(f'{ns:09d}')}Z"

@@ -5,17 +5,21 @@ Pure: it holds what config says and what discovery reported (handed in by the ap
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ModelSettings
 from .errors import BadRequest, ModelNotFound
 from .names import display_name, normalize_name, strip_latest
 
-__all__ = ["ModelEntry", "Registry", "Route", "display_name", "normalize_name"]
+__all__ = ["CREATED_SOURCE", "SUGGESTIONS", "ModelEntry", "Registry", "Route", "display_name", "normalize_name"]
+
+SUGGESTIONS = 5  # names a 404 for an unknown model lists
+CREATED_SOURCE = "created"  # the source of the models made with /api/copy and /api/create
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class ModelEntry:
     settings: ModelSettings | None = None
     aliases: tuple[str, ...] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)  # backend-reported metadata (Ollama details...)
+    alias_of: str | None = None  # a configured alias listed as a model of its own: the name it stands for
 
     @property
     def key(self) -> str:
@@ -55,7 +60,8 @@ class Registry:
         self._default = default_model
         self._exact: dict[str, ModelEntry] = {}
         self._wildcards: list[tuple[str, ModelSettings]] = []
-        self._sources: dict[str, dict[str, ModelEntry]] = {}
+        # the models made through the API (copy, create) answer before any discovered one of the same name
+        self._sources: dict[str, dict[str, ModelEntry]] = {CREATED_SOURCE: {}}
         self._lock = threading.Lock()
         for m in models:
             if m.is_wildcard:
@@ -76,12 +82,16 @@ class Registry:
     # ------------------------------------------------------------------------------ discovery sources
     def set_source(self, source: str, entries: Iterable[ModelEntry]) -> None:
         """Replace everything a discovery source (a backend's model list, a models folder) reported."""
-        table = {e.key: e for e in entries}
+        listed = list(entries)
+        table = {e.key: e for e in listed}
+        for e in listed:  # its aliases resolve to it (a pulled model's other spellings), unlisted
+            for alias in e.aliases:
+                table.setdefault(normalize_name(alias), e)
         with self._lock:
             self._sources[source] = table
 
     def source(self, source: str) -> list[ModelEntry]:
-        return list(self._sources.get(source, {}).values())
+        return list({e.key: e for e in self._sources.get(source, {}).values()}.values())
 
     # ------------------------------------------------------------------------------------- lookups
     def resolve(self, requested: str | None) -> Route:
@@ -89,11 +99,21 @@ class Registry:
         name = requested if isinstance(requested, str) else ""
         if not name.strip():
             if self._default:
-                return self._resolve(self._default, requested_as=self._default)
-            raise BadRequest("model is required")
-        return self._resolve(name, requested_as=name)
+                name = self._default
+            else:
+                raise BadRequest("model is required")
+        route = self._resolve(name, requested_as=name)
+        if route is None:
+            raise ModelNotFound(name, self.suggest(name))
+        return route
 
-    def _resolve(self, name: str, *, requested_as: str) -> Route:
+    def suggest(self, name: str, limit: int = SUGGESTIONS) -> list[str]:
+        """Up to `limit` listed names closest to `name` (difflib's ratio, closest first) for a 404's message."""
+        names = {normalize_name(e.name): e.name for e in self.entries(aliases=True)}
+        close = difflib.get_close_matches(normalize_name(name), list(names), n=limit, cutoff=0.0)
+        return [names[k] for k in close]
+
+    def _resolve(self, name: str, *, requested_as: str) -> Route | None:
         key = normalize_name(name)
         entry = self._exact.get(key)
         if entry is not None:
@@ -115,20 +135,30 @@ class Registry:
                     settings=m,
                 )
                 return Route(requested_as, entry, upstream)
-        raise ModelNotFound(name)
+        return None
 
     def find(self, name: str) -> ModelEntry | None:
-        try:
-            return self._resolve(name, requested_as=name).entry
-        except ModelNotFound:
-            return None
+        route = self._resolve(name, requested_as=name)
+        return route.entry if route is not None else None
 
-    def entries(self) -> list[ModelEntry]:
-        """Every listable model once: config first, then each discovery source (config wins on clashes)."""
+    def entries(self, *, aliases: bool = False) -> list[ModelEntry]:
+        """Every listable model once: config first, then each discovery source (config wins on clashes).
+
+        With `aliases`, each configured alias is listed too, after its model and with its details (the
+        same backend and upstream), as a name of its own: clients that check a model against the list
+        (LangChain's validate_model_on_init, Open WebUI's picker) reject a name they cannot find there."""
         seen: dict[str, ModelEntry] = {}
-        for e in self._exact.values():
-            seen.setdefault(e.key, e)
+        for key, e in self._exact.items():
+            if key == e.key:
+                seen.setdefault(key, e)
+            elif aliases:
+                seen.setdefault(key, replace(e, name=display_name(_spelling(e, key)), alias_of=e.name))
         for table in list(self._sources.values()):
             for e in table.values():
                 seen.setdefault(e.key, e)
         return list(seen.values())
+
+
+def _spelling(entry: ModelEntry, key: str) -> str:
+    """The alias as configured (its case), found by its key."""
+    return next((a for a in entry.aliases if normalize_name(a) == key), key)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .backends.health import HealthMonitor
     from .guard.core import Guard
     from .metrics import Metrics
+    from .model_admin import ModelAdmin
     from .runtime.manager import ModelManager
     from .store import RequestLog
     from .store.responses import ResponseStore
@@ -42,6 +43,7 @@ class AppState:
     guard: Guard | None = None  # keys, limits, CORS, Host guard (None only in apps built without one)
     request_log: RequestLog | None = None  # request_log.enabled
     responses: ResponseStore | None = None  # stored Responses-API answers (beside the log, else in memory)
+    admin: ModelAdmin | None = None  # the models made with /api/copy and /api/create
     metrics: Metrics | None = None  # metrics.enabled
     runtime: ModelManager | None = None  # when any model is run by ollamux itself
     health: HealthMonitor | None = None  # probes of the HTTP backends' replicas

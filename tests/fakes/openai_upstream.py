@@ -10,7 +10,12 @@ The answer depends on the model name the proxy sends upstream, so one server cov
   "midstream"    -> a chunk of content, then an error event
   "cutoff"       -> a chunk of content, then the connection is dropped
   "slow"         -> 0.2 s between chunks
+  "untimed"      -> the usual answer without llama-server's `timings` (as vLLM or OpenAI answer), its
+                    streamed tokens 0.05 s apart
   anything else  -> "Hello from the fake!" in three chunks, with usage and llama-server timings
+A chat or completions request with `logprobs` gets llama.cpp's log probabilities of each token
+(`logprobs.content`, `top_logprobs` alternatives each; chat-shaped on both endpoints, as llama.cpp sends
+them). llama.cpp's root routes: `/tokenize` counts words, `/detokenize` gives one word `t<id>` per token.
 Every request is recorded (path, headers, raw body) for capture assertions.
 """
 
@@ -42,7 +47,12 @@ class FakeOpenAI(Recorder):
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/tokenize", self.tokenize)  # llama.cpp's, at the server root
+        app.router.add_post("/detokenize", self.detokenize)
         return app
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        body = await self._capture(request)
+        return web.json_response({"content": " ".join(f"t{t}" for t in body.get("tokens") or [])})
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await self._capture(request)
@@ -98,7 +108,16 @@ class FakeOpenAI(Recorder):
             return web.json_response({"error": {"message": "backend exploded", "type": "server_error"}}, status=500)
         finish = "length" if model == "length" else ("tool_calls" if model.startswith("tools") else "stop")
         usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
-        timings = {"cache_n": 1, "prompt_n": 10, "prompt_ms": 5.5, "predicted_n": 3, "predicted_ms": 12.25}
+        timings: dict[str, Any] | None = {
+            "cache_n": 1,
+            "prompt_n": 10,
+            "prompt_ms": 5.5,
+            "predicted_n": 3,
+            "predicted_ms": 12.25,
+        }
+        if model == "untimed":
+            timings = None
+        top = _top_logprobs(body, chat=True)
         if not body.get("stream"):
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(CONTENT)}
             if model.startswith("tools"):
@@ -115,17 +134,20 @@ class FakeOpenAI(Recorder):
                 }
             if model == "think":
                 msg["reasoning_content"] = "Let me think."
-            return web.json_response(
-                {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": model,
-                    "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
-                    "usage": usage,
-                    "timings": timings,
-                }
-            )
+            choice: dict[str, Any] = {"index": 0, "message": msg, "finish_reason": finish}
+            if top is not None:
+                choice["logprobs"] = {"content": [_logprob(p, top) for p in CONTENT]}
+            answer: dict[str, Any] = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+            if timings is not None:
+                answer["timings"] = timings
+            return web.json_response(answer)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
@@ -152,7 +174,12 @@ class FakeOpenAI(Recorder):
             for i, piece in enumerate(CONTENT):
                 if model == "slow":
                     await asyncio.sleep(0.2)
-                await send(chunk({"content": piece}))
+                if model == "untimed":
+                    await asyncio.sleep(0.05)
+                event = chunk({"content": piece})
+                if top is not None:
+                    event["choices"][0]["logprobs"] = {"content": [_logprob(piece, top)]}
+                await send(event)
                 if i == 0 and model == "midstream":
                     await send({"error": {"message": "the model crashed", "type": "server_error"}})
                     await resp.write_eof()
@@ -162,7 +189,8 @@ class FakeOpenAI(Recorder):
                     request.transport.close()
                     return resp
         last = chunk({}, finish)
-        last["timings"] = timings
+        if timings is not None:
+            last["timings"] = timings
         await send(last)
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(
@@ -185,27 +213,28 @@ class FakeOpenAI(Recorder):
         text = ["Once", " upon", " a time"]
         finish = "length" if model == "length" else "stop"
         usage = {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+        top = _top_logprobs(body, chat=False)
         if not body.get("stream"):
+            choice: dict[str, Any] = {"index": 0, "text": "".join(text), "finish_reason": finish}
+            if top is not None:
+                choice["logprobs"] = {"content": [_logprob(t, top) for t in text]}
             return web.json_response(
                 {
                     "id": "cmpl-1",
                     "object": "text_completion",
                     "created": 1,
                     "model": model,
-                    "choices": [{"index": 0, "text": "".join(text), "finish_reason": finish}],
+                    "choices": [choice],
                     "usage": usage,
                 }
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for t in text:
-            obj = {
-                "id": "cmpl-1",
-                "object": "text_completion",
-                "created": 1,
-                "model": model,
-                "choices": [{"index": 0, "text": t, "finish_reason": None}],
-            }
+            piece: dict[str, Any] = {"index": 0, "text": t, "finish_reason": None}
+            if top is not None:
+                piece["logprobs"] = {"content": [_logprob(t, top)]}
+            obj = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": model, "choices": [piece]}
             await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         obj = {
             "id": "cmpl-1",
@@ -240,3 +269,26 @@ class FakeOpenAI(Recorder):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+
+def _top_logprobs(body: dict[str, Any], *, chat: bool) -> int | None:
+    """How many alternatives llama.cpp would give (chat: `top_logprobs` when `logprobs`; completions:
+    `logprobs` as a number); None when no log probabilities were asked for."""
+    if chat:
+        return int(body.get("top_logprobs") or 20) if body.get("logprobs") is True else None
+    n = body.get("logprobs")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _logprob(token: str, top: int) -> dict[str, Any]:
+    """llama.cpp's entry for one token: the token itself first among its alternatives."""
+    alts = [token, " maybe", " other", " else"][: max(top, 0)] + [f" alt{i}" for i in range(max(top - 4, 0))]
+    return {
+        "id": 1,
+        "token": token,
+        "bytes": list(token.encode()),
+        "logprob": -0.5,
+        "top_logprobs": [
+            {"id": i, "token": t, "bytes": list(t.encode()), "logprob": -0.5 - i} for i, t in enumerate(alts)
+        ],
+    }

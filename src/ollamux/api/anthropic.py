@@ -20,15 +20,17 @@ from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..backends.plan import Answer, PivotKind
 from ..errors import BadRequest, OllamuxError
-from ..jsonutil import loads_object
+from ..jsonutil import dumps, loads_object
 from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
+from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
 from ..registry import Route
 from ..state import AppState
 from ..streams.pivot_to_anthropic import PivotToAnthropicStream
 from ..streams.translator import StreamTranslator
 from ..translate import anthropic as ta
+from ..translate.model_params import apply_to_anthropic
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
 from ..translate.to_openai import one_system_message
@@ -133,7 +135,10 @@ async def _native(
     """The backend serves the Messages API itself: the request goes as it came (the model swapped)."""
 
     def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:
-        return path, replace_model_in_body(raw, body, r.upstream)
+        params = params_for(state, r)
+        if params.empty or path != "/messages":  # the zero-cost path: the client's bytes, the model swapped
+            return path, replace_model_in_body(raw, body, r.upstream)
+        return path, dumps(apply_to_anthropic({**body, "model": r.upstream}, params))  # the model's defaults
 
     headers = identity_headers(request, rec)
     for name in ("anthropic-version", "anthropic-beta"):

@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from .. import guard
-from ..errors import OllamuxError
-from ..guard.core import KEY_NAME, client_request_id
+from ..errors import ModelNotFound, OllamuxError
+from ..guard.core import KEY_NAME, STREAMED_UPLOADS, client_request_id
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
 from ..pipeline import PREPARED, stream_headers
 from ..pipeline.pivot import json_answer as json_response
@@ -46,7 +46,8 @@ Handler = Callable[[web.Request, AppState, RequestRecord], Awaitable[web.StreamR
 def error_response(exc: OllamuxError, api: ApiName, rec: RequestRecord) -> web.Response:
     body = exc.body_for(api)
     headers = {REQUEST_ID: rec.id, **exc.headers}
-    return web.Response(body=body, status=exc.status, content_type="application/json", headers=headers)
+    # Ollama's (Gin's) JSON answers are `application/json; charset=utf-8`, its errors included
+    return web.Response(body=body, status=exc.status, content_type="application/json", charset="utf-8", headers=headers)
 
 
 def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -62,7 +63,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         rid_token = CURRENT_REQUEST_ID.set(rid)
         state.observers.started(rec)
         try:
-            if state.settings.request_log.capture_bodies:
+            if state.settings.request_log.capture_bodies and not request.path.startswith(STREAMED_UPLOADS):
                 # aiohttp caches the body, so the handler's own read() costs nothing more
                 rec.request_body = await request.read()
             resp = await handler(request, state, rec)
@@ -149,7 +150,10 @@ def client_auth(request: web.Request, state: AppState) -> str | None:
 def resolve_model(state: AppState, rec: RequestRecord, model: Any) -> Route:
     """Resolve a client's model name, check the caller's key may use it, and record what was asked."""
     rec.model_requested = model
-    route = state.registry.resolve(model)
+    try:
+        route = state.registry.resolve(model)
+    except ModelNotFound as exc:
+        raise guard.visible_not_found(state, rec, exc) from None
     guard.authorize_model(state, rec, route)  # 403 when the client's key may not use this model
     rec.model_served = route.upstream
     rec.backend = route.backend

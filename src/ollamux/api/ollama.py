@@ -14,10 +14,11 @@ from ..backends.base import Answer, PivotKind
 from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..catalog import meta_for, ps_item, show_body, tag_item
-from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy, OllamuxError
-from ..jsonutil import dumps_line, loads_object, now_rfc3339
+from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy
+from ..jsonutil import loads_object, now_rfc3339
 from ..observe import RequestRecord
-from ..pipeline import relay_json
+from ..pipeline import capabilities, embed_fit, relay_json
+from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
 from ..registry import ModelEntry, Route
 from ..state import SETTINGS, AppState
@@ -25,8 +26,9 @@ from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
 from ..streams.translator import StreamTranslator
 from ..translate import from_openai, to_openai
 from ..translate.from_openai import Timing
-from . import ollama_native
-from .common import NDJSON_CT, client_auth, endpoint, json_response, resolve_model, start_stream, upstream_headers
+from ..translate.logprobs import requested_logprobs
+from . import ollama_models, ollama_native, pull
+from .common import client_auth, endpoint, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
 
@@ -80,21 +82,25 @@ async def _load_or_unload(state: AppState, route: Route, body: dict[str, Any], *
 
 # ------------------------------------------------------------------------------------------- chat
 async def chat(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    """Ollama's ChatHandler (server/routes.go) in its order: an empty body is 400 "missing request body",
+    then `top_logprobs` is checked, then the model, then what the model can do (`pipeline.capabilities`)."""
     raw = await request.read()
-    if not raw.strip():
-        raise BadRequest("model is required")
     body = loads_object(raw)
+    requested_logprobs(body)
     route = _begin(state, rec, body)
     stream = _stream_flag(body)
     messages = body.get("messages")
+    native = state.backend_for(route).speaks("ollama")
+    if not native:  # an Ollama server checks for itself
+        capabilities.require(state, route, body, chat=True)
     if not messages:
         if messages is not None and not isinstance(messages, list):
             raise BadRequest("messages must be a list")
         return json_response(await _load_or_unload(state, route, body, chat=True))
-    if state.backend_for(route).speaks("ollama"):
+    if native:
         return await ollama_native.relay(request, state, rec, route, body, raw, "/api/chat", stream)
 
-    def pivot(r: Route, up: HTTPBackend) -> dict[str, Any]:  # rebuilt for a fallback's model and dialect
+    def pivot(r: Route, up: HTTPBackend, stream: bool) -> dict[str, Any]:  # per fallback: its model, dialect
         return to_openai.chat_request(body, r.upstream, stream=stream, dialect=up.settings.dialect)
 
     return await _via_pivot(request, state, rec, body, route, "chat", pivot, "chat", stream)
@@ -102,8 +108,12 @@ async def chat(request: web.Request, state: AppState, rec: RequestRecord) -> web
 
 # --------------------------------------------------------------------------------------- generate
 async def generate(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    """Ollama's GenerateHandler (server/routes.go) in its order: an empty body is 400 "missing request
+    body", then `top_logprobs`, then the model (none named: 404 "model '' not found"), raw mode, then what
+    the model can do (`pipeline.capabilities`)."""
     raw = await request.read()
-    body = loads_object(raw) if raw.strip() else {}
+    body = loads_object(raw)
+    requested_logprobs(body)
     if not body.get("model") and not state.settings.default_model:
         raise ModelNotFound(str(body.get("model") or ""))
     route = _begin(state, rec, body)
@@ -114,9 +124,12 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
     prompt = body.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise BadRequest("prompt must be a string")
+    native = state.backend_for(route).speaks("ollama")
+    if not native:
+        capabilities.require(state, route, body, chat=False)
     if not prompt and not body.get("images"):
         return json_response(await _load_or_unload(state, route, body, chat=False))
-    if state.backend_for(route).speaks("ollama"):
+    if native:
         return await ollama_native.relay(request, state, rec, route, body, raw, "/api/generate", stream)
     suffix = body.get("suffix")
     use_completions = is_raw or (isinstance(suffix, str) and bool(suffix))
@@ -124,18 +137,26 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
     pivot_kind: PivotKind = "completion" if use_completions else "chat"
     kind: Kind = "raw" if use_completions else "generate"
 
-    def pivot(r: Route, up: HTTPBackend) -> dict[str, Any]:
+    def pivot(r: Route, up: HTTPBackend, stream: bool) -> dict[str, Any]:
         return build(body, r.upstream, stream=stream, dialect=up.settings.dialect)
 
     return await _via_pivot(request, state, rec, body, route, pivot_kind, pivot, kind, stream)
 
 
-PivotFactory = Callable[[Route, HTTPBackend], dict[str, Any]]
+# the pivot for a route on a backend, asked for as a stream or not (a fallback has its own model, dialect)
+PivotFactory = Callable[[Route, HTTPBackend, bool], dict[str, Any]]
 
 
 @dataclass(slots=True)
 class _OllamaFront:
-    """An Ollama chat or generate request on a backend that does not speak Ollama, through the pivot."""
+    """An Ollama chat or generate request on a backend that does not speak Ollama, through the pivot.
+
+    Durations (Ollama measures its own: server/routes.go, api/types.go `Metrics`): llama.cpp's server
+    reports `timings` in every answer, so on a backend of its dialect (the default, and every model the
+    built-in engine runs) a whole answer is asked for as a whole, the cheaper way. A backend of the
+    `openai` or `vllm` dialect reports none: it is asked for a stream even when the client wants a whole
+    answer, and the pipeline gathers it, timing the first token (`streams.pivot_collect`), so
+    `eval_duration` is measured instead of missing."""
 
     kind: PivotKind
     make_pivot: PivotFactory
@@ -145,9 +166,10 @@ class _OllamaFront:
     think: Any
     timing: Timing
     rid: str
+    top_logprobs: int | None  # the client asked for logprobs, with this many alternatives per token
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
-        return self.make_pivot(route, backend)
+        return self.make_pivot(route, backend, self.stream or backend.settings.dialect != "llama.cpp")
 
     def answer(self, opened: Opened) -> Answer:
         self.timing.load_ns = opened.load_ns
@@ -155,15 +177,24 @@ class _OllamaFront:
 
     def to_client(self, pivot: dict[str, Any], opened: Opened) -> Any:
         end = time.perf_counter_ns()
+        top = self.top_logprobs
         if self.mode == "chat":
-            return from_openai.chat_response(pivot, self.requested, self.timing, end, think=self.think)
+            return from_openai.chat_response(
+                pivot, self.requested, self.timing, end, think=self.think, top_logprobs=top
+            )
         return from_openai.generate_response(
-            pivot, self.requested, self.timing, end, raw=self.mode == "raw", think=self.think
+            pivot, self.requested, self.timing, end, raw=self.mode == "raw", think=self.think, top_logprobs=top
         )
 
     def client_stream(self, opened: Opened) -> StreamTranslator:
-        max_event = opened.backend.settings.max_event_bytes
-        return OpenAIToOllamaStream(self.requested, self.mode, self.timing, think=self.think, max_event_bytes=max_event)
+        return OpenAIToOllamaStream(
+            self.requested,
+            self.mode,
+            self.timing,
+            think=self.think,
+            max_event_bytes=opened.backend.settings.max_event_bytes,
+            top_logprobs=self.top_logprobs,
+        )
 
 
 async def _via_pivot(
@@ -179,7 +210,8 @@ async def _via_pivot(
 ) -> web.StreamResponse:
     keep_alive, num_ctx = _hints(body)
     timing = Timing(start_ns=rec.start_ns)
-    front = _OllamaFront(pivot_kind, make_pivot, kind, stream, route.requested, body.get("think"), timing, rec.id)
+    top = requested_logprobs(body)
+    front = _OllamaFront(pivot_kind, make_pivot, kind, stream, route.requested, body.get("think"), timing, rec.id, top)
     return await serve_via_pivot(
         request,
         state,
@@ -195,27 +227,37 @@ async def _via_pivot(
 
 # ------------------------------------------------------------------------------------- embeddings
 async def embed(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    """Ollama's EmbedHandler (server/routes.go): a body naming no model is 404 "model '' not found"; an
+    input longer than the model's context is cut to fit, or with `truncate: false` a 400 (where the
+    context and a tokenizer are known: `pipeline.embed_fit`; an Ollama backend gets `truncate` itself);
+    `dimensions` cuts each vector only when 0 < dimensions < its length; vectors are L2-normalised; a
+    duration or count of 0 is left out (api/types.go EmbedResponse, `omitempty`)."""
     body = loads_object(await request.read())
+    if not (body.get("model") or body.get("name")) and not state.settings.default_model:
+        raise ModelNotFound(str(body.get("model") or ""))
     route = _begin(state, rec, body)
     inputs = to_openai.embed_inputs(body.get("input"))
-    dims = body.get("dimensions")
+    dims = from_openai.parse_dimensions(body.get("dimensions"))
+    truncate = embed_fit.parse_truncate(body.get("truncate"))
     if not inputs:
         await _load_or_unload(state, route, body, chat=False)
         return json_response({"model": route.requested, "embeddings": []})
     if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, None, "/api/embed", False)
+    keep_alive, num_ctx = _hints(body)
+    headers = upstream_headers(request, rec)
+    inputs, fit_load_ns = await embed_fit.fit_inputs(
+        state, route, rec, inputs, truncate=truncate, headers=headers, keep_alive=keep_alive, num_ctx=num_ctx
+    )
     vectors, tokens, load_ns = await _embed_via_pivot(request, state, rec, body, route, inputs)
     vectors = [from_openai.l2_normalize(from_openai.truncate_dimensions(v, dims)) for v in vectors]
     end = time.perf_counter_ns()
-    return json_response(
-        {
-            "model": route.requested,
-            "embeddings": vectors,
-            "total_duration": end - rec.start_ns,
-            "load_duration": load_ns,
-            "prompt_eval_count": tokens,
-        }
-    )
+    out: dict[str, Any] = {"model": route.requested, "embeddings": vectors, "total_duration": end - rec.start_ns}
+    if load_ns + fit_load_ns:
+        out["load_duration"] = load_ns + fit_load_ns
+    if tokens:
+        out["prompt_eval_count"] = tokens
+    return json_response(out)
 
 
 async def _embed_via_pivot(
@@ -286,7 +328,17 @@ async def show(request: web.Request, state: AppState, rec: RequestRecord) -> web
     probed = await discovery.probe(state, route)
     meta = meta_for(route.entry, probed, state.started_at)
     ua = request.headers.get("User-Agent", "")
-    return json_response(show_body(route.entry, meta, requested=route.requested, user_agent=ua))
+    gguf = state.runtime.gguf_of(route.backend) if state.runtime is not None else None
+    body = show_body(
+        route.entry,
+        meta,
+        requested=route.requested,
+        user_agent=ua,
+        params=params_for(state, route),  # what a request gets: its defaults and filters
+        licenses=route.entry.meta.get("licenses") or (),
+        model_file=str(gguf) if gguf is not None else None,
+    )
+    return json_response(body)
 
 
 async def ps(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
@@ -319,42 +371,6 @@ async def ps(request: web.Request, state: AppState, rec: RequestRecord) -> web.S
     return json_response({"models": items})
 
 
-async def pull(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
-    body = loads_object(await request.read())
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name:
-        raise BadRequest("model is required")
-    rec.model_requested = name
-    entry = state.registry.find(name)
-    if entry is not None:
-        guard.authorize_model(state, rec, Route(name, entry, entry.upstream))
-    if entry is None:
-        raise OllamuxError(
-            f"pull model manifest: model '{name}' is not served by ollamux; ollamux does not download models, "
-            "add it to the config file (or put its GGUF file in the models folder)",
-            status=404,
-        )
-    meta = meta_for(entry, None, state.started_at)
-    steps = [
-        {"status": "pulling manifest"},
-        {
-            "status": f"pulling {meta.digest[:12]}",
-            "digest": f"sha256:{meta.digest}",
-            "total": meta.size,
-            "completed": meta.size,
-        },
-        {"status": "verifying sha256 digest"},
-        {"status": "writing manifest"},
-        {"status": "success"},
-    ]
-    if body.get("stream") is False:
-        return json_response(steps[-1])
-    out = await start_stream(request, rec, NDJSON_CT)
-    await out.write(b"".join(dumps_line(s) for s in steps))
-    await out.write_eof()
-    return out
-
-
 def _unmanaged(what: str) -> Any:
     async def handler(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
         raise NotImplementedByProxy(
@@ -383,11 +399,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/embeddings", endpoint("ollama", embeddings_legacy))
     r.add_get("/api/tags", endpoint("ollama", tags))
     r.add_post("/api/show", endpoint("ollama", show))
-    r.add_get("/api/ps", endpoint("ollama", ps))
-    r.add_post("/api/pull", endpoint("ollama", pull))
+    r.add_get("/api/ps", endpoint("ollama", ps), allow_head=False)  # Ollama: GET only (HEAD is 405)
+    r.add_post("/api/pull", endpoint("ollama", pull.pull))  # api/pull.py: downloads hub models
     r.add_post("/api/push", endpoint("ollama", _unmanaged("push")))
-    r.add_post("/api/create", endpoint("ollama", _unmanaged("create")))
-    r.add_post("/api/copy", endpoint("ollama", _unmanaged("copy")))
-    r.add_delete("/api/delete", endpoint("ollama", _unmanaged("delete")))
-    r.add_route("POST", "/api/blobs/{digest}", endpoint("ollama", _unmanaged("blobs")))
-    r.add_route("HEAD", "/api/blobs/{digest}", endpoint("ollama", _unmanaged("blobs")))
+    ollama_models.add_routes(app)  # /api/create, /api/copy, /api/delete, /api/blobs/{digest}

@@ -14,17 +14,28 @@ from aiohttp import web
 
 from ..backends.failover import open_upstream
 from ..backends.http import HTTPBackend
+from ..config import NO_PARAMS
 from ..observe import RequestRecord
 from ..pipeline import relay_stream
+from ..pipeline.params import params_for
 from ..pipeline.relay import JSON_TYPES, wrong_type
 from ..registry import Route
 from ..state import AppState
 from ..streams.rewrite import ModelLineRewriter
 from ..streams.translator import NDJSONPassthrough, ollama_counts
+from ..translate.model_params import OllamaKind, apply_to_ollama
 from ..translate.passthrough import replace_model_in_body
 from .common import JSON_CT, NDJSON_CT, REQUEST_ID, client_auth, identity_headers
 
 __all__ = ["relay"]
+
+# the native routes a model's defaults and filters apply to (/api/show and the rest are relayed as they are)
+_KINDS: dict[str, OllamaKind] = {
+    "/api/chat": "chat",
+    "/api/generate": "generate",
+    "/api/embed": "embed",
+    "/api/embeddings": "embed",
+}
 
 
 async def relay(
@@ -39,7 +50,15 @@ async def relay(
 ) -> web.StreamResponse:
     """POST `path` on the Ollama backend with the client's request; its answer back, unbuffered."""
 
+    kind = _KINDS.get(path)
+
     def data(r: Route, _: HTTPBackend) -> tuple[str, bytes]:  # rebuilt for a fallback: its own model name
+        params = params_for(state, r) if kind is not None else NO_PARAMS
+        if not params.empty and kind is not None:
+            # the model's defaults and filters, in Ollama's own shape; then serialised again
+            payload = apply_to_ollama({k: v for k, v in body.items() if k != "name"}, kind, params)
+            payload["model"] = r.upstream
+            return path, orjson.dumps(payload)
         if raw is None or "model" not in body:
             # /api/show may name the model with the deprecated `name` key; the backend gets `model`
             payload = {k: v for k, v in body.items() if k != "name" or "model" in body}

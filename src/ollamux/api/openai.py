@@ -15,16 +15,18 @@ from ..backends.base import Answer, PivotKind
 from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..catalog import meta_for
-from ..errors import BadRequest
-from ..jsonutil import loads_object
-from ..names import strip_latest
+from ..errors import BadRequest, ModelNotFound
+from ..jsonutil import dumps, loads_object
+from ..names import normalize_name, strip_latest
 from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
+from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
-from ..registry import ModelEntry, Route
+from ..registry import CREATED_SOURCE, ModelEntry, Route
 from ..state import AppState
 from ..streams.translator import StreamTranslator
 from ..translate import from_ollama
+from ..translate.model_params import apply_to_pivot, runtime_hints
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import encoding_format, go_type, stream_flag
 from .common import client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
@@ -54,17 +56,24 @@ def _handler(kind: PivotKind) -> Any:
         path = _PATHS[kind]
 
         def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:  # a fallback gets its own model name
-            return path, replace_model_in_body(raw, body, r.upstream)
+            params = params_for(state, r)
+            if params.empty or kind == "embedding":  # the zero-cost path: the client's bytes, the model swapped
+                return path, replace_model_in_body(raw, body, r.upstream)
+            # the request is the pivot already: the model's defaults and filters, then serialised again
+            return path, dumps(apply_to_pivot({**body, "model": r.upstream}, kind, params, up.settings.dialect))
 
         headers = upstream_headers(request, rec)
         # the body goes back as the backend encoded it, so the backend may only use what the client reads
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
+        keep_alive, num_ctx = runtime_hints(params_for(state, route), None, None)
         # retries, replicas and fallbacks happen in there, before the first byte
         async with open_upstream(
             state,
             route,
             payload,
             rec=rec,
+            keep_alive=keep_alive,
+            num_ctx=num_ctx,
             raise_for_status=False,
             headers=headers,
             client_auth=client_auth(request, state),
@@ -122,7 +131,12 @@ async def _via_pivot(
 
 # -------------------------------------------------------------------------------------- models
 def _model_id(state: AppState, entry: ModelEntry) -> str:
-    """The id OpenAI clients see: the configured spelling; Ollama models keep their tag, as Ollama does."""
+    """The id OpenAI clients see: the configured spelling (an alias's own); Ollama models keep their tag, as
+    Ollama does, and so do the models made with copy and create (Ollama lists them as `name:tag`)."""
+    if entry.source == CREATED_SOURCE:
+        return entry.name
+    if entry.alias_of is not None:
+        return next((a for a in entry.aliases if normalize_name(a) == entry.key), entry.name)
     if entry.settings is not None and not entry.settings.is_wildcard:
         return entry.settings.name
     backend = state.backends.get(entry.backend)
@@ -146,7 +160,10 @@ async def retrieve_model(request: web.Request, state: AppState, rec: RequestReco
     name = request.match_info["model"]
     rec.model_requested = name
     await discovery.refresh_if_stale(state)
-    route = state.registry.resolve(name)
+    try:
+        route = state.registry.resolve(name)
+    except ModelNotFound as exc:
+        raise guard.visible_not_found(state, rec, exc) from None
     guard.authorize_model(state, rec, route)
     rec.backend = route.backend
     return json_response(_model_object(state, route.entry, name))  # the id as the client asked for it

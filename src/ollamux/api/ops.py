@@ -41,7 +41,7 @@ async def _request_id_header(request: web.Request, response: web.StreamResponse)
 # ---------------------------------------------------------------------------------------- routes
 async def health(request: web.Request) -> web.StreamResponse:
     """Liveness: the event loop answers. Touches nothing else, so it stays cheap under any load."""
-    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json", charset="utf-8")
 
 
 async def ready(request: web.Request) -> web.StreamResponse:

@@ -20,9 +20,10 @@ from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..backends.plan import Answer, PivotKind
 from ..errors import BadRequest, OllamuxError
-from ..jsonutil import loads_object
+from ..jsonutil import dumps, loads_object
 from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
+from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
 from ..registry import Route
 from ..state import AppState
@@ -30,6 +31,7 @@ from ..store.responses import ResponseStore, StoredResponse
 from ..streams.pivot_to_responses import PivotToResponsesStream
 from ..streams.translator import StreamTranslator
 from ..translate import responses as tr
+from ..translate.model_params import apply_to_responses
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
 from ..translate.to_openai import one_system_message
@@ -125,7 +127,10 @@ async def _native(
     """The backend serves the Responses API itself: the request goes as it came (the model swapped)."""
 
     def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:
-        return "/responses", replace_model_in_body(raw, body, r.upstream)
+        params = params_for(state, r)
+        if params.empty:  # the zero-cost path: the client's bytes, the model swapped
+            return "/responses", replace_model_in_body(raw, body, r.upstream)
+        return "/responses", dumps(apply_to_responses({**body, "model": r.upstream}, params))  # its defaults
 
     headers = identity_headers(request, rec)
     async with open_upstream(

@@ -81,8 +81,9 @@ class open_upstream:
     Failures that happen before any byte of the answer exists are tried again: connection errors,
     timeouts before the first byte, 5xx, 429 (Retry-After honoured within the budget), an open circuit
     (at once, on to the fallbacks). `read_body` reads a non-streamed answer inside the loop, so a body
-    cut off half way is tried again too. With `raise_for_status=False` (pass-through), the last route's
-    error answer is yielded as is when nothing better came. The backend's session stays open while the
+    cut off half way is tried again too (an event stream is left to its reader, which times it). With
+    `raise_for_status=False` (pass-through), the last route's error answer is yielded as is when nothing
+    better came. The backend's session stays open while the
     caller is inside the block; the response is released when it leaves. Fallbacks are tried only on
     backends that speak the same API as the model's own (the request was built for that API).
 
@@ -258,8 +259,8 @@ async def _attempts(
             if status < 500 and status != 429:
                 if status >= 400 and raise_for_status:
                     raise await backend.status_error(resp)
-                if read_body:
-                    await resp.read()
+                if read_body and resp.content_type != "text/event-stream":
+                    await resp.read()  # a stream asked for a whole answer is gathered by its reader, timed
                 return resp, attempt
             if raise_for_status:
                 failed = await backend.status_error(resp)

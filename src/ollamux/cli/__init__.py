@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import client, logs, serve
+from ..version import __version__
+from . import client, logs, models, pull, serve
 
 __all__ = ["main"]
 
@@ -15,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ollamux", description="One server, two APIs (Ollama and OpenAI), many model backends."
     )
+    parser.add_argument("-v", "--version", action="version", version=f"ollamux version {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (serve, client, logs):
+    for module in (serve, client, models, pull, logs):
         module.register(sub)
     return parser
 

@@ -58,11 +58,16 @@ def ollama_host(environ: Mapping[str, str] = os.environ) -> str:
     return url + ("/" + path.rstrip("/") if path.strip("/") else "")
 
 
-def _request(method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        ollama_host() + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+def _request(
+    method: str, path: str, body: Any = None, *, timeout: float | None = None, upload: tuple[Any, int] | None = None
+) -> Any:
+    """`body` as JSON, or `upload`: (a binary file, its size) streamed as the body."""
+    data: Any = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if upload is not None:
+        data = upload[0]
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(upload[1])}
+    req = urllib.request.Request(ollama_host() + path, data=data, method=method, headers=headers)
     try:
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -280,6 +285,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     info = _json("POST", "/api/show", {"model": args.model})
+    if args.field:  # one field alone, as `ollama show --modelfile` prints it
+        text = str(info.get(args.field) or "")
+        print(text if args.field == "modelfile" else text.rstrip("\n"))
+        return 0
     details = info.get("details") or {}
     mi = info.get("model_info") or {}
     arch = mi.get("general.architecture") or details.get("family") or ""
@@ -342,7 +351,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_guarded(cmd_ps))
     p = sub.add_parser("show", help="show a model's information", description=env)
     p.add_argument("model")
-    p.set_defaults(func=_guarded(cmd_show))
+    only = p.add_mutually_exclusive_group()
+    for field, what in [
+        ("modelfile", "the Modelfile (reads back with `ollamux create -f`)"),
+        ("parameters", "the parameters a request gets by default"),
+        ("system", "the system prompt"),
+        ("template", "the prompt template"),
+        ("license", "the license"),
+    ]:
+        only.add_argument(f"--{field}", dest="field", action="store_const", const=field, help=f"show {what}")
+    p.set_defaults(func=_guarded(cmd_show), field=None)
     p = sub.add_parser("stop", help="stop a running model", description=env)
     p.add_argument("model")
     p.set_defaults(func=_guarded(cmd_stop))

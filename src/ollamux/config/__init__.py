@@ -11,6 +11,7 @@ from .parse import load_settings, parse_settings
 from .settings import (
     DEFAULT_PORT,
     DEFAULT_VERSION,
+    NO_PARAMS,
     ApiKeySettings,
     AuthSettings,
     BackendSettings,
@@ -18,6 +19,8 @@ from .settings import (
     ConfigError,
     LimitSettings,
     MetricsSettings,
+    ModelDefaults,
+    ModelParams,
     ModelSettings,
     RequestLogSettings,
     Resilience,
@@ -32,6 +35,7 @@ from .settings import (
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_VERSION",
+    "NO_PARAMS",
     "ApiKeySettings",
     "AuthSettings",
     "BackendSettings",
@@ -39,6 +43,8 @@ __all__ = [
     "ConfigError",
     "LimitSettings",
     "MetricsSettings",
+    "ModelDefaults",
+    "ModelParams",
     "ModelSettings",
     "RequestLogSettings",
     "Resilience",

@@ -18,6 +18,7 @@ import yaml
 from ..names import normalize_name
 from .node import Node
 from .parse_guard import parse_auth, parse_limits
+from .parse_params import PARAMS_KEYS, parse_params
 from .settings import (
     BackendSettings,
     ConfigError,
@@ -306,6 +307,7 @@ def _parse_model(
             "quantization_level",
             "template",
             "system",
+            *PARAMS_KEYS,
         }
     )
     if not name.strip():
@@ -335,16 +337,18 @@ def _parse_model(
         parameter_size=node.opt_str("parameter_size"),
         quantization_level=node.opt_str("quantization_level"),
         template=node.opt_str("template"),
-        system=node.opt_str("system"),
+        params=parse_params(node, legacy_system=node.opt_str("system")),
     )
 
 
 def _parse_runtime(node: Node, base_dir: Path | None) -> RuntimeSettings:
-    node.only({"max_running", "models_dir", "log_dir", "ctx", "ttl", "threads"})
+    node.only({"max_running", "models_dir", "log_dir", "ctx", "ttl", "threads", "hf_endpoint"})
     d = RuntimeSettings()
     models_dir = node.opt_str("models_dir")
     log_dir = node.opt_str("log_dir")
+    hf_endpoint = node.opt_str("hf_endpoint") or node.environ.get("HF_ENDPOINT") or d.hf_endpoint
     return RuntimeSettings(
+        hf_endpoint=parse_url(node.key("hf_endpoint"), hf_endpoint),
         max_running=node.opt_int("max_running", d.max_running, lo=1),
         models_dir=_resolve_path(models_dir, base_dir) if models_dir else None,
         log_dir=_resolve_path(log_dir, base_dir) if log_dir else d.log_dir,

@@ -112,6 +112,39 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class ModelDefaults:
+    """What a request to a model gets when it does not say otherwise, as a Modelfile's PARAMETER, SYSTEM
+    and MESSAGE lines give an Ollama model: the request's own value always wins."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)  # Ollama option names and types (num_predict...)
+    system: str | None = None  # a leading system message, added when the request has none
+    think: bool | str | None = None
+    keep_alive: float | None = None  # seconds; how long a model ollamux runs stays loaded after a request
+    messages: tuple[Mapping[str, str], ...] = ()  # a conversation put before the request's own (MESSAGE)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """A model's request defaults and filters (`defaults`, `strip`, `force` in the config; `create`'s
+    parameters, system, messages), applied on every front (`translate.model_params`)."""
+
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    # removed from every request (llama-swap's filters.stripParams): Ollama option names, think, format, tools
+    strip: frozenset[str] = frozenset()
+    # set on every request whatever it says (llama-swap's setParams): Ollama option names and think
+    force: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        d = self.defaults
+        given = (d.options, d.system, d.messages, self.strip, self.force)
+        return not any(given) and d.think is None and d.keep_alive is None
+
+
+NO_PARAMS = ModelParams()
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     name: str  # as configured; may hold a '*' wildcard
     backend: str  # for a managed model, the synthetic backend named after the model
@@ -124,8 +157,12 @@ class ModelSettings:
     family: str | None = None
     parameter_size: str | None = None
     quantization_level: str | None = None
-    template: str | None = None
-    system: str | None = None
+    template: str | None = None  # shown by /api/show; the backend's own chat template formats prompts
+    params: ModelParams = NO_PARAMS
+
+    @property
+    def system(self) -> str | None:
+        return self.params.defaults.system
 
     @property
     def is_wildcard(self) -> bool:
@@ -151,6 +188,8 @@ class RuntimeSettings:
     ctx: int = 4096
     ttl: float = 300.0
     threads: int | None = None
+    # the hub `pull hf.co/...` asks (a mirror, a private hub): the config's, else HF_ENDPOINT, else this
+    hf_endpoint: str = "https://huggingface.co"
 
 
 @dataclass(frozen=True)

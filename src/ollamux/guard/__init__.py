@@ -12,7 +12,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from ..config import Settings
-from ..errors import OllamuxError
+from ..errors import ModelNotFound, OllamuxError
 from ..observe import RequestRecord
 from ..registry import ModelEntry, Route
 from ..state import STATE, AppState
@@ -28,6 +28,7 @@ __all__ = [
     "handler_args",
     "install",
     "visible_entries",
+    "visible_not_found",
 ]
 
 
@@ -82,9 +83,24 @@ def authorize_model(state: AppState, rec: RequestRecord, route: Route) -> None:
 
 
 def visible_entries(state: AppState, rec: RequestRecord) -> list[ModelEntry]:
-    """The models a listing shows this caller: all of them when the server is open, else those its key may use."""
-    entries = state.registry.entries()
+    """The models a listing shows this caller (aliases too): all of them when the server is open, else
+    those its key may use."""
+    entries = state.registry.entries(aliases=True)
     guard = state.guard
     if guard is None or not guard.keys:
         return entries
     return [e for e in entries if guard.may_use(rec, Route(e.name, e, e.upstream))]
+
+
+def visible_not_found(state: AppState, rec: RequestRecord, exc: ModelNotFound) -> ModelNotFound:
+    """A 404's suggested names, keeping only those the caller's key may use: as in a listing, the names
+    of the other models alone tell what else the server runs and for whom."""
+    guard = state.guard
+    if guard is None or not guard.keys or not exc.suggestions:
+        return exc
+    keep = []
+    for name in exc.suggestions:
+        entry = state.registry.find(name)
+        if entry is not None and guard.may_use(rec, Route(name, entry, entry.upstream)):
+            keep.append(name)
+    return ModelNotFound(exc.model, keep)

@@ -91,6 +91,8 @@ _UPSTREAM_INFERENCE = (
 # the routes whose upload bodies (a form, audio, an image) are data passed on, never parsed as JSON
 _UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/edits"})
 _DATA_TYPES = ("multipart/", "audio/", "image/", "video/", "application/octet-stream")
+# the routes whose bodies their handler streams (a GGUF file, gigabytes): never read whole
+STREAMED_UPLOADS = "/api/blobs/"
 
 
 def _runs_a_model(path: str) -> bool:
@@ -201,8 +203,10 @@ class Guard:
                     caller, label = f"ip:{request.remote}", f"client {request.remote}"
                 if self.rate_limited:
                     self.rates.admit(caller, label)
-            # read even when there is no body (b""): a handler may still resolve the default model
-            raw = await self._read_body(request) if request.method in _BODY_METHODS else None
+            # read even when there is no body (b""): a handler may still resolve the default model; an
+            # upload of a model file streams to disk in its handler instead, past any JSON body limit
+            reads = request.method in _BODY_METHODS and not path.startswith(STREAMED_UPLOADS)
+            raw = await self._read_body(request) if reads else None
         except OllamuxError as exc:
             return self.reject(request, exc)
         if not self.gated or raw is None or not _runs_a_model(path):
@@ -356,6 +360,7 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
         body=body,
         status=exc.status,
         content_type="application/json",
+        charset="utf-8",  # as every JSON answer (Gin's c.JSON)
         headers={"x-request-id": rid, **exc.headers},
     )
     if exc.headers.get("Connection") == "close":

@@ -25,9 +25,12 @@ from ..jsonutil import dumps
 from ..observe import RequestRecord
 from ..registry import Route
 from ..state import AppState
+from ..streams.pivot_collect import PivotCollector
 from ..streams.translator import Chain, SSEPassthrough, StreamTranslator
 from ..translate.checks import json_type
-from .relay import relay_json, relay_stream
+from ..translate.model_params import apply_to_pivot, runtime_hints
+from .params import params_for
+from .relay import relay_collected, relay_json, relay_stream
 
 __all__ = ["PivotFront", "json_answer", "record_pivot", "serve_via_pivot"]
 
@@ -67,7 +70,8 @@ def json_answer(obj: Any, status: int = 200) -> web.Response:
 
 def record_pivot(rec: RequestRecord, pivot: dict[str, Any], kind: PivotKind) -> None:
     """Tokens and text of a whole pivot answer into the request's record, whatever the client's API."""
-    rec.first_token_ns = time.perf_counter_ns()
+    if rec.first_token_ns is None:  # a gathered stream knows when its first token came
+        rec.first_token_ns = time.perf_counter_ns()
     usage = pivot.get("usage")
     if isinstance(usage, dict):
         rec.prompt_tokens = usage.get("prompt_tokens")
@@ -102,11 +106,16 @@ async def serve_via_pivot(
     keep_alive: float | None = None,
     num_ctx: int | None = None,
 ) -> web.StreamResponse:
-    """Serve `front`'s request on `route` through the pivot: the whole way from wire request to answer."""
+    """Serve `front`'s request on `route` through the pivot: the whole way from wire request to answer.
+
+    The model's defaults and filters (`ModelParams`) are applied here, to what `front.pivot()` returns, so
+    every translating front gets them the same way; a fallback gets its own model's."""
+    keep_alive, num_ctx = runtime_hints(params_for(state, route), keep_alive, num_ctx)
 
     def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
         plan = up.pivot_plan(front.kind)
-        return plan.path, plan.build(front.pivot(r, up), r.upstream)
+        pivot = apply_to_pivot(front.pivot(r, up), front.kind, params_for(state, r), up.settings.dialect)
+        return plan.path, plan.build(pivot, r.upstream)
 
     # retries, replicas and fallbacks happen in there, before the first byte; `opened` is what answered
     async with open_upstream(
@@ -124,13 +133,29 @@ async def serve_via_pivot(
         answer = front.answer(opened)
         if not front.stream:
             to_pivot = plan.json
+            up = opened.response
+            # a front may ask for a stream to time a backend that reports no timings of its own (the
+            # Ollama front, on a backend not of llama.cpp's dialect): gathered into the whole answer, timed
+            collector = (
+                PivotCollector(
+                    front.kind,
+                    start_ns=rec.start_ns + opened.load_ns,
+                    max_event_bytes=opened.backend.settings.max_event_bytes,
+                )
+                if plan.stream is None and up.content_type == SSE_CT
+                else None
+            )
 
             def translate(data: Any) -> Any:
                 pivot = _pivot_object(to_pivot(data, answer) if to_pivot is not None else data)
+                if collector is not None:
+                    rec.first_token_ns = collector.first_ns
                 record_pivot(rec, pivot, front.kind)
                 return front.to_client(pivot, opened)
 
-            return json_answer(await relay_json(opened.response, translate))
+            if collector is not None:
+                return json_answer(await relay_collected(up, collector, translate))
+            return json_answer(await relay_json(up, translate))
         translator = front.client_stream(opened)
         backend_stream = plan.stream(answer) if plan.stream is not None else None
         if backend_stream is not None:

@@ -13,6 +13,7 @@ It is where
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,9 +26,10 @@ from multidict import CIMultiDict
 from ..backends.http import UpstreamResponse, error_message_from_body
 from ..errors import OllamuxError, UpstreamError
 from ..observe import ApiName, RequestRecord
+from ..streams.pivot_collect import PivotCollector
 from ..streams.translator import SSEPassthrough, StreamTranslator, usage_from_bytes
 
-__all__ = ["PREPARED", "relay_json", "relay_passthrough", "relay_stream", "stream_headers"]
+__all__ = ["PREPARED", "relay_collected", "relay_json", "relay_passthrough", "relay_stream", "stream_headers"]
 
 log = logging.getLogger("ollamux.relay")
 
@@ -39,6 +41,7 @@ SMALL_BODY = 1 << 20  # a non-streamed pass-through answer up to this size is re
 # gathered, and the read that completes it parses and rebuilds it whole; the loop keeps serving meanwhile.
 HEAVY = 1 << 20
 JSON_TYPES = frozenset({"", "application/json"})
+SSE_CT = "text/event-stream"
 
 # never relayed: they describe one connection, not the answer (RFC 9110 section 7.6.1), or aiohttp
 # writes its own (length, date, server), or ours replaces the backend's (request id)
@@ -179,6 +182,38 @@ async def relay_json(up: UpstreamResponse, translate: Callable[[Any], Any]) -> A
         raise _unreadable(up, "an answer", exc) from None
 
 
+async def relay_collected(up: UpstreamResponse, collector: PivotCollector, translate: Callable[[Any], Any]) -> Any:
+    """A pivot stream gathered whole for a client that asked for no stream (`PivotCollector`), translated.
+
+    Nothing has been sent, so a failure is an error answer with its own status, as for `relay_json`: the
+    stream is bounded by `max_response_bytes` like any whole answer, an error event is the backend's, and
+    what cannot be read is a 502."""
+    if up.content_type not in ("", SSE_CT):
+        up.release()
+        raise wrong_type(up, SSE_CT)
+    limit = up.backend.settings.max_response_bytes
+    size = 0
+    try:
+        async with contextlib.aclosing(up.iter_chunks()) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamError(
+                        f"backend '{up.backend.name}' answered with more than {limit} bytes "
+                        f"(max_response_bytes; {up.url})",
+                        status=502,
+                    )
+                collector.feed(chunk)
+        data = collector.finish()
+        return translate(data)
+    except OllamuxError as exc:
+        raise _masked(up, exc) from None
+    except Exception as exc:
+        raise _unreadable(up, "a stream", exc) from None
+    finally:
+        up.release()
+
+
 async def relay_passthrough(
     request: web.Request, rec: RequestRecord, up: UpstreamResponse, *, api: ApiName = "openai"
 ) -> web.StreamResponse:
@@ -194,7 +229,7 @@ async def relay_passthrough(
         rec.error = error_message_from_body(data, status)
         if not _in_envelope(data, api):  # keep the client's envelope: wrap plain text, {"detail"}, ...
             data = OllamuxError(rec.error, status=status).body_for(api)
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = "application/json; charset=utf-8"
         return web.Response(body=data, status=status, headers=headers)
     length = up.resp.content_length
     if up.content_type != "text/event-stream" and length is not None and length <= SMALL_BODY:

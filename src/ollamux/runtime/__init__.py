@@ -9,10 +9,11 @@ from .manager import ModelManager, ModelStatus, RunningModel
 __all__ = ["ManagedBackend", "ModelManager", "ModelStatus", "RunningModel", "start_runtime"]
 
 
-async def start_runtime(state: AppState) -> ModelManager | None:
-    """Build the manager of an app (None when nothing is managed) and register its backends."""
+async def start_runtime(state: AppState, *, force: bool = False) -> ModelManager | None:
+    """Build the manager of an app (None when nothing is managed, unless `force`: a model created from a
+    GGUF blob needs one) and register its backends."""
     settings = state.settings
-    if settings.runtime.models_dir is None and not any(m.runtime for m in settings.models):
+    if not force and settings.runtime.models_dir is None and not any(m.runtime for m in settings.models):
         return None
     manager = ModelManager(settings, state.client, state.registry, state.probed)
 

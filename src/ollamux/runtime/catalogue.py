@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RuntimeSettings, RuntimeSpec, Settings
-from ..registry import ModelEntry, Registry
+from ..registry import CREATED_SOURCE, ModelEntry, Registry
 from . import models_dir
 from .gguf_meta import DigestCache, GGUFInfo, HeaderCache, default_cache_dir
 from .model import ManagedModel
@@ -42,7 +42,7 @@ class _Described:
 
 @dataclass(frozen=True)
 class _FolderScan:
-    stamp: int  # the folder's mtime_ns when it was listed (-1: missing)
+    stamp: int  # models_dir.stamp when it was listed (-1: missing)
     files: list[tuple[models_dir.ModelFile, _Described]]
 
 
@@ -128,6 +128,28 @@ class Catalogue:
             key = (model.entry.backend, model.entry.upstream)
             self.probed[key] = {**self.probed.get(key, {}), "digest": digest}
 
+    async def ensure_digest(self, backend: str) -> None:
+        """Make the digest of a model's GGUF file known now (hashed once, then cached), as /api/tags shows it.
+
+        The folder's models are otherwise hashed in the background after a scan; a pull of a model already
+        served wants its real digest at once.
+        """
+        model = self.models.get(backend)
+        if model is None or model.gguf is None:
+            return
+        key = (model.entry.backend, model.entry.upstream)
+        if model.entry.meta.get("digest") or self.probed.get(key, {}).get("digest"):
+            return
+        try:
+            digest = await asyncio.to_thread(self.digests.get, model.gguf)
+        except OSError as exc:
+            log.warning("cannot hash %s: %s", model.gguf, exc)
+            return
+        if model.entry.source == SOURCE:
+            await self.rescan(force=True)  # the entry's meta takes the cached digest
+        else:
+            self.probed[key] = {**self.probed.get(key, {}), "digest": digest}
+
     async def close(self) -> None:
         """No scan is applied after this: the scan and the hashing under way are cancelled, and awaited."""
         self._closing = True
@@ -174,10 +196,7 @@ class Catalogue:
             described[backend] = (gguf, self._describe(name, gguf) if gguf else None)
         scan: _FolderScan | None = None
         if folder is not None:
-            try:
-                stamp = folder.stat().st_mtime_ns
-            except OSError:
-                stamp = -1
+            stamp = models_dir.stamp(folder)
             # listed after the stamp was taken: a change during the listing makes the next stamp differ
             if stamp != known_stamp:
                 files = [(f, self._describe(f.name, f.path, f.size, f.mtime)) for f in models_dir.scan(folder)]
@@ -229,7 +248,9 @@ class Catalogue:
                 continue  # a configured model of that name wins, as it does in the registry
             seen.add(backend)
             spec = RuntimeSpec(gguf=f.path, ctx=self.settings.ctx, ttl=self.settings.ttl, threads=self.settings.threads)
-            entry = ModelEntry(name=f.name, backend=backend, upstream=f.name, source=SOURCE, meta=d.meta)
+            entry = ModelEntry(
+                name=f.name, backend=backend, upstream=f.name, source=SOURCE, aliases=f.aliases, meta=d.meta
+            )
             entries.append(entry)
             max_ctx = (d.info.context_length or None) if d.info else None
             size = d.info.size if d.info else 0
@@ -252,6 +273,24 @@ class Catalogue:
         self._changed()
         if to_hash and not self._closing:
             self._spawn(self._compute_digests(to_hash), "hash models", "runtime task")
+
+    def set_created(self, models: Sequence[tuple[ModelEntry, RuntimeSpec]]) -> None:
+        """The models made with /api/create from a GGUF blob (source "created"): each runs like a configured
+        `runtime: {gguf: ...}` model, described by the next `rescan`; one no longer given is retired."""
+        keep: set[str] = set()
+        for entry, spec in models:
+            keep.add(entry.backend)
+            model = self.models.get(entry.backend)
+            if model is None:
+                self.models[entry.backend] = ManagedModel(backend=entry.backend, entry=entry, spec=spec, gguf=spec.gguf)
+            else:
+                model.entry, model.spec, model.gguf, model.removed = entry, spec, spec.gguf, False
+            self._config_pending = True
+        for backend, model in self.models.items():
+            if model.entry.source == CREATED_SOURCE and backend not in keep and not model.removed:
+                model.removed = True
+                self._retire(model)  # deleted: stop it once idle
+        self._changed()
 
     async def _compute_digests(self, paths: Sequence[Path]) -> None:
         for p in paths:

@@ -17,7 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_params", "main"]
+__all__ = ["EMBED_BATCH", "build_params", "main"]
+
+# llama.cpp's physical batch (n_ubatch, its own default): an input to embed must fit in one, so it is also
+# the longest input /api/embed sends (pipeline/embed_fit.py cuts longer ones, as Ollama does)
+EMBED_BATCH = 512
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +52,7 @@ def build_params(args: argparse.Namespace) -> Any:
     params.port = args.port
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
+    params.n_ubatch = EMBED_BATCH
     if args.threads:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads

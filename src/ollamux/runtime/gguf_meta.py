@@ -85,11 +85,22 @@ class GGUFInfo:
 
     @property
     def capabilities(self) -> tuple[str, ...]:
+        """What the model can do, read from its chat template as Ollama reads a GGUF's Jinja template
+        (server/images.go `chatTemplateCapabilities`): tools when it mentions `tools` or `tool_call`,
+        thinking when it writes `<think>...</think>` (or splits earlier answers at `</think>`). No
+        "insert" (only Ollama's own Go templates declare a suffix) and no "vision" (the built-in engine
+        loads no projector); these capabilities are what requests to the model are checked against."""
         if self.architecture in _EMBEDDING_ARCHS or (self.pooling_type not in (None, 0) and not self.chat_template):
             return ("embedding",)
         # as Ollama: a chat model lists no "embedding" (clients would take it for an embedding model),
         # although the engine serves embeddings of it too
-        return ("completion", "tools") if "tools" in self.chat_template else ("completion",)
+        caps = ["completion"]
+        tmpl = self.chat_template
+        if "tools" in tmpl or "tool_call" in tmpl:
+            caps.append("tools")
+        if _thinks(tmpl):
+            caps.append("thinking")
+        return tuple(caps)
 
     def meta(self) -> dict[str, Any]:
         """The keys `catalog.ModelMeta` understands."""
@@ -107,6 +118,14 @@ class GGUFInfo:
         if self.chat_template:
             out["template"] = self.chat_template
         return out
+
+
+def _thinks(tmpl: str) -> bool:
+    """Ollama's `chatTemplateHasThinkingSupport` (server/images.go)."""
+    if "<think>" in tmpl and "</think>" in tmpl:
+        return True
+    splits = "content.split('</think>')" in tmpl or 'content.split("</think>")' in tmpl
+    return splits and "reasoning_content" not in tmpl and "<SPECIAL_12>" not in tmpl
 
 
 class _Reader:
@@ -278,8 +297,17 @@ class DigestCache:
         hit = self.cached(p)
         if hit is not None:
             return hit
-        key, size, mtime = self._stamp(p)
+        stamp = self._stamp(p)  # before reading: a file changed meanwhile does not match the entry
         digest = file_digest(p)
+        self._store(stamp, digest)
+        return digest
+
+    def put(self, p: Path, digest: str) -> None:
+        """Store a digest known otherwise (a download hashed as it arrived, and checked); writes the cache file."""
+        self._store(self._stamp(p), digest)
+
+    def _store(self, stamp: tuple[str, int, int], digest: str) -> None:
+        key, size, mtime = stamp
         with self._lock:
             data = self._load()
             data[key] = [size, mtime, digest]
@@ -290,4 +318,3 @@ class DigestCache:
                 tmp.replace(self.path)
             except OSError as exc:  # a read-only cache only costs a recomputation next time
                 log.warning("cannot write digest cache %s: %s", self.path, exc)
-        return digest

@@ -20,8 +20,9 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,7 +32,7 @@ from ..backends.http import HTTPBackend
 from ..backends.openai import OpenAIBackend
 from ..config import BackendSettings, RuntimeSettings, RuntimeSpec, Settings, Timeouts
 from ..errors import BackendError, ModelNotFound, ServiceUnavailable
-from ..registry import Registry
+from ..registry import ModelEntry, Registry
 from .catalogue import Catalogue
 from .gguf_meta import DigestCache
 from .model import ManagedModel, ModelStatus, RunningModel
@@ -95,6 +96,10 @@ class ModelManager:
         """Digests of configured GGUF files (slow once per file, then cached): off the request path."""
         await self.catalogue.compute_config_digests()
 
+    def set_created(self, models: Sequence[tuple[ModelEntry, RuntimeSpec]]) -> None:
+        """The models made from GGUF blobs with /api/create (`Catalogue.set_created`)."""
+        self.catalogue.set_created(models)
+
     def _new_models(self) -> None:
         if self.on_new_models is not None:
             self.on_new_models()
@@ -108,6 +113,11 @@ class ModelManager:
         if m is None or m.removed:
             raise ModelNotFound(backend.removeprefix("runtime:"))
         return m
+
+    def gguf_of(self, backend: str) -> Path | None:
+        """The GGUF file of a managed model, when known (what /api/show names in its Modelfile's FROM)."""
+        m = self.models.get(backend)
+        return m.gguf if m is not None else None
 
     def running(self) -> list[RunningModel]:
         out = []

@@ -17,6 +17,7 @@ from ..errors import OllamuxError, UpstreamError
 from ..jsonutil import dumps_line, escape_line_breakers, now_rfc3339
 from ..translate.checks import json_type, opt_field
 from ..translate.from_openai import Timing, done_reason, final_metrics
+from ..translate.logprobs import ollama_logprobs
 from ..translate.tools import arguments_to_object
 from .codecs import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 from .translator import ndjson_error
@@ -69,8 +70,10 @@ class OpenAIToOllamaStream:
         *,
         think: Any = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        top_logprobs: int | None = None,
     ) -> None:
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
+        self.top_logprobs = top_logprobs  # None: the client asked for no logprobs (translate.logprobs)
         self._lines: list[bytes] = []
         self.model = model
         self.kind = kind
@@ -124,16 +127,31 @@ class OpenAIToOllamaStream:
         rec.response_text = "".join(self.text_parts)
 
     # -------------------------------------------------------------------------------------- chunks
-    def _chunk(self, content: str = "", thinking: str | None = None) -> bytes:
-        if thinking is None:
+    def _chunk(
+        self, content: str = "", thinking: str | None = None, logprobs: list[dict[str, Any]] | None = None
+    ) -> bytes:
+        """One line; `logprobs` (this event's tokens) after `done`, in api/types.go's field order."""
+        if thinking is None and not logprobs:
             return self._content_lines([content])
+        obj: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
         if self.kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": content, "thinking": thinking}
-            return dumps_line({"model": self.model, "created_at": now_rfc3339(), "message": message, "done": False})
-        obj: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339(), "response": content}
-        obj["thinking"] = thinking
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking is not None:
+                message["thinking"] = thinking
+            obj["message"] = message
+        else:
+            obj["response"] = content
+            if thinking is not None:
+                obj["thinking"] = thinking
         obj["done"] = False
+        if logprobs:
+            obj["logprobs"] = logprobs
         return dumps_line(obj)
+
+    def _logprobs(self, ch: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if self.top_logprobs is None:
+            return None
+        return ollama_logprobs(ch.get("logprobs"), self.top_logprobs) or None
 
     def feed_batch(self, datas: list[bytes], out: list[bytes]) -> None:
         """`feed` for every event of one upstream read, with a fast path for plain token events.
@@ -245,12 +263,14 @@ class OpenAIToOllamaStream:
                 f"backend sent a stream event whose choice is {json_type(ch)}, not an object", status=502
             )
         out: list[bytes] = []
+        lps = self._logprobs(ch)  # the tokens of this event ride on its first line
         if self.kind == "raw":
             text = opt_field(ch, "text", str, "a stream choice")
             if text:
                 self._first()
                 self.text_parts.append(text)
-                out.append(self._chunk(text))
+                out.append(self._chunk(text, None, lps))
+                lps = None
             self._learn(data, obj, ch, text)
         else:
             delta = opt_field(ch, "delta", dict, "a stream choice") or {}
@@ -259,17 +279,21 @@ class OpenAIToOllamaStream:
             )
             if reasoning and not self.drop_thinking:
                 self._first()
-                out.append(self._chunk("", reasoning))
+                out.append(self._chunk("", reasoning, lps))
+                lps = None
             content = opt_field(delta, "content", str, "a delta")
             if content:
                 self._first()
                 self.text_parts.append(content)
-                out.append(self._chunk(content))
+                out.append(self._chunk(content, None, lps))
+                lps = None
             self._learn(data, obj, ch, content)
             calls = delta.get("tool_calls")
             if calls:
                 self._first()
                 self._add_calls(calls)
+        if lps:
+            out.append(self._chunk("", None, lps))  # tokens without text of their own (a tool call's)
         fr = ch.get("finish_reason")
         if fr:
             self.finish_reason = fr

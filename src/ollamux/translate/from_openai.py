@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import BadRequest, UpstreamError
 from ..jsonutil import now_rfc3339
 from .checks import opt_field
+from .logprobs import ollama_logprobs
 from .tools import arguments_to_object
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "generate_response",
     "l2_normalize",
     "ollama_tool_calls",
+    "parse_dimensions",
+    "truncate_dimensions",
 ]
 
 
@@ -38,7 +41,13 @@ def done_reason(finish_reason: Any) -> str:
 
 
 def final_metrics(usage: Any, timings: Any, timing: Timing, end_ns: int) -> dict[str, int]:
-    """The six metrics, integer nanoseconds and counts, from `usage` and llama-server's `timings`."""
+    """The six metrics, integer nanoseconds and counts, from `usage` and llama-server's `timings`.
+
+    Durations are llama-server's own (`timings.prompt_ms`, `predicted_ms`) when it sent them; else the
+    wall clock: time to the first token (less the load) is prompt evaluation, the rest is evaluation. A
+    metric that is 0 is left out, as Ollama's `omitempty` does (api/types.go `Metrics`): a model that was
+    already loaded has no `load_duration`, a whole answer timed without a first token no `eval_duration`.
+    """
     usage = usage if isinstance(usage, dict) else {}
     timings = timings if isinstance(timings, dict) else {}
     prompt_n = usage.get("prompt_tokens")
@@ -58,7 +67,7 @@ def final_metrics(usage: Any, timings: Any, timing: Timing, end_ns: int) -> dict
         # no backend timings: wall clock, time to first token as prompt evaluation
         prompt_dur = max(first - timing.start_ns - timing.load_ns, 0)
         eval_dur = max(end_ns - first, 0)
-    return {
+    metrics = {
         "total_duration": total,
         "load_duration": timing.load_ns,
         "prompt_eval_count": prompt_n,
@@ -66,6 +75,7 @@ def final_metrics(usage: Any, timings: Any, timing: Timing, end_ns: int) -> dict
         "eval_count": eval_n,
         "eval_duration": eval_dur,
     }
+    return {k: v for k, v in metrics.items() if v}
 
 
 def ollama_tool_calls(calls: Any) -> list[dict[str, Any]]:
@@ -98,7 +108,11 @@ def _first_choice(resp: Any) -> dict[str, Any]:
     return choices[0]
 
 
-def chat_response(resp: Any, model: str, timing: Timing, end_ns: int, *, think: Any = None) -> dict[str, Any]:
+def chat_response(
+    resp: Any, model: str, timing: Timing, end_ns: int, *, think: Any = None, top_logprobs: int | None = None
+) -> dict[str, Any]:
+    """A whole chat answer; with `top_logprobs` (logprobs asked for), Ollama's `logprobs` after
+    `done_reason`, in api/types.go ChatResponse's field order."""
     choice = _first_choice(resp)
     msg = opt_field(choice, "message", dict, "a choice") or {}
     message: dict[str, Any] = {"role": "assistant", "content": opt_field(msg, "content", str, "a message") or ""}
@@ -115,6 +129,10 @@ def chat_response(resp: Any, model: str, timing: Timing, end_ns: int, *, think: 
         "done": True,
         "done_reason": done_reason(choice.get("finish_reason")),
     }
+    if top_logprobs is not None:
+        lps = ollama_logprobs(choice.get("logprobs"), top_logprobs)
+        if lps:
+            out["logprobs"] = lps
     out.update(_metrics(resp, timing, end_ns))
     return out
 
@@ -130,8 +148,16 @@ def _metrics(resp: dict[str, Any], timing: Timing, end_ns: int) -> dict[str, int
 
 
 def generate_response(
-    resp: Any, model: str, timing: Timing, end_ns: int, *, raw: bool, think: Any = None
+    resp: Any,
+    model: str,
+    timing: Timing,
+    end_ns: int,
+    *,
+    raw: bool,
+    think: Any = None,
+    top_logprobs: int | None = None,
 ) -> dict[str, Any]:
+    """A whole generate answer; `logprobs` last, as in api/types.go GenerateResponse."""
     choice = _first_choice(resp)
     out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
     if raw:
@@ -145,6 +171,10 @@ def generate_response(
     out["done"] = True
     out["done_reason"] = done_reason(choice.get("finish_reason"))
     out.update(_metrics(resp, timing, end_ns))
+    if top_logprobs is not None:
+        lps = ollama_logprobs(choice.get("logprobs"), top_logprobs)
+        if lps:
+            out["logprobs"] = lps
     return out
 
 
@@ -180,9 +210,17 @@ def embed_vectors(resp: Any, count: int) -> tuple[list[list[float]], int]:
     return vectors, tokens
 
 
-def truncate_dimensions(vec: list[float], dims: Any) -> list[float]:
-    if dims is None:
-        return vec
-    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
-        raise BadRequest("dimensions must be a positive integer")
-    return vec[:dims]
+def parse_dimensions(value: Any) -> int | None:
+    """/api/embed `dimensions`: an integer, or absent; anything else is a 400, as Go's JSON decoding makes it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("dimensions must be an integer")
+    return value
+
+
+def truncate_dimensions(vec: list[float], dims: int | None) -> list[float]:
+    """The first `dims` numbers of a vector (renormalised by the caller), as Ollama's EmbedHandler
+    (server/routes.go) applies `dimensions`: only when 0 < dims < the vector's length; 0, a negative
+    number or one past the length gives the whole vector."""
+    return vec[:dims] if dims is not None and 0 < dims < len(vec) else vec

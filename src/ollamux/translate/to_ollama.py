@@ -134,14 +134,18 @@ def _format(response_format: Any) -> Any:
 
 
 def think_value(body: Mapping[str, Any]) -> bool | str | None:
-    """`reasoning_effort` (or `reasoning.effort`) as Ollama's `think`; None when the client said nothing."""
+    """`reasoning_effort` (or `reasoning.effort`) as Ollama's `think`, else llama.cpp's switch
+    `chat_template_kwargs.enable_thinking` (what the pivot carries for a plain true/false: `to_openai.
+    think_params`); None when the client said nothing."""
     effort = body.get("reasoning_effort")
     if effort is None:
         reasoning = body.get("reasoning")
         if isinstance(reasoning, dict):
             effort = reasoning.get("effort")
     if effort is None:
-        return None
+        kwargs = body.get("chat_template_kwargs")
+        enabled = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+        return enabled if isinstance(enabled, bool) else None
     if not isinstance(effort, str) or effort not in REASONING_LEVELS:
         raise BadRequest(
             f'invalid reasoning value: "{effort}" (must be one of "none", "minimal", "low", "medium", "high", '

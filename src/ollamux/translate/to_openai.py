@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from ..errors import BadRequest
 from .images import to_bare_base64, to_data_url
+from .logprobs import pivot_logprob_params, requested_logprobs
 from .tools import arguments_to_string, synth_call_id
 
 __all__ = [
@@ -141,9 +142,14 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(m, dict):
             raise BadRequest(f"messages[{i}] must be an object")
         role = m.get("role")
-        if not isinstance(role, str) or role.lower() not in _ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of system, user, assistant, tool")
-        role = role.lower()
+        if role is None:
+            role = ""  # Go's zero value: Ollama takes a message without a role as it is
+        if not isinstance(role, str):
+            raise BadRequest(f"messages[{i}].role must be a string")
+        # any role is taken, as Ollama's api.Message does (the template decides what it means); the ones
+        # the pivot knows are lower-cased so that "User" still reaches the backend as a user
+        if role.lower() in _ROLES:
+            role = role.lower()
         content = m.get("content")
         if content is None:
             content = ""
@@ -255,6 +261,7 @@ def _common(body: dict[str, Any], req: Mapping[str, Any], *, stream: bool, diale
             body["response_format"] = rf
     if chat:
         body.update(think_params(req.get("think"), dialect))
+    body.update(pivot_logprob_params(requested_logprobs(req), chat=chat))
     body["stream"] = stream
     if stream:
         # usage arrives in a final chunk only when asked for; without it the counts are lost (pitfall 3)

@@ -1,0 +1,493 @@
+"""Issue 22, Ollama exactness: one test (or case) per row of its table, each naming the Ollama behaviour it
+follows and where Ollama's Go source has it (ollama/ollama `server/routes.go`, `api/types.go`, ...).
+
+Through real sockets: the official `ollama` client where it can say what it got, raw HTTP where the wire
+itself is the point; the fakes record what reached the backend. The rows that need a real tokenizer or a
+model's own capabilities run SmolLM2 through the built-in engine (marked e2e, at the end).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import orjson
+import pytest
+
+from ollamux.jsonutil import now_rfc3339, rfc3339
+from ollamux.pipeline.capabilities import refusal
+from ollamux.streams.pivot_collect import PivotCollector
+
+from .conftest import ProxyFactory, basic_config
+from .fakes.ollama_upstream import FakeOllama
+from .fakes.openai_upstream import CONTENT, FakeOpenAI
+from .runtime_helpers import Proxy, model_file
+from .runtime_helpers import start_proxy as start_runtime_proxy
+from .servers import LoopThread
+
+HI = [{"role": "user", "content": "hi"}]
+PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+JSON_CT = "application/json; charset=utf-8"
+# Go's time.Time in JSON (RFC3339Nano): up to nine fraction digits, none trailing zero, none at all for 0
+RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,8}[1-9])?Z$")
+
+
+def exactness_config(upstream: str) -> dict[str, Any]:
+    config = basic_config(upstream)
+    config["models"]["plain"] = {"backend": "fake", "upstream": "fake-model", "capabilities": ["completion"]}
+    return config
+
+
+@pytest.fixture
+def fake(fake_openai: tuple[FakeOpenAI, str]) -> FakeOpenAI:
+    return fake_openai[0]
+
+
+@pytest.fixture
+def proxy(fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory) -> str:
+    return start_proxy(exactness_config(fake_openai[1]))
+
+
+@pytest.fixture
+def client(proxy: str) -> Iterator[ollama.Client]:
+    c = ollama.Client(host=proxy)
+    yield c
+    c._client.close()
+
+
+# --------------------------------------------------------------------- row 1: /api/embed truncation
+def test_embed_input_longer_than_the_context_is_cut_to_fit(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama: EmbedHandler (server/routes.go) tokenizes each input and cuts one longer than the context to
+    its first tokens (`truncateInput`), `truncate` being nil (true) by default (api/types.go EmbedRequest).
+    Here: llama.cpp's /tokenize and /detokenize, the context from its /props (the fake's n_ctx: 2048)."""
+    long = " ".join(["word"] * 3000)
+    r = client.embed(model="embed-model", input=["short", long])
+    assert len(r.embeddings) == 2
+    sent = fake.last("/embeddings").json["input"]
+    assert sent[0] == "short"  # a short input is never tokenized
+    assert sent[1] == " ".join(f"t{i}" for i in range(2048))  # the fake detokenizes its first 2048 tokens
+    assert fake.last("/detokenize").json == {"tokens": list(range(2048))}
+
+
+def test_embed_truncate_false_is_400(proxy: str, fake: FakeOpenAI) -> None:
+    """Ollama: EmbedHandler (server/routes.go) with `truncate: false` and an input past the context:
+    400 "the input length exceeds the context length" (an api.StatusError), nothing embedded."""
+    before = len([c for c in fake.requests if c.path.endswith("/embeddings")])
+    r = httpx.post(
+        proxy + "/api/embed", json={"model": "embed-model", "input": "word " * 3000, "truncate": False}, timeout=30
+    )
+    assert r.status_code == 400 and r.json() == {"error": "the input length exceeds the context length"}
+    assert len([c for c in fake.requests if c.path.endswith("/embeddings")]) == before
+    r = httpx.post(proxy + "/api/embed", json={"model": "embed-model", "input": "a few words", "truncate": False})
+    assert r.status_code == 200
+
+
+def test_embed_truncate_goes_to_an_ollama_backend_as_is(
+    fake_ollama: tuple[FakeOllama, str], start_proxy: ProxyFactory
+) -> None:
+    """Ollama: EmbedRequest.Truncate (api/types.go) is the Ollama server's own to apply (EmbedHandler,
+    server/routes.go): an Ollama backend gets it untouched, through the native pass-through."""
+    fake, url = fake_ollama
+    proxy = start_proxy({"backends": {"ol": {"type": "ollama", "url": url}}, "models": {"nomic": {"backend": "ol"}}})
+    r = httpx.post(proxy + "/api/embed", json={"model": "nomic", "input": ["a"], "truncate": False, "dimensions": 2})
+    assert r.status_code == 200
+    sent = fake.last("/api/embed").json
+    assert sent["truncate"] is False and sent["dimensions"] == 2
+
+
+# ----------------------------------------------------------------------- row 2: measured durations
+def test_not_streamed_durations_are_llama_cpp_timings(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama: ChatHandler (server/routes.go) reports the runner's prompt and eval durations in a whole
+    answer too (api/types.go Metrics). On a backend of llama.cpp's dialect its `timings` (prompt_ms,
+    predicted_ms) are used, and the request stays a whole one upstream (the cheaper way)."""
+    r = client.chat(model="fake-model", messages=HI)
+    assert r.prompt_eval_duration == 5_500_000 and r.eval_duration == 12_250_000
+    assert fake.last("/chat/completions").json["stream"] is False
+
+
+def test_not_streamed_durations_measured_without_timings(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory
+) -> None:
+    """Ollama: eval_duration is measured, and left out when 0 (api/types.go Metrics, `omitempty`). A
+    backend of the vllm or openai dialect reports no timings: a whole answer is asked for as a stream
+    and gathered, time to the first token being prompt evaluation and the rest evaluation."""
+    fake, url = fake_openai
+    proxy = start_proxy(
+        {
+            "backends": {"vllm": {"url": f"{url}/v1", "dialect": "vllm"}},
+            "models": {"untimed": {"backend": "vllm"}, "x-*": {"backend": "vllm"}},
+        }
+    )
+    with ollama.Client(host=proxy) as client:
+        r = client.chat(model="untimed", messages=HI)
+        sent = fake.last("/chat/completions").json
+        assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+        assert r.message.content == "".join(CONTENT) and r.done and r.done_reason == "stop"
+        assert r.eval_count == 3 and r.prompt_eval_count == 11  # usage from the stream's usage event
+        assert r.eval_duration and r.eval_duration >= 80_000_000  # the fake's two gaps of 0.05 s after the first
+        assert r.prompt_eval_duration and r.total_duration and r.total_duration >= r.eval_duration
+        assert r.load_duration is None
+        g = client.generate(model="untimed", prompt="hi")
+        assert g.response == "".join(CONTENT) and g.eval_duration and g.eval_duration >= 80_000_000
+        t = client.chat(model="x-tools2", messages=HI)  # tool-call fragments joined, a reused index split
+        assert [c.function.name for c in t.message.tool_calls or []] == ["get_weather", "get_time"]
+        assert (t.message.tool_calls or [])[1].function.arguments == {"tz": "CET"}
+        with pytest.raises(ollama.ResponseError) as e:  # the gathered stream's error event: nothing was sent
+            client.chat(model="x-midstream", messages=HI)
+        assert e.value.status_code == 500 and e.value.error == "the model crashed"
+
+
+# ------------------------------------------------------------------------------ rows 3/4: logprobs
+@pytest.mark.parametrize("route", ["/api/chat", "/api/generate"])
+@pytest.mark.parametrize("top", [-1, 21])
+def test_top_logprobs_out_of_range_is_400(proxy: str, route: str, top: int) -> None:
+    """Ollama: GenerateHandler and ChatHandler (server/routes.go) check `top_logprobs` first thing, before
+    the model: outside 0..20 it is 400 "top_logprobs must be between 0 and 20"."""
+    body = {"model": "nope", "top_logprobs": top, "messages": HI, "prompt": "hi"}
+    r = httpx.post(proxy + route, json=body)
+    assert r.status_code == 400 and r.json() == {"error": "top_logprobs must be between 0 and 20"}
+
+
+def test_logprobs_in_a_whole_answer(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama: `logprobs: true, top_logprobs: n` (api/types.go ChatRequest) go to llama-server as
+    `logprobs: true, top_logprobs: max(n, 1)` (llm/llama_server.go); the answer carries
+    `logprobs: [{token, logprob, bytes, top_logprobs}]` (api/types.go Logprob, server/logprob.go)."""
+    r = client.chat(model="fake-model", messages=HI, logprobs=True, top_logprobs=2)
+    sent = fake.last("/chat/completions").json
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    assert r.logprobs is not None and [lp.token for lp in r.logprobs] == CONTENT
+    first = r.logprobs[0]
+    assert first.logprob == -0.5
+    assert first.top_logprobs is not None and [t.token for t in first.top_logprobs] == ["Hello", " maybe"]
+    raw = httpx.post(
+        client._client.base_url.join("/api/chat"),
+        json={"model": "fake-model", "messages": HI, "stream": False, "logprobs": True, "top_logprobs": 1},
+    ).json()
+    # the field order of api/types.go Logprob; bytes are the token's UTF-8 bytes (server/logprob.go)
+    assert list(raw) == ["model", "created_at", "message", "done", "done_reason", "logprobs", *list(raw)[6:]]
+    assert raw["logprobs"][1] == {
+        "token": " from the",
+        "logprob": -0.5,
+        "bytes": list(b" from the"),
+        "top_logprobs": [{"token": " from the", "logprob": -0.5, "bytes": list(b" from the")}],
+    }
+    r = client.chat(model="fake-model", messages=HI, logprobs=True)  # top_logprobs 0: one asked, none shown
+    assert fake.last("/chat/completions").json["top_logprobs"] == 1
+    assert r.logprobs is not None and all(lp.top_logprobs is None for lp in r.logprobs)
+    r = client.chat(model="fake-model", messages=HI)
+    assert "logprobs" not in fake.last("/chat/completions").json and r.logprobs is None
+
+
+def test_logprobs_per_streamed_chunk_and_generate(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama: each streamed chunk carries the log probabilities of its own tokens (ChatHandler,
+    GenerateHandler in server/routes.go; `Logprobs` in api/types.go ChatResponse, GenerateResponse); a raw
+    generate asks the completions endpoint (`logprobs: n`)."""
+    parts = list(client.chat(model="fake-model", messages=HI, stream=True, logprobs=True, top_logprobs=3))
+    texts = [p for p in parts if p.message.content]
+    assert [p.logprobs[0].token for p in texts if p.logprobs] == CONTENT
+    assert all(p.logprobs and len(p.logprobs[0].top_logprobs or []) == 3 for p in texts)
+    assert parts[-1].done and parts[-1].logprobs is None
+    r = client.generate(model="fake-model", prompt="Once", raw=True, logprobs=True, top_logprobs=1)
+    assert fake.last("/completions").json["logprobs"] == 1
+    assert r.logprobs is not None and [lp.token for lp in r.logprobs] == ["Once", " upon", " a time"]
+
+
+# ----------------------------------------------------------------------------- row 7: dimensions
+@pytest.mark.parametrize(("dims", "length"), [(0, 4), (-3, 4), (2, 2), (4, 4), (10, 4)])
+def test_embed_dimensions_zero_or_negative_is_the_whole_vector(client: ollama.Client, dims: int, length: int) -> None:
+    """Ollama: EmbedHandler (server/routes.go) cuts a vector only when 0 < dimensions < its length
+    (`req.Dimensions > 0 && req.Dimensions < len(embedding)`), renormalised; else the whole vector."""
+    r = client.embed(model="embed-model", input="abc", dimensions=dims)
+    vec = r.embeddings[0]
+    assert len(vec) == length and abs(sum(x * x for x in vec) - 1.0) < 1e-9
+
+
+# -------------------------------------------------------------------- rows 9/10/11/19: capabilities
+@pytest.mark.parametrize(
+    ("route", "extra", "message"),
+    [
+        (
+            "/api/chat",
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "plain:latest does not support tools",
+        ),
+        ("/api/generate", {"suffix": "return 1"}, "plain:latest does not support insert"),
+        ("/api/chat", {"think": True}, '"plain" does not support thinking'),
+        ("/api/generate", {"think": "high"}, '"plain" does not support thinking'),
+        ("/api/chat", {"images": [PNG_1PX]}, "plain:latest does not support vision"),
+        ("/api/generate", {"images": [PNG_1PX]}, "plain:latest does not support vision"),
+    ],
+)
+def test_capability_refusals(proxy: str, fake: FakeOpenAI, route: str, extra: dict[str, Any], message: str) -> None:
+    """Ollama: ChatHandler and GenerateHandler (server/routes.go) refuse what the model cannot do with a
+    400 before running it: `%q does not support thinking`; tools and suffix through
+    Model.CheckCapabilities (server/images.go) as `<name> does not support tools` / `insert`. An image to
+    a model without vision is refused the same way (Ollama lets the runner fail). Checked when the
+    capabilities are known: here the config's `capabilities: [completion]`."""
+
+    def calls() -> int:  # model calls only: a health probe of /models may come at any time
+        return sum(c.path.endswith("completions") for c in fake.requests)
+
+    before = calls()
+    images = extra.pop("images", None)
+    message_body: dict[str, Any] = {"role": "user", "content": "hi"}
+    if images is not None and route == "/api/chat":
+        message_body["images"] = images
+    elif images is not None:
+        extra["images"] = images
+    body = {"model": "plain", "messages": [message_body], "prompt": "hi", "stream": False, **extra}
+    r = httpx.post(proxy + route, json=body)
+    assert r.status_code == 400 and r.json() == {"error": message}
+    assert calls() == before  # refused before any backend call
+
+
+def test_capabilities_that_are_a_guess_pass_through(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama checks capabilities it knows from the model's files; a remote model's (no `capabilities` in
+    the config) are a guess, so the request goes to the backend, which decides."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    r = client.chat(model="tools", messages=HI, tools=tools, think=True)
+    assert r.message.tool_calls and fake.last("/chat/completions").json["tools"][0]["function"]["name"] == "get_weather"
+
+
+# ------------------------------------------------------------------------- rows 12/13: empty bodies
+@pytest.mark.parametrize("route", ["/api/chat", "/api/generate"])
+def test_empty_body_is_missing_request_body(proxy: str, route: str) -> None:
+    """Ollama: ChatHandler and GenerateHandler (server/routes.go): `ShouldBindJSON` on an empty body is
+    io.EOF, answered 400 "missing request body"."""
+    r = httpx.post(proxy + route, content=b"")
+    assert r.status_code == 400 and r.json() == {"error": "missing request body"}
+
+
+def test_embed_and_pull_without_a_model(proxy: str) -> None:
+    """Ollama: EmbedHandler (server/routes.go) answers `{}` with `writeModelRefParseError(..., 404,
+    "model '' not found")`; PullHandler with 400 errtypes.InvalidModelNameErrMsg, "invalid model name"."""
+    r = httpx.post(proxy + "/api/embed", json={})
+    assert r.status_code == 404 and r.json() == {"error": "model '' not found"}
+    r = httpx.post(proxy + "/api/pull", json={})
+    assert r.status_code == 400 and r.json() == {"error": "invalid model name"}
+
+
+# -------------------------------------------------------------------- row 14: trailing-slash redirects
+def test_trailing_slash_redirects(proxy: str) -> None:
+    """Ollama: Gin's RedirectTrailingSlash (its default, server/routes.go GenerateRoutes `gin.Default()`):
+    a path that names a route without its trailing slash is redirected there, 301 for GET, 307 for any
+    other method (so a POST is sent again with its body); the query stays."""
+    r = httpx.get(proxy + "/api/tags/?x=1")
+    assert r.status_code == 301 and r.headers["location"] == "/api/tags?x=1"
+    r = httpx.get(proxy + "/api/tags/", follow_redirects=True)
+    assert r.status_code == 200 and "models" in r.json()
+    r = httpx.post(proxy + "/api/chat/", json={"model": "fake-model", "messages": HI, "stream": False})
+    assert r.status_code == 307 and r.headers["location"] == "/api/chat"
+    r = httpx.post(
+        proxy + "/api/chat/", json={"model": "fake-model", "messages": HI, "stream": False}, follow_redirects=True
+    )
+    assert r.status_code == 200 and r.json()["message"]["content"] == "".join(CONTENT)
+    assert httpx.post(proxy + "/api/tags/").status_code == 404  # no POST /api/tags to redirect to
+
+
+def test_trailing_slash_redirect_comes_after_the_guard(fake_openai: tuple[FakeOpenAI, str], start_proxy: Any) -> None:
+    """The redirect is made inside the guard: a request it refuses is refused with or without the slash
+    (ollamux's choice; the redirected request is a new one, checked again)."""
+    config = exactness_config(fake_openai[1])
+    config["auth"] = {"keys": {"k": {"key": "sk-test-key-1234567890"}}}
+    proxy = start_proxy(config)
+    assert httpx.get(proxy + "/api/tags/").status_code == 401
+    r = httpx.get(proxy + "/api/tags/", headers={"Authorization": "Bearer sk-test-key-1234567890"})
+    assert r.status_code == 301
+
+
+# ----------------------------------------------------------------------------- row 15: 404 and 405
+def test_unknown_route_and_wrong_method_are_gin_text(proxy: str) -> None:
+    """Ollama: Gin's NoRoute and NoMethod answers (server/routes.go `HandleMethodNotAllowed = true`):
+    text/plain "404 page not found" and "405 method not allowed". ollamux keeps its Allow header."""
+    r = httpx.get(proxy + "/api/nope")
+    assert r.status_code == 404 and r.text == "404 page not found"
+    assert r.headers["content-type"] == "text/plain"
+    r = httpx.get(proxy + "/api/chat")
+    assert r.status_code == 405 and r.text == "405 method not allowed"
+    assert r.headers["content-type"] == "text/plain" and r.headers["allow"] == "POST"
+
+
+def test_unknown_openai_route_is_json(proxy: str) -> None:
+    """OpenAI clients read JSON errors: under /v1/ the same statuses come in OpenAI's envelope (ollamux's
+    choice; Ollama's Gin answers text there too)."""
+    r = httpx.post(proxy + "/v1/nope", json={})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (POST /v1/nope)"
+    assert r.headers["content-type"] == JSON_CT
+    r = httpx.get(proxy + "/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "api_error" and r.headers["allow"] == "POST"
+
+
+# ------------------------------------------------------------------------- row 16: JSON Content-Type
+def test_every_json_answer_says_utf8(proxy: str) -> None:
+    """Ollama: Gin's c.JSON writes `application/json; charset=utf-8`, for answers and errors alike."""
+    answers = [
+        httpx.get(proxy + "/api/version"),
+        httpx.get(proxy + "/api/tags"),
+        httpx.post(proxy + "/api/chat", json={"model": "fake-model", "messages": HI, "stream": False}),
+        httpx.post(proxy + "/api/chat", json={"model": "nope", "messages": HI}),  # an error
+        httpx.post(proxy + "/api/chat", content=b"[" * 200),  # the guard's refusal (too deep)
+        httpx.get(proxy + "/api/tags", headers={"Host": "evil.example"}),  # the guard's Host check
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 404, 400, 403]
+    assert all(a.headers["content-type"] == JSON_CT for a in answers)
+
+
+# ------------------------------------------------------------------------------------------ row 20
+def test_load_duration_left_out_and_created_at_in_go_format(proxy: str) -> None:
+    """Ollama: api/types.go Metrics is all `omitempty` (no load_duration when nothing was loaded);
+    `created_at` is a Go time.Time, marshalled as RFC3339Nano (fraction trailing zeros trimmed)."""
+    r = httpx.post(proxy + "/api/chat", json={"model": "fake-model", "messages": HI, "stream": False}).json()
+    assert "load_duration" not in r and r["eval_duration"] == 12_250_000
+    assert RFC3339_NANO.match(r["created_at"]), r["created_at"]
+    with httpx.stream("POST", proxy + "/api/generate", json={"model": "fake-model", "prompt": "hi"}) as s:
+        lines = [httpx.Response(200, content=line).json() for line in s.iter_lines() if line]
+    assert all(RFC3339_NANO.match(o["created_at"]) for o in lines)
+    assert "load_duration" not in lines[-1]
+
+
+def test_any_role_is_taken(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama: api.Message.Role is any string (api/types.go); the template decides what it means."""
+    r = client.chat(model="fake-model", messages=[{"role": "critic", "content": "be harsh"}, *HI])
+    assert r.done
+    assert [m["role"] for m in fake.last("/chat/completions").json["messages"]] == ["critic", "user"]
+
+
+def test_head_on_ps_is_405(proxy: str) -> None:
+    """Ollama: server/routes.go GenerateRoutes registers `r.GET("/api/ps", ...)` and no HEAD (only `/`,
+    /api/version, /api/tags and blobs have one): HEAD /api/ps is 405."""
+    r = httpx.head(proxy + "/api/ps")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert httpx.head(proxy + "/api/tags").status_code == 200
+
+
+# ------------------------------------------------------------------------ the pure parts, directly
+def test_collector_gathers_a_stream_split_anywhere() -> None:
+    """The gathered stream (row 2) is the answer the backend would have sent whole, for any split of its
+    bytes, timed by the clock at the first generated token."""
+    events = [
+        {"id": "c", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}, "logprobs": {"content": [{"token": "Hel"}]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f"}}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 4}},
+    ]
+    wire = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    for size in (1, 7, len(wire)):
+        c = PivotCollector("chat", start_ns=0, clock=iter(range(1_000_000, 10_000_000, 1_000_000)).__next__)
+        for i in range(0, len(wire), size):
+            c.feed(wire[i : i + size])
+        out = c.finish()
+        choice = out["choices"][0]
+        assert out["id"] == "c" and out["usage"] == {"prompt_tokens": 2, "completion_tokens": 4}
+        assert choice["message"]["content"] == "Hello" and choice["message"]["reasoning_content"] == "hm"
+        assert choice["message"]["tool_calls"] == [
+            {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ]
+        assert choice["finish_reason"] == "tool_calls" and choice["logprobs"] == {"content": [{"token": "Hel"}]}
+        assert out["timings"] == {"prompt_ms": 1.0, "predicted_ms": 1.0}  # first token at 1 ms, the end at 2
+
+
+def test_capability_refusal_wording() -> None:
+    """Ollama's words (server/routes.go, server/images.go): `%q` of the asked name for thinking and for a
+    model that cannot chat or generate, the model's full name for the rest."""
+    caps = {"completion"}
+    hi = [{"role": "user", "content": "hi"}]
+    assert (
+        refusal({"think": "low"}, caps, chat=True, name="a:latest", requested='a"b')
+        == '"a\\"b" does not support thinking'
+    )
+    assert refusal({"think": False}, caps, chat=True, name="a:latest", requested="a") is None
+    assert refusal({}, {"embedding"}, chat=True, name="e:latest", requested="e") == '"e" does not support chat'
+    assert refusal({}, {"embedding"}, chat=False, name="e:latest", requested="e") == '"e" does not support generate'
+    assert refusal({"tools": []}, caps, chat=True, name="a:latest", requested="a") is None  # an empty list asks nothing
+    assert refusal({"messages": [*hi, {"role": "user", "images": ["x"]}]}, caps, chat=True, name="a:1", requested="a")
+    assert refusal({"suffix": ""}, caps, chat=False, name="a:latest", requested="a") is None
+
+
+def test_created_at_is_rfc3339_nano() -> None:
+    """Go's time.Time JSON (RFC3339Nano): nanoseconds with trailing zeros trimmed, no fraction for 0."""
+    assert rfc3339(1_700_000_000.0) == "2023-11-14T22:13:20Z"
+    assert rfc3339(1_700_000_000.25) == "2023-11-14T22:13:20.25Z"
+    assert all(RFC3339_NANO.match(now_rfc3339()) for _ in range(100))
+
+
+# ------------------------------------------------------------------ with a real model (SmolLM2, e2e)
+SMOL_CTX = 1024  # the engine's physical batch (512) is the embedding limit then
+
+
+@pytest.fixture(scope="module")
+def smol(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    gguf: Path = model_file()
+    config = {"models": {"smol": {"runtime": {"gguf": str(gguf), "ctx": SMOL_CTX, "ttl": 300, "threads": 2}}}}
+    p = start_runtime_proxy(loop_thread, config, tmp_path_factory.mktemp("exactness-e2e"))
+    yield p
+    p.close()
+
+
+@pytest.mark.e2e
+def test_e2e_embed_cut_to_the_engine_context(smol: Proxy) -> None:
+    """Ollama: EmbedHandler (server/routes.go) with the model's own tokenizer: an input past the context is
+    cut to fit (200), or with `truncate: false` refused (400 "the input length exceeds the context
+    length"). SmolLM2 through llama.cpp: 600 words are 600 tokens, past its 512-token batch (without the
+    cut, llama.cpp answers 500 "input is too large to process")."""
+    long = "word " * 600
+    r = smol.post("/api/embed", {"model": "smol", "input": [long, "hello"]}, timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["embeddings"]) == 2 and len(body["embeddings"][0]) == 576
+    assert body["prompt_eval_count"] <= 512 + 2
+    r = smol.post("/api/embed", {"model": "smol", "input": long, "truncate": False})
+    assert r.status_code == 400 and r.json() == {"error": "the input length exceeds the context length"}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("route", "extra", "message"),
+    [
+        (
+            "/api/chat",
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "smol:latest does not support tools",
+        ),
+        ("/api/chat", {"think": True}, '"smol" does not support thinking'),
+        ("/api/generate", {"suffix": "x"}, "smol:latest does not support insert"),
+        ("/api/generate", {"images": [PNG_1PX]}, "smol:latest does not support vision"),
+    ],
+)
+def test_e2e_capabilities_from_the_gguf(smol: Proxy, route: str, extra: dict[str, Any], message: str) -> None:
+    """Ollama: the capabilities of a model it runs come from its GGUF (server/images.go Capabilities,
+    `chatTemplateCapabilities`): SmolLM2's template has no tools and no <think>, and the engine loads no
+    vision projector. Each is one 400 before the model runs (an image used to be llama.cpp's 500,
+    retried three times)."""
+    body = {"model": "smol", "messages": HI, "prompt": "hi", "stream": False, **extra}
+    r = smol.post(route, body)
+    assert r.status_code == 400 and r.json() == {"error": message}
+
+
+@pytest.mark.e2e
+def test_e2e_durations_and_logprobs(smol: Proxy) -> None:
+    """Ollama: a whole answer has measured prompt and eval durations (api/types.go Metrics) and, when asked,
+    `logprobs` per token (server/logprob.go): llama.cpp's timings and log probabilities, translated."""
+    body = {
+        "model": "smol",
+        "messages": HI,
+        "stream": False,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "options": {"num_predict": 4, "temperature": 0, "seed": 1},
+    }
+    r = smol.post("/api/chat", body, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["prompt_eval_duration"] > 0 and out["eval_duration"] > 0
+    assert 0 < len(out["logprobs"]) <= 4
+    assert all(len(lp["top_logprobs"]) == 2 and lp["logprob"] <= 0 for lp in out["logprobs"])
+    assert "".join(lp["token"] for lp in out["logprobs"]) == out["message"]["content"]
