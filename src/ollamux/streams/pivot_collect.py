@@ -19,22 +19,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from ..errors import UpstreamError
-from ..translate.checks import json_type, opt_field
+from ..translate.checks import opt_field
 from .codecs import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
+from .pivot_chunk import read_chunk
 
 if TYPE_CHECKING:
     from ..backends.plan import PivotKind
 
 __all__ = ["PivotCollector"]
-
-
-def _error_message(err: Any) -> str:
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
-    return err if isinstance(err, str) else orjson.dumps(err).decode()
 
 
 class PivotCollector:
@@ -102,32 +94,20 @@ class PivotCollector:
             self.first_ns = self.clock()
 
     def _event(self, data: bytes) -> None:
-        if data == b"[DONE]":
+        chunk = read_chunk(data)
+        if chunk is None:
             return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a stream event that is not JSON", status=502) from None
-        if not isinstance(obj, dict):
-            return
-        if obj.get("error") is not None:
-            raise UpstreamError(_error_message(obj["error"]), status=500)
+        obj = chunk.obj
         if not self._head:
             self._head = {k: obj[k] for k in ("id", "created", "model") if k in obj}
-        usage = opt_field(obj, "usage", dict, "a stream event")
-        if usage:
-            self._usage = usage
+        if chunk.usage:
+            self._usage = chunk.usage
         timings = opt_field(obj, "timings", dict, "a stream event")
         if timings:
             self._timings = timings
-        choices = opt_field(obj, "choices", list, "a stream event")
-        if not choices:
+        ch = chunk.choice
+        if ch is None:
             return
-        ch = choices[0]
-        if not isinstance(ch, dict):
-            raise UpstreamError(
-                f"backend sent a stream event whose choice is {json_type(ch)}, not an object", status=502
-            )
         lp = ch.get("logprobs")
         if isinstance(lp, dict) and isinstance(lp.get("content"), list):
             self._logprobs.extend(lp["content"])
@@ -139,19 +119,14 @@ class PivotCollector:
                 self._token()
                 self._text.append(text)
             return
-        delta = opt_field(ch, "delta", dict, "a stream choice") or {}
-        reasoning = opt_field(delta, "reasoning_content", str, "a delta") or opt_field(
-            delta, "reasoning", str, "a delta"
-        )
-        if reasoning:
+        if chunk.reasoning:
             self._token()
-            self._reasoning.append(reasoning)
-        content = opt_field(delta, "content", str, "a delta")
-        if content:
+            self._reasoning.append(chunk.reasoning)
+        if chunk.content:
             self._token()
-            self._text.append(content)
-        calls = delta.get("tool_calls")
-        if isinstance(calls, list) and calls:
+            self._text.append(chunk.content)
+        calls = chunk.tool_calls
+        if isinstance(calls, list):
             self._token()
             for frag in calls:
                 if isinstance(frag, dict):

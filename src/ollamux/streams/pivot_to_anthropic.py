@@ -23,9 +23,8 @@ import orjson
 
 from ..errors import OllamuxError, UpstreamError
 from ..translate.anthropic import MessageMeta, message_usage, stop_reason, tool_use_id
-from ..translate.checks import json_type, opt_field
 from .codecs import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
-from .openai_to_ollama import upstream_error_message
+from .pivot_chunk import read_chunk
 
 if TYPE_CHECKING:
     from ..observe import RequestRecord
@@ -153,42 +152,20 @@ class PivotToAnthropicStream:
         if data == b"[DONE]":
             self._end()
             return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a stream event that is not JSON", status=502) from None
-        if not isinstance(obj, dict):
+        chunk = read_chunk(data)
+        if chunk is None:
             return
-        if obj.get("error") is not None:
-            raise UpstreamError(upstream_error_message(obj["error"]), status=502)
-        usage = opt_field(obj, "usage", dict, "a stream event")
-        if usage:
-            self.usage = usage
-        choices = opt_field(obj, "choices", list, "a stream event")
-        if not choices:
-            return
-        ch = choices[0]
-        if not isinstance(ch, dict):
-            raise UpstreamError(
-                f"backend sent a stream event whose choice is {json_type(ch)}, not an object", status=502
-            )
-        delta = opt_field(ch, "delta", dict, "a stream choice")
-        if delta:
-            reasoning = opt_field(delta, "reasoning_content", str, "a delta") or opt_field(
-                delta, "reasoning", str, "a delta"
-            )
-            if reasoning:
-                self._say("thinking", reasoning)
-            content = opt_field(delta, "content", str, "a delta")
-            if content:
-                self.text_parts.append(content)
-                self._say("text", content)
-            calls = delta.get("tool_calls")
-            if calls and isinstance(calls, list):
-                self._fragments(calls)
-        reason = ch.get("finish_reason")
-        if reason:
-            self.finish_reason = str(reason)
+        if chunk.usage:
+            self.usage = chunk.usage
+        if chunk.reasoning:
+            self._say("thinking", chunk.reasoning)
+        if chunk.content:
+            self.text_parts.append(chunk.content)
+            self._say("text", chunk.content)
+        if chunk.tool_calls and isinstance(chunk.tool_calls, list):
+            self._fragments(chunk.tool_calls)
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
             self._close_all()  # the blocks end now; message_delta waits for the usage chunk after this one
 
     # ----------------------------------------------------------------------------------- frames out

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import OllamuxError, UpstreamError, openai_error_type
-from ..translate.checks import json_type, opt_field
+from ..translate.checks import json_type
 from ..translate.responses import (
     ResponseMeta,
     client_names,
@@ -38,7 +38,7 @@ from ..translate.responses import (
     usage_object,
 )
 from .codecs import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
-from .openai_to_ollama import upstream_error_message
+from .pivot_chunk import read_chunk
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -190,41 +190,19 @@ class PivotToResponsesStream:
             if self.finish_reason:
                 self._final()  # now, not when the upstream closes: the client is done reading
             return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("backend sent a stream event that is not JSON", status=502) from None
-        if not isinstance(obj, dict):
+        chunk = read_chunk(data)
+        if chunk is None:
             return
-        if obj.get("error") is not None:
-            raise UpstreamError(upstream_error_message(obj["error"]), status=502)
-        usage = opt_field(obj, "usage", dict, "a stream event")
-        if usage:
-            self.usage = usage  # after the finish chunk when include_usage asked for it
-        choices = opt_field(obj, "choices", list, "a stream event")
-        if not choices:
-            return
-        ch = choices[0]
-        if not isinstance(ch, dict):
-            raise UpstreamError(
-                f"backend sent a stream event whose choice is {json_type(ch)}, not an object", status=502
-            )
-        delta = opt_field(ch, "delta", dict, "a stream choice")
-        if delta:
-            reasoning = opt_field(delta, "reasoning_content", str, "a delta") or opt_field(
-                delta, "reasoning", str, "a delta"
-            )
-            if reasoning:
-                self._delta(self._reasoning or self._open_reasoning(), reasoning)
-            content = opt_field(delta, "content", str, "a delta")
-            if content:
-                self._delta(self._message or self._open_message(), content)
-            calls = delta.get("tool_calls")
-            if calls:
-                self._fragments(calls)
-        fr = ch.get("finish_reason")
-        if fr:
-            self.finish_reason = fr
+        if chunk.usage:
+            self.usage = chunk.usage  # after the finish chunk when include_usage asked for it
+        if chunk.reasoning:
+            self._delta(self._reasoning or self._open_reasoning(), chunk.reasoning)
+        if chunk.content:
+            self._delta(self._message or self._open_message(), chunk.content)
+        if chunk.tool_calls:
+            self._fragments(chunk.tool_calls)
+        if chunk.finish_reason:
+            self.finish_reason = chunk.finish_reason
 
     def _fragments(self, calls: Any) -> None:
         """Tool-call fragments: by index; a new non-empty id on a known index is a new call (backends that
