@@ -9,7 +9,7 @@ model's own capabilities run SmolLM2 through the built-in engine (marked e2e, at
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from ollamux.jsonutil import now_rfc3339, rfc3339
 from ollamux.pipeline.capabilities import refusal
 from ollamux.streams.pivot_collect import PivotCollector
+from ollamux.translate.go_template import TemplateError, render_generate
 
 from .conftest import ProxyFactory, basic_config
 from .fakes.ollama_upstream import FakeOllama
@@ -197,6 +198,84 @@ def test_logprobs_per_streamed_chunk_and_generate(client: ollama.Client, fake: F
     assert r.logprobs is not None and [lp.token for lp in r.logprobs] == ["Once", " upon", " a time"]
 
 
+# ------------------------------------------------------------------------------- row 8: template
+def test_generate_template_is_rendered_and_sent_raw(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama: GenerateHandler (server/routes.go) renders the request's `template` in place of the model's
+    (template.Parse, Template.Execute in template/template.go) with `.System` and `.Prompt`; a legacy
+    template is cut after `{{ .Response }}`. The rendered text is the whole prompt: a raw completion."""
+    tmpl = "{{ if .System }}<s>{{ .System }}</s>\n{{ end }}[INST] {{ .Prompt }} [/INST]{{ .Response }}</done>"
+    r = client.generate(model="fake-model", prompt="Why?", system="Be brief.", template=tmpl)
+    assert r.done
+    assert fake.last("/completions").json["prompt"] == "<s>Be brief.</s>\n[INST] Why? [/INST]"
+    tmpl = "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}\n{{- end }}\n<|assistant|>"
+    client.generate(model="fake-model", prompt="hi", template=tmpl)
+    assert fake.last("/completions").json["prompt"] == "<|user|>\nhi\n<|assistant|>"
+
+
+@pytest.mark.parametrize(
+    ("tmpl", "named"),
+    [
+        ("{{ with .System }}{{ . }}{{ end }}", "{{ with .System }}"),
+        ("{{ .Prompt | upper }}", "{{ .Prompt | upper }}"),
+        ("{{ .Tools }}", ".Tools"),
+        ("{{ if .System }}x", "unexpected EOF"),
+    ],
+)
+def test_generate_template_outside_the_subset_is_400(proxy: str, fake: FakeOpenAI, tmpl: str, named: str) -> None:
+    """Ollama answers a template it cannot parse with 400 and the parser's error (GenerateHandler,
+    server/routes.go). ollamux renders a subset of Go's text/template: what lies outside it is a 400 that
+    names the construct, before the backend is called, rather than a prompt the model was never meant to see."""
+    before = len(fake.requests)
+    r = httpx.post(proxy + "/api/generate", json={"model": "fake-model", "prompt": "hi", "template": tmpl})
+    assert r.status_code == 400 and named in r.json()["error"]
+    assert not [c for c in fake.requests[before:] if c.path.endswith("completions")]
+
+
+# ----------------------------------------------------------------------------- rows 5/6: context
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_context_restores_the_earlier_exchange(client: ollama.Client, fake: FakeOpenAI, stream: bool) -> None:
+    """Ollama: GenerateHandler (server/routes.go) ends a non-raw generate with `context` (api/types.go
+    GenerateResponse, after done_reason), and a `context` sent back puts the earlier exchange before the
+    new prompt. ollamux's context holds that exchange itself (`translate.gen_context`: lossless, no state,
+    good after a restart), which goes back to the backend as the chat's earlier turns."""
+    answer = "".join(CONTENT)
+
+    def final(prompt: str, context: Sequence[int] | None = None) -> ollama.GenerateResponse:
+        if stream:
+            return list(
+                client.generate(model="fake-model", prompt=prompt, system="Be brief.", context=context, stream=True)
+            )[-1]
+        return client.generate(model="fake-model", prompt=prompt, system="Be brief.", context=context)
+
+    first = final("What is 2+2?")
+    assert first.done and first.context and all(0 <= i < 1 << 24 for i in first.context)
+    second = final("And 3+3?", context=first.context)
+    assert fake.last("/chat/completions").json["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    assert second.context and len(second.context) > len(first.context)
+    final("Once more", context=second.context)
+    assert len(fake.last("/chat/completions").json["messages"]) == 6
+
+
+def test_generate_context_wire_order_and_refusals(proxy: str) -> None:
+    """`context` comes after `done_reason` in the final object, as in api/types.go GenerateResponse; a raw
+    generate has none (Ollama: GenerateHandler skips it for raw); token ids ollamux did not make are a 400
+    (it cannot turn them back into the exchange), not a silently forgotten conversation."""
+    r = httpx.post(proxy + "/api/generate", json={"model": "fake-model", "prompt": "hi", "stream": False}).json()
+    keys = list(r)
+    assert keys[keys.index("done_reason") + 1] == "context"
+    raw = httpx.post(
+        proxy + "/api/generate", json={"model": "fake-model", "prompt": "hi", "stream": False, "raw": True}
+    )
+    assert "context" not in raw.json()
+    bad = httpx.post(proxy + "/api/generate", json={"model": "fake-model", "prompt": "hi", "context": [1, 2, 3]})
+    assert bad.status_code == 400 and "context" in bad.json()["error"]
+
+
 # ----------------------------------------------------------------------------- row 7: dimensions
 @pytest.mark.parametrize(("dims", "length"), [(0, 4), (-3, 4), (2, 2), (4, 4), (10, 4)])
 def test_embed_dimensions_zero_or_negative_is_the_whole_vector(client: ollama.Client, dims: int, length: int) -> None:
@@ -366,6 +445,50 @@ def test_head_on_ps_is_405(proxy: str) -> None:
     assert httpx.head(proxy + "/api/tags").status_code == 200
 
 
+def test_show_of_an_unknown_model_names_it_as_asked(proxy: str) -> None:
+    """Ollama: ShowHandler (server/routes.go) answers a model it does not have with 404 `model '%s' not
+    found`, `%s` being `req.Model` as the client sent it (no `:latest` added: GetModelInfo's os.IsNotExist
+    case formats the request's own name). ollamux adds a few names that exist after a `;`."""
+    for asked in ("nope", "nope:7b"):
+        r = httpx.post(proxy + "/api/show", json={"model": asked})
+        assert r.status_code == 404
+        assert r.json()["error"].split(";")[0] == f"model '{asked}' not found"
+
+
+def test_think_is_on_by_default_for_a_thinking_model(client: ollama.Client, fake: FakeOpenAI) -> None:
+    """Ollama 0.12+: ChatHandler and GenerateHandler (server/routes.go) turn thinking on for a model whose
+    capabilities include "thinking" when the request says nothing (`if req.Think == nil { req.Think =
+    &api.ThinkValue{Value: true} }`); `think: false` still turns it off. Only where the capabilities are
+    known (the config's `capabilities` here); a guessed model gets no `think` it did not ask for."""
+    client.chat(model="think", messages=HI)
+    assert fake.last("/chat/completions").json["chat_template_kwargs"] == {"enable_thinking": True}
+    client.generate(model="think", prompt="hi")
+    assert fake.last("/chat/completions").json["chat_template_kwargs"] == {"enable_thinking": True}
+    client.chat(model="think", messages=HI, think=False)
+    assert fake.last("/chat/completions").json["chat_template_kwargs"] == {"enable_thinking": False}
+    client.chat(model="tools", messages=HI)  # capabilities unknown: nothing added
+    assert "chat_template_kwargs" not in fake.last("/chat/completions").json
+
+
+# --------------------------------------------------------------------------------------- row 18
+def test_tags_details_carry_context_and_embedding_length(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory
+) -> None:
+    """/api/tags `details.context_length` and `details.embedding_length` when known: here from the config
+    (`context_length`) and from a llama-server's /props (n_ctx), probed (the GGUF's: the e2e test); a model of
+    which nothing is known has neither (issue 22 row 18; api/types.go ModelDetails has no such keys,
+    clients that do not know them skip them)."""
+    config = exactness_config(fake_openai[1])
+    config["models"]["long"] = {"backend": "fake", "upstream": "fake-model", "context_length": 32768}
+    proxy = start_proxy(config)
+    httpx.post(proxy + "/api/show", json={"model": "fake-model"})  # probes the backend's /v1/models
+    models = {m["name"]: m["details"] for m in httpx.get(proxy + "/api/tags").json()["models"]}
+    assert models["long:latest"]["context_length"] == 32768
+    assert models["fake-model:latest"]["context_length"] == 2048  # the probed /props n_ctx
+    assert "context_length" not in models["tools:latest"]  # not probed yet: unknown, not Ollama's 4096
+    assert all("embedding_length" not in d for d in models.values())  # /props has no n_embd
+
+
 # ------------------------------------------------------------------------ the pure parts, directly
 def test_collector_gathers_a_stream_split_anywhere() -> None:
     """The gathered stream (row 2) is the answer the backend would have sent whole, for any split of its
@@ -411,6 +534,21 @@ def test_capability_refusal_wording() -> None:
     assert refusal({"tools": []}, caps, chat=True, name="a:latest", requested="a") is None  # an empty list asks nothing
     assert refusal({"messages": [*hi, {"role": "user", "images": ["x"]}]}, caps, chat=True, name="a:1", requested="a")
     assert refusal({"suffix": ""}, caps, chat=False, name="a:latest", requested="a") is None
+
+
+def test_go_template_subset() -> None:
+    """Go text/template as Ollama uses it (template/template.go): `{{-`/`-}}` trim the white space beside
+    them, `if` tests a non-empty string, `else` its other branch, `$.` reaches the top inside `range`,
+    comments vanish; the legacy template stops at its first `.Response` in document order (deleteNode)."""
+    assert render_generate("A  {{- .Prompt -}}  B", prompt="p") == "ApB"
+    assert render_generate("{{ if .System }}S{{ else }}none{{ end }}:{{ .Prompt }}", prompt="p") == "none:p"
+    assert render_generate("{{/* c */}}{{ .System }}", prompt="p", system="s") == "s"
+    tmpl = "{{ range .Messages }}{{ .Role }}={{ .Content }};{{ end }}[{{ $.System }}]"
+    assert render_generate(tmpl, prompt="p", system="s") == "system=s;user=p;[s]"
+    assert render_generate("{{ if .System }}{{ .Response }}{{ end }}after", prompt="p") == ""  # cut statically
+    assert render_generate("{{ .Prompt }}{{ .Response }} tail {{ .Prompt }}", prompt="p") == "p"
+    with pytest.raises(TemplateError, match="else if"):
+        render_generate("{{ if .System }}{{ else if .Prompt }}{{ end }}", prompt="p")
 
 
 def test_created_at_is_rfc3339_nano() -> None:
@@ -492,3 +630,36 @@ def test_e2e_durations_and_logprobs(smol: Proxy) -> None:
     assert 0 < len(out["logprobs"]) <= 4
     assert all(len(lp["top_logprobs"]) == 2 and lp["logprob"] <= 0 for lp in out["logprobs"])
     assert "".join(lp["token"] for lp in out["logprobs"]) == out["message"]["content"]
+
+
+@pytest.mark.e2e
+def test_e2e_show_model_info_is_the_gguf_header(smol: Proxy) -> None:
+    """Ollama: GetModelInfo (server/routes.go) shows a GGUF model's header as `model_info`, every key of it
+    but `general.name` and `tokenizer.chat_template`, with `general.parameter_count` added and arrays longer
+    than 1024 null unless `verbose` (getModelData, fs/ggml/gguf.go), and its tensors as `tensors` ({name,
+    type, shape}, api/types.go Tensor). The header's own context (SmolLM2: 8192) stays in model_info; the
+    context the model runs with is in `parameters` (and /api/ps)."""
+    r = smol.post("/api/show", {"model": "smol"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    info = body["model_info"]
+    assert info["llama.context_length"] == 8192 and info["llama.embedding_length"] == 576
+    assert "general.name" not in info and "tokenizer.chat_template" not in info
+    assert info["general.parameter_count"] == 134515008 and info["general.basename"] == "smollm2"
+    assert info["tokenizer.ggml.model"] == "gpt2" and info["tokenizer.ggml.tokens"] is None
+    assert info["llama.attention.layer_norm_rms_epsilon"] == 1e-05  # a float32 as Go prints it
+    assert info["general.languages"] == ["en"]  # a short array is shown
+    assert body["tensors"][0] == {"name": "token_embd.weight", "type": "Q8_0", "shape": [576, 49152]}
+    assert len(body["tensors"]) == 272
+    assert f"num_ctx {SMOL_CTX}" in " ".join(body["parameters"].split())
+    verbose = smol.post("/api/show", {"model": "smol", "verbose": True}).json()["model_info"]
+    assert len(verbose["tokenizer.ggml.tokens"]) == 49152 and len(verbose["tokenizer.ggml.merges"]) == 48900
+
+
+@pytest.mark.e2e
+def test_e2e_tags_details_from_the_gguf(smol: Proxy) -> None:
+    """/api/tags `details.context_length` (the context the model runs with) and `details.embedding_length`
+    (the GGUF's `llama.embedding_length`) for a model ollamux runs (issue 22 row 18)."""
+    r = httpx.get(smol.url + "/api/tags")
+    details = {m["name"]: m["details"] for m in r.json()["models"]}["smol:latest"]
+    assert details["context_length"] == SMOL_CTX and details["embedding_length"] == 576

@@ -39,6 +39,7 @@ class ModelMeta:
     modified_at: float = 0.0
     format: str = "gguf"
     extra_info: Mapping[str, Any] | None = None  # more model_info keys (a GGUF file's own)
+    context_known: bool = False  # context_length was told (GGUF, /props, config), not the default
 
 
 def format_parameter_size(n: int) -> str:
@@ -63,7 +64,7 @@ def meta_for(entry: ModelEntry, probed: Mapping[str, Any] | None, started_at: fl
     if s is not None:
         changes: dict[str, Any] = {}
         if s.context_length:
-            changes["context_length"] = s.context_length
+            changes["context_length"], changes["context_known"] = s.context_length, True
         if s.capabilities is not None:
             changes["capabilities"] = tuple(s.capabilities)
         if s.family:
@@ -77,7 +78,7 @@ def meta_for(entry: ModelEntry, probed: Mapping[str, Any] | None, started_at: fl
         if s.system:
             changes["system"] = s.system
         if s.runtime is not None and not s.context_length:
-            changes["context_length"] = s.runtime.ctx
+            changes["context_length"], changes["context_known"] = s.runtime.ctx, True
         meta = replace(meta, **changes)
     return meta
 
@@ -89,6 +90,8 @@ def _apply(meta: ModelMeta, src: Mapping[str, Any]) -> ModelMeta:
     changes = {k: v for k, v in src.items() if k in _META_KEYS and v not in (None, "", 0)}
     if "capabilities" in changes:
         changes["capabilities"] = tuple(changes["capabilities"])
+    if "context_length" in changes:
+        changes["context_known"] = True
     if changes.get("parameter_count") and not changes.get("parameter_size"):
         changes["parameter_size"] = format_parameter_size(int(changes["parameter_count"]))
     return replace(meta, **changes) if changes else meta
@@ -106,13 +109,22 @@ def details(meta: ModelMeta) -> dict[str, Any]:
 
 
 def tag_item(entry: ModelEntry, meta: ModelMeta) -> dict[str, Any]:
+    """/api/tags' entry; its `details` also carry `context_length` (the context the model runs with) and
+    `embedding_length` when they are known (a GGUF header, llama-server's /props and /v1/models, the config).
+    Ollama's api.ModelDetails (api/types.go) has neither, but clients of Ollama-like servers read
+    `details.context_length`; Go's and Python's decoders skip the keys they do not know (issue 22 row 18)."""
+    extra: dict[str, Any] = {}
+    if meta.context_known and meta.context_length:
+        extra["context_length"] = meta.context_length
+    if meta.embedding_length:
+        extra["embedding_length"] = meta.embedding_length
     return {
         "name": entry.name,
         "model": entry.name,
         "modified_at": rfc3339(meta.modified_at),
         "size": meta.size,
         "digest": meta.digest,
-        "details": details(meta),
+        "details": {**details(meta), **extra},
         "capabilities": list(meta.capabilities),
     }
 
@@ -183,7 +195,9 @@ def show_body(
     return body
 
 
-def ps_item(entry: ModelEntry, meta: ModelMeta, *, expires_at: float, context_length: int, size: int) -> dict[str, Any]:
+def ps_item(
+    entry: ModelEntry, meta: ModelMeta, *, expires_at: float, context_length: int, size: int, size_vram: int = 0
+) -> dict[str, Any]:
     return {
         "name": entry.name,
         "model": entry.name,
@@ -191,6 +205,6 @@ def ps_item(entry: ModelEntry, meta: ModelMeta, *, expires_at: float, context_le
         "digest": meta.digest,
         "details": details(meta),
         "expires_at": rfc3339(expires_at),
-        "size_vram": 0,  # CPU only: nothing lives in VRAM
+        "size_vram": size_vram,  # offloaded to a GPU (runtime/vram.py); 0 on a CPU build
         "context_length": context_length,
     }

@@ -16,6 +16,20 @@ import json
 import os
 import sys
 import time
+from typing import Any
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _events(chat: dict[str, object]) -> list[dict[str, object]]:
+    """The fixed answer as chat.completion.chunk events: the role, the text, the finish, the usage."""
+    head = {"id": chat["id"], "object": "chat.completion.chunk", "created": chat["created"], "model": "tiny"}
+    return [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**head, "choices": [], "usage": chat["usage"]},
+    ]
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -34,12 +48,24 @@ async def serve(args: argparse.Namespace) -> None:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
                 method, path, _ = head[0].split(" ", 2)
                 length = sum(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
-                await reader.readexactly(length)
-                status, body = "200 OK", {"status": "ok", "ctx": args.ctx, "pid": os.getpid()}
+                raw = await reader.readexactly(length)
+                status = "200 OK"
+                body: dict[str, Any] | None = {"status": "ok", "ctx": args.ctx, "pid": os.getpid()}
+                ctype = "application/json"
                 if method == "POST" and path == "/v1/chat/completions":
                     body = chat
+                    if raw and json.loads(raw).get("stream"):  # the same answer as an SSE stream
+                        ctype, body = "text/event-stream", None
                 elif path != "/health":
                     status, body = "404 Not Found", {"error": {"message": f"no route {path}"}}
+                if body is None:
+                    data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in _events(chat)) + _DONE
+                    writer.write(
+                        f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                        + data
+                    )
+                    await writer.drain()
+                    continue
                 data = json.dumps(body).encode()
                 writer.write(
                     f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"

@@ -25,9 +25,10 @@ from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
 from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
+from ..pipeline.warmup import ANTHROPIC_PING, warm_up
 from ..registry import Route
 from ..state import AppState
-from ..streams.pivot_to_anthropic import PivotToAnthropicStream
+from ..streams.pivot_to_anthropic import PivotToAnthropicStream, anthropic_error_frame
 from ..streams.translator import StreamTranslator
 from ..translate import anthropic as ta
 from ..translate.model_params import apply_to_anthropic
@@ -70,6 +71,8 @@ async def messages(request: web.Request, state: AppState, rec: RequestRecord) ->
     raw = await request.read()
     body = loads_object(raw)
     route = _begin(state, rec, body)
+    if stream_flag(body):  # a model starting: the stream opens at once, Anthropic's pings keep it alive
+        await warm_up(request, state, rec, route, error_frame=anthropic_error_frame, heartbeat=ANTHROPIC_PING)
     if state.backend_for(route).speaks("anthropic"):
         return await _native(request, state, rec, route, "/messages", raw, body)
     front = _MessagesFront(
@@ -81,8 +84,6 @@ async def messages(request: web.Request, state: AppState, rec: RequestRecord) ->
         rec,
         route,
         front,
-        headers=identity_headers(request, rec),
-        client_auth=client_auth(request, state),
     )
 
 

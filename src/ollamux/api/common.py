@@ -15,6 +15,9 @@ from ..guard.core import KEY_NAME, STREAMED_UPLOADS, client_request_id
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
 from ..pipeline import PREPARED, stream_headers
 from ..pipeline.pivot import json_answer as json_response
+from ..pipeline.relay import FINISHED
+from ..pipeline.upstream import client_auth, identity_headers, upstream_headers
+from ..pipeline.warmup import finish_late
 from ..registry import Route
 from ..state import STATE, AppState
 
@@ -73,7 +76,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
                 rec.status = resp.status
             return resp
         except OllamuxError as exc:
-            if _started(request, rec, exc):
+            if await _started(request, rec, exc):
                 return request[PREPARED]
             rec.status = exc.status
             rec.error = exc.message
@@ -100,7 +103,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         except Exception as exc:  # nothing crashes the server; the operator log gets the traceback
             log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
             err = OllamuxError(f"internal error: {type(exc).__name__}: {exc}", status=500)
-            if _started(request, rec, err):
+            if await _started(request, rec, err):
                 return request[PREPARED]
             rec.status = 500
             rec.error = err.message
@@ -112,12 +115,16 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
     return wrapped
 
 
-def _started(request: web.Request, rec: RequestRecord, err: OllamuxError) -> bool:
+async def _started(request: web.Request, rec: RequestRecord, err: OllamuxError) -> bool:
     """A failure after the status line went out: a second response would land inside the first one's
-    body, so there is none; the record keeps what the client got (the relay wrote its final frame)."""
+    body, so there is none; the record keeps what the client got (the relay wrote its final frame, or,
+    when a model start kept the stream alive and failed, `finish_late` writes it now)."""
     if request.get(PREPARED) is None:
         return False
     rec.error = rec.error or err.message
+    if not request.get(FINISHED):
+        rec.status = err.status
+        await finish_late(request, err)
     return True
 
 
@@ -129,22 +136,6 @@ async def start_stream(request: web.Request, rec: RequestRecord, content_type: s
     await resp.prepare(request)
     request[PREPARED] = resp
     return resp
-
-
-def upstream_headers(request: web.Request, rec: RequestRecord) -> dict[str, str]:
-    return {REQUEST_ID: rec.id}
-
-
-def identity_headers(request: web.Request, rec: RequestRecord) -> dict[str, str]:
-    """Upstream headers for an answer we parse or rewrite: it must come uncompressed (the client does not
-    decompress)."""
-    return {REQUEST_ID: rec.id, "Accept-Encoding": "identity"}
-
-
-def client_auth(request: web.Request, state: AppState) -> str | None:
-    """The client's Authorization to pass on: none when inbound keys are on (the key is ours, not the
-    backend's); HTTPBackend replaces it anyway with a backend's configured key."""
-    return None if state.inbound_auth else request.headers.get("Authorization")
 
 
 def resolve_model(state: AppState, rec: RequestRecord, model: Any) -> Route:

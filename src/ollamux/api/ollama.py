@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -15,22 +17,25 @@ from ..backends.failover import Opened, open_upstream
 from ..backends.http import HTTPBackend
 from ..catalog import meta_for, ps_item, show_body, tag_item
 from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy
-from ..jsonutil import loads_object, now_rfc3339
+from ..jsonutil import loads_object, now_rfc3339, rfc3339
 from ..observe import RequestRecord
 from ..pipeline import capabilities, embed_fit, relay_json
 from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
 from ..registry import ModelEntry, Route
+from ..runtime.gguf_meta import read_show
 from ..state import SETTINGS, AppState
 from ..streams.openai_to_ollama import Kind, OpenAIToOllamaStream
 from ..streams.translator import StreamTranslator
-from ..translate import from_openai, to_openai
+from ..translate import from_openai, gen_context, go_template, to_openai
 from ..translate.from_openai import Timing
 from ..translate.logprobs import requested_logprobs
 from . import ollama_models, ollama_native, pull
-from .common import client_auth, endpoint, json_response, resolve_model, upstream_headers
+from .common import endpoint, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
+
+COPILOT = "GitHubCopilotChat/"  # the User-Agent prefix Ollama's ShowHandler answers with the asked name
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:
@@ -93,6 +98,7 @@ async def chat(request: web.Request, state: AppState, rec: RequestRecord) -> web
     native = state.backend_for(route).speaks("ollama")
     if not native:  # an Ollama server checks for itself
         capabilities.require(state, route, body, chat=True)
+        capabilities.default_think(state, route, body)
     if not messages:
         if messages is not None and not isinstance(messages, list):
             raise BadRequest("messages must be a list")
@@ -127,20 +133,61 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
     native = state.backend_for(route).speaks("ollama")
     if not native:
         capabilities.require(state, route, body, chat=False)
+        capabilities.default_think(state, route, body)
     if not prompt and not body.get("images"):
         return json_response(await _load_or_unload(state, route, body, chat=False))
     if native:
         return await ollama_native.relay(request, state, rec, route, body, raw, "/api/generate", stream)
+    template = body.get("template")
+    if isinstance(template, str) and template:
+        body = _with_template(state, route, body, template)
+        is_raw = True
     suffix = body.get("suffix")
     use_completions = is_raw or (isinstance(suffix, str) and bool(suffix))
     build = to_openai.completion_request if use_completions else to_openai.generate_as_chat_request
     pivot_kind: PivotKind = "completion" if use_completions else "chat"
     kind: Kind = "raw" if use_completions else "generate"
+    if use_completions and body.get("context"):
+        raise BadRequest("ollamux does not support context with template or suffix")
+    prior = [] if use_completions else gen_context.decode(body.get("context"))
 
     def pivot(r: Route, up: HTTPBackend, stream: bool) -> dict[str, Any]:
-        return build(body, r.upstream, stream=stream, dialect=up.settings.dialect)
+        out = build(body, r.upstream, stream=stream, dialect=up.settings.dialect)
+        if prior:
+            out["messages"] = gen_context.merge(prior, out["messages"])
+        return out
 
-    return await _via_pivot(request, state, rec, body, route, pivot_kind, pivot, kind, stream)
+    context = None if use_completions else _context_maker(body, prior)
+    return await _via_pivot(request, state, rec, body, route, pivot_kind, pivot, kind, stream, context)
+
+
+def _context_maker(body: dict[str, Any], prior: list[dict[str, str]]) -> Callable[[str], list[int]]:
+    """The final object's `context` for this request and its answer (`translate.gen_context`)."""
+    system = body.get("system")
+    asked = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+    history = gen_context.merge(prior, [*asked, {"role": "user", "content": str(body.get("prompt") or "")}])
+
+    def make(answer: str) -> list[int]:
+        return gen_context.encode([*history, {"role": "assistant", "content": answer}])
+
+    return make
+
+
+def _with_template(state: AppState, route: Route, body: dict[str, Any], template: str) -> dict[str, Any]:
+    """Ollama's GenerateHandler (server/routes.go) with `template`: the request's template replaces the
+    model's, rendered with the prompt and system (the request's, else the model's), and the result is the
+    model's whole prompt, sent as a raw completion (`translate.go_template`; what it cannot render is a 400
+    that names the construct)."""
+    system = body.get("system")
+    if not isinstance(system, str) or not system:
+        system = params_for(state, route).defaults.system or ""
+    try:
+        prompt = go_template.render_generate(template, prompt=str(body.get("prompt") or ""), system=system)
+    except go_template.TemplateError as exc:
+        raise BadRequest(str(exc)) from None
+    out = {k: v for k, v in body.items() if k not in ("template", "system")}
+    out["prompt"], out["raw"] = prompt, True
+    return out
 
 
 # the pivot for a route on a backend, asked for as a stream or not (a fallback has its own model, dialect)
@@ -167,6 +214,7 @@ class _OllamaFront:
     timing: Timing
     rid: str
     top_logprobs: int | None  # the client asked for logprobs, with this many alternatives per token
+    context: Callable[[str], list[int]] | None = None  # a generate's final `context`, from its answer
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
         return self.make_pivot(route, backend, self.stream or backend.settings.dialect != "llama.cpp")
@@ -182,9 +230,12 @@ class _OllamaFront:
             return from_openai.chat_response(
                 pivot, self.requested, self.timing, end, think=self.think, top_logprobs=top
             )
-        return from_openai.generate_response(
+        out = from_openai.generate_response(
             pivot, self.requested, self.timing, end, raw=self.mode == "raw", think=self.think, top_logprobs=top
         )
+        if self.context is not None:
+            out = gen_context.with_context(out, self.context(out["response"]))
+        return out
 
     def client_stream(self, opened: Opened) -> StreamTranslator:
         return OpenAIToOllamaStream(
@@ -194,6 +245,7 @@ class _OllamaFront:
             think=self.think,
             max_event_bytes=opened.backend.settings.max_event_bytes,
             top_logprobs=self.top_logprobs,
+            context=self.context,
         )
 
 
@@ -207,19 +259,20 @@ async def _via_pivot(
     make_pivot: PivotFactory,
     kind: Kind,
     stream: bool,
+    context: Callable[[str], list[int]] | None = None,
 ) -> web.StreamResponse:
     keep_alive, num_ctx = _hints(body)
     timing = Timing(start_ns=rec.start_ns)
     top = requested_logprobs(body)
-    front = _OllamaFront(pivot_kind, make_pivot, kind, stream, route.requested, body.get("think"), timing, rec.id, top)
+    front = _OllamaFront(
+        pivot_kind, make_pivot, kind, stream, route.requested, body.get("think"), timing, rec.id, top, context
+    )
     return await serve_via_pivot(
         request,
         state,
         rec,
         route,
         front,
-        headers=upstream_headers(request, rec),
-        client_auth=client_auth(request, state),
         keep_alive=keep_alive,
         num_ctx=num_ctx,
     )
@@ -322,6 +375,7 @@ async def show(request: web.Request, state: AppState, rec: RequestRecord) -> web
     name = body.get("model") or body.get("name")
     if not name:
         raise BadRequest("model is required")
+    verbose = body.get("verbose") is True
     route = _begin(state, rec, body)
     if state.backend_for(route).speaks("ollama"):
         return await ollama_native.relay(request, state, rec, route, body, None, "/api/show", False)
@@ -338,7 +392,23 @@ async def show(request: web.Request, state: AppState, rec: RequestRecord) -> web
         licenses=route.entry.meta.get("licenses") or (),
         model_file=str(gguf) if gguf is not None else None,
     )
+    if gguf is not None:
+        await _gguf_show(body, gguf, verbose=verbose, copilot_name=route.requested if ua.startswith(COPILOT) else None)
     return json_response(body)
+
+
+async def _gguf_show(out: dict[str, Any], gguf: Path, *, verbose: bool, copilot_name: str | None) -> None:
+    """A model ollamux runs: `model_info` is its GGUF header's every key and `tensors` its tensors, as
+    Ollama's GetModelInfo (server/routes.go) has them (`runtime.gguf_meta.read_show`); the header's own
+    `<arch>.context_length` stays (the context in force is in `parameters` and /api/ps). Copilot gets the
+    name it asked for as `general.basename`, as Ollama's ShowHandler gives it."""
+    try:
+        info, tensors = await asyncio.to_thread(read_show, gguf, verbose=verbose)
+    except (OSError, ValueError):
+        return  # unreadable now: the catalogue's summary stays
+    if copilot_name is not None:
+        info["general.basename"] = copilot_name
+    out["model_info"], out["tensors"] = info, tensors
 
 
 async def ps(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
@@ -360,7 +430,14 @@ async def ps(request: web.Request, state: AppState, rec: RequestRecord) -> web.S
                 continue
             meta = meta_for(entry, state.probed.get((entry.backend, entry.upstream)), state.started_at)
             items.append(
-                ps_item(entry, meta, expires_at=running.expires_at, context_length=running.ctx, size=running.size)
+                ps_item(
+                    entry,
+                    meta,
+                    expires_at=running.expires_at,
+                    context_length=running.ctx,
+                    size=running.size,
+                    size_vram=running.size_vram,
+                )
             )
     for item in await discovery.remote_ps(state):
         # remote_ps names each item as we serve it, so resolving that name finds the entry (a wildcard
@@ -368,7 +445,13 @@ async def ps(request: web.Request, state: AppState, rec: RequestRecord) -> web.S
         if visible(item["name"], state.registry.find(item["name"]) if keyed is not None else None):
             items.append(item)
     items.sort(key=lambda m: m["expires_at"], reverse=True)
-    return json_response({"models": items})
+    # models still loading are not Ollama's running models (clients read every item as loaded): a list of their own
+    loading = [
+        {"name": m.entry.name, "model": m.entry.name, "stage": m.stage, "since": rfc3339(m.since), "size": m.size}
+        for m in (state.runtime.loading() if state.runtime is not None else [])
+        if visible(m.entry.name, m.entry)
+    ]
+    return json_response({"models": items, "loading": loading} if loading else {"models": items})
 
 
 def _unmanaged(what: str) -> Any:

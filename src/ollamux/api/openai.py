@@ -22,14 +22,15 @@ from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
 from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
+from ..pipeline.warmup import warm_up
 from ..registry import CREATED_SOURCE, ModelEntry, Route
 from ..state import AppState
-from ..streams.translator import StreamTranslator
+from ..streams.translator import StreamTranslator, sse_error
 from ..translate import from_ollama
 from ..translate.model_params import apply_to_pivot, runtime_hints
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import encoding_format, go_type, stream_flag
-from .common import client_auth, endpoint, identity_headers, json_response, resolve_model, upstream_headers
+from .common import client_auth, endpoint, json_response, resolve_model, upstream_headers
 
 __all__ = ["add_routes"]
 
@@ -51,6 +52,8 @@ def _handler(kind: PivotKind) -> Any:
         raw = await request.read()
         body = loads_object(raw)
         route = _begin(state, rec, body)
+        if kind != "embedding" and stream_flag(body):
+            await warm_up(request, state, rec, route, error_frame=sse_error)  # a model starting: stream kept alive
         if not state.backend_for(route).speaks("openai"):
             return await _via_pivot(request, state, rec, route, body, kind)
         path = _PATHS[kind]
@@ -124,8 +127,6 @@ async def _via_pivot(
         rec,
         route,
         front,
-        headers=identity_headers(request, rec),
-        client_auth=client_auth(request, state),
     )
 
 

@@ -25,6 +25,7 @@ from ..observe import RequestRecord
 from ..pipeline import relay_passthrough
 from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
+from ..pipeline.warmup import warm_up
 from ..registry import Route
 from ..state import AppState
 from ..store.responses import ResponseStore, StoredResponse
@@ -102,6 +103,8 @@ async def create(request: web.Request, state: AppState, rec: RequestRecord) -> w
             raise BadRequest(f"Previous response with id '{prev}' not found.", param="previous_response_id")
         history = stored.conversation
     meta = tr.ResponseMeta(id=f"resp_{secrets.token_hex(24)}", created_at=int(time.time()), model=route.requested)
+    if stream:  # a model starting: the stream opens at once and is kept alive
+        await warm_up(request, state, rec, route, error_frame=PivotToResponsesStream(body, meta).error_frame)
     if prev is None and state.backend_for(route).speaks("responses"):
         return await _native(request, state, rec, route, raw, body)
     front = _ResponsesFront(body, stream, meta, history)
@@ -111,8 +114,6 @@ async def create(request: web.Request, state: AppState, rec: RequestRecord) -> w
         rec,
         route,
         front,
-        headers=identity_headers(request, rec),
-        client_auth=client_auth(request, state),
     )
     final = front.final()
     if store and final is not None:

@@ -1,4 +1,4 @@
-"""`ollamux run | list | ps | show | stop`: a command line like Ollama's, as a client of any Ollama-API server.
+"""`ollamux list | ps | show | stop`: a command line like Ollama's, as a client of any Ollama-API server.
 
 The server is `OLLAMA_HOST` (default 127.0.0.1:11434), read the way the `ollama` CLI reads it. Plain
 urllib: the commands are one request each (a stream read line by line), nothing to gain from asyncio.
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-__all__ = ["ClientError", "ollama_host", "register"]
+__all__ = ["ClientError", "ollama_host", "print_show", "register"]
 
 DEFAULT_PORT = 11434
 
@@ -104,95 +104,6 @@ def _stream(path: str, body: Any) -> Iterator[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------- commands
-def _chat_once(model: str, messages: list[dict[str, Any]], out: Any, options: dict[str, Any] | None = None) -> str:
-    parts: list[str] = []
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
-    if options:
-        body["options"] = options
-    for chunk in _stream("/api/chat", body):
-        text = (chunk.get("message") or {}).get("content") or ""
-        if text:
-            parts.append(text)
-            out.write(text)
-            out.flush()
-    out.write("\n")
-    out.flush()
-    return "".join(parts)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    model: str = args.model
-    prompt = " ".join(args.prompt)
-    if not prompt and not sys.stdin.isatty():
-        prompt = sys.stdin.read()  # `echo hi | ollamux run model`, as ollama does
-    if prompt:
-        _chat_once(model, [{"role": "user", "content": prompt}], sys.stdout)
-        return 0
-    _json("POST", "/api/chat", {"model": model, "messages": []})  # load it now: errors show before the prompt
-    return _interactive(model)
-
-
-def _interactive(model: str) -> int:
-    try:
-        import readline  # noqa: F401  # line editing and history for input()
-    except ImportError:  # pragma: no cover - not on every platform
-        pass
-    history: list[dict[str, Any]] = []
-    options: dict[str, Any] = {}
-    print("Send a message (/? for help)", flush=True)
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            print()
-            return 0
-        except KeyboardInterrupt:
-            print("\nUse Ctrl + d or /bye to exit.")
-            continue
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/bye", "/exit"):
-            return 0
-        if text in ("/?", "/help"):
-            print(
-                "Available Commands:\n  /set parameter  Set a parameter (e.g. /set parameter num_predict 100)\n"
-                "  /clear          Clear session context\n  /bye            Exit\n"
-                "  /?, /help       Help for a command"
-            )
-            continue
-        if text.startswith("/set parameter "):
-            words = text.split()
-            if len(words) != 4:
-                print("Usage: /set parameter <name> <value>")
-                continue
-            options[words[2]] = _option_value(words[3])
-            print(f"Set parameter '{words[2]}' to '{words[3]}'")
-            continue
-        if text == "/clear":
-            history.clear()
-            print("Cleared session context")
-            continue
-        history.append({"role": "user", "content": line})
-        try:
-            answer = _chat_once(model, history, sys.stdout, options)
-        except KeyboardInterrupt:
-            print()
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": answer})
-        print()
-
-
-def _option_value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def _size(n: Any) -> str:
     if not isinstance(n, int | float) or n <= 0:
         return "-"
@@ -284,11 +195,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    info = _json("POST", "/api/show", {"model": args.model})
-    if args.field:  # one field alone, as `ollama show --modelfile` prints it
-        text = str(info.get(args.field) or "")
-        print(text if args.field == "modelfile" else text.rstrip("\n"))
-        return 0
+    print_show(_json("POST", "/api/show", {"model": args.model}), args.field)
+    return 0
+
+
+def print_show(info: dict[str, Any], field: str | None) -> None:
+    """An /api/show answer as `ollama show` prints it: one field alone (`--modelfile`), or the summary."""
+    if field:
+        text = str(info.get(field) or "")
+        print(text if field == "modelfile" else text.rstrip("\n"))
+        return
     details = info.get("details") or {}
     mi = info.get("model_info") or {}
     arch = mi.get("general.architecture") or details.get("family") or ""
@@ -313,7 +229,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         for line in str(info["parameters"]).splitlines():
             print(f"    {line}")
     print()
-    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -341,10 +256,6 @@ def _guarded(func: Any) -> Any:
 
 def register(sub: Any) -> None:
     env = "the server is $OLLAMA_HOST (default 127.0.0.1:11434)"
-    p = sub.add_parser("run", help="chat with a model (one prompt, or interactively)", description=env)
-    p.add_argument("model")
-    p.add_argument("prompt", nargs="*", help="answer this and exit (default: an interactive chat)")
-    p.set_defaults(func=_guarded(cmd_run))
     p = sub.add_parser("list", aliases=["ls"], help="list the models a server serves", description=env)
     p.set_defaults(func=_guarded(cmd_list))
     p = sub.add_parser("ps", help="list running models", description=env)

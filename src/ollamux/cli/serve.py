@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
 from ..app import create_app
 from ..config import DEFAULT_PORT, BackendSettings, ConfigError, Settings, default_models_dir, load_settings
@@ -20,7 +21,9 @@ from ..names import normalize_name
 from ..oplog import configure
 from ..runtime.checks import check_runtime
 from ..server import ListenError, run
+from ..state import STATE
 from .client import ollama_host
+from .serve_banner import served_lines
 
 __all__ = ["bind_address", "register", "settings_from_args"]
 
@@ -158,12 +161,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     setup_logging(args.log_format, args.log_level)
+    app = create_app(settings)
+    app.cleanup_ctx.append(_announce)  # after the app's lifespan: every model is registered by then
     try:
-        run(create_app(settings), settings)
+        run(app, settings)
     except ListenError as exc:  # a busy or forbidden port: what to do, not a traceback
         print(f"ollamux: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _announce(app: web.Application) -> AsyncIterator[None]:
+    """Say what this server serves, once, before it starts answering."""
+    state = app[STATE]
+    for line in served_lines(state.settings, state.registry.entries()):
+        print(line, file=sys.stderr, flush=True)
+    yield
 
 
 def setup_logging(fmt: str, level: str) -> None:

@@ -18,6 +18,10 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # ${PORT}, ${CTX}, ${MODEL} and ${HOST} in a runtime command are filled by ollamux when it starts the process,
 # so config loading must leave them in place rather than look them up in the environment.
 RUNTIME_VARS = frozenset({"PORT", "CTX", "MODEL", "HOST"})
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B|)", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1} | {
+    f"{p}{i}b": (1024 if i else 1000) ** (n + 1) for n, p in enumerate("kmgt") for i in ("", "i")
+}
 
 
 class Node:
@@ -112,6 +116,23 @@ class Node:
         if self.data.get(name) is None:
             return default
         return self._number(name, int, lo, hi)
+
+    def opt_size(self, name: str, *, lo: int = 0) -> int:
+        """A byte count: an integer, or a size string ("12GiB", "512 MiB", "8GB"; KiB/MiB/GiB/TiB are powers
+        of 1024, KB/MB/GB/TB of 1000, B or none bytes)."""
+        v = self.data.get(name)
+        if isinstance(v, str):
+            v = self.expand(self.key(name), v)
+            m = _SIZE.fullmatch(v.strip())
+            if m is None:
+                raise ConfigError(self.key(name), f"must be a byte count or a size like 12GiB, not {v!r}")
+            v = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(self.key(name), f"must be a byte count or a size like 12GiB, not {v!r}")
+        size = int(v)
+        if size < lo:
+            raise ConfigError(self.key(name), f"must be at least {lo} bytes, not {size}")
+        return size
 
     def opt_float(
         self, name: str, default: float | None, *, lo: float | None = None, nullable: bool = False

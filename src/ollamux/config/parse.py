@@ -6,6 +6,7 @@ can print it as is.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from .settings import (
     RequestLogSettings,
     Resilience,
     RestartMode,
+    RuntimeGroup,
     RuntimeSettings,
     RuntimeSpec,
     ServerSettings,
@@ -242,7 +244,7 @@ def _parse_resilience(node: Node, n_urls: int) -> Resilience:
 def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
     node.only(
         {"gguf", "cmd", "ctx", "ttl", "health", "startup_timeout", "env", "threads", "parallel", "restart"}
-        | {"apis", "rerank"}
+        | {"apis", "rerank", "options", "mmproj", "pin"}
     )
     gguf = node.opt_str("gguf")
     cmd: tuple[str, ...] | None = None
@@ -254,7 +256,17 @@ def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
         raise ConfigError(node.path, "needs exactly one of 'gguf' (a GGUF file) or 'cmd' (a server command)")
     d = RuntimeSpec()
     gguf_path = _resolve_path(gguf, base_dir) if gguf else None
+    mmproj = node.value("mmproj")
+    if (mmproj is not None and not isinstance(mmproj, str | bool)) or mmproj is True:
+        raise ConfigError(node.key("mmproj"), "must be the path of a vision projector GGUF, or false for none")
+    for key in ("options", "mmproj"):
+        if cmd is not None and node.has(key):
+            raise ConfigError(node.key(key), "is for the built-in engine ('gguf'); a 'cmd' takes its own flags")
     return RuntimeSpec(
+        options=_parse_engine_options(node) if gguf else (),
+        mmproj=_resolve_path(mmproj, base_dir) if isinstance(mmproj, str) else None,
+        no_mmproj=mmproj is False,
+        pin=node.opt_bool("pin", False),
         gguf=gguf_path,
         cmd=cmd,
         ctx=node.opt_int("ctx", d.ctx, lo=256),
@@ -268,6 +280,32 @@ def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
         native_apis=parse_native_apis(node) if node.has("apis") else None,
         rerank=node.opt_bool("rerank", False),
     )
+
+
+def _parse_engine_options(node: Node) -> tuple[tuple[str, bool | int | float | str], ...]:
+    """`options`: llama.cpp server options, checked against the installed xllamacpp (engine_options.py)."""
+    if not node.has("options"):
+        return ()
+    raw = node.value("options")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            node.key("options"), f"must be a mapping of llama.cpp server options, not {type(raw).__name__}"
+        )
+    from ..runtime import engine_options  # imported late: the runtime package imports the config
+
+    try:
+        checked = engine_options.check_options(raw, _common_params())
+    except engine_options.OptionError as exc:
+        raise ConfigError(f"{node.key('options')}.{exc.key}", exc.message) from None
+    return tuple(sorted(checked.items()))
+
+
+@functools.cache
+def _common_params() -> Any:
+    """One `CommonParams` of the installed xllamacpp, for every check (None without xllamacpp)."""
+    from ..runtime import engine_options
+
+    return engine_options.load_params()
 
 
 def _parse_restart(node: Node, default: RestartMode) -> RestartMode:
@@ -341,8 +379,15 @@ def _parse_model(
     )
 
 
+# The floor of runtime.memory_budget: a bare number is bytes, so "12" meant as GiB is an error at load
+_MIN_MEMORY_BUDGET = 64 * 1024 * 1024
+
+
 def _parse_runtime(node: Node, base_dir: Path | None) -> RuntimeSettings:
-    node.only({"max_running", "models_dir", "log_dir", "ctx", "ttl", "threads", "hf_endpoint"})
+    node.only(
+        {"max_running", "models_dir", "log_dir", "ctx", "ttl", "threads", "hf_endpoint", "options", "preload", "pin"}
+        | {"groups", "memory_budget"}
+    )
     d = RuntimeSettings()
     models_dir = node.opt_str("models_dir")
     log_dir = node.opt_str("log_dir")
@@ -350,12 +395,28 @@ def _parse_runtime(node: Node, base_dir: Path | None) -> RuntimeSettings:
     return RuntimeSettings(
         hf_endpoint=parse_url(node.key("hf_endpoint"), hf_endpoint),
         max_running=node.opt_int("max_running", d.max_running, lo=1),
+        memory_budget=node.opt_size("memory_budget", lo=_MIN_MEMORY_BUDGET) if node.has("memory_budget") else None,
         models_dir=_resolve_path(models_dir, base_dir) if models_dir else None,
         log_dir=_resolve_path(log_dir, base_dir) if log_dir else d.log_dir,
         ctx=node.opt_int("ctx", d.ctx, lo=256),
         ttl=node.opt_float("ttl", d.ttl) or 0.0,
         threads=node.opt_int("threads", None, lo=1) if node.has("threads") else None,
+        options=_parse_engine_options(node),
+        preload=node.str_list("preload"),
+        pin=node.str_list("pin"),
+        groups=_parse_groups(node.child("groups")) if node.has("groups") else (),
     )
+
+
+def _parse_groups(node: Node) -> tuple[RuntimeGroup, ...]:
+    out = []
+    for name, g in node.items():
+        g.only({"members", "exclusive"})
+        members = g.str_list("members")
+        if not members:
+            raise ConfigError(g.key("members"), "must name at least one model")
+        out.append(RuntimeGroup(name=name, members=members, exclusive=g.opt_bool("exclusive", False)))
+    return tuple(out)
 
 
 def _parse_request_log(node: Node, base_dir: Path | None) -> RequestLogSettings:

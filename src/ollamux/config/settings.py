@@ -103,6 +103,13 @@ class RuntimeSpec:
     # Responses go through the pivot. An arbitrary `cmd` is not assumed to serve either.
     native_apis: frozenset[NativeApi] | None = None
     rerank: bool = False  # start llama.cpp's server in reranking mode (a reranker model, /v1/rerank)
+    # llama.cpp server options (xllamacpp CommonParams attributes, dotted when nested), checked at load and
+    # normalized by runtime/engine_options.py: (name, JSON scalar) pairs, sorted, so the spec stays hashable
+    options: tuple[tuple[str, bool | int | float | str], ...] = ()
+    # the vision projector: None finds one beside the model (runtime/vision.py); `mmproj: false` loads none
+    mmproj: Path | None = None
+    no_mmproj: bool = False
+    pin: bool = False  # never evicted to make room, never stopped when idle (ttl is ignored)
 
     @property
     def apis(self) -> frozenset[NativeApi]:
@@ -180,14 +187,31 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class RuntimeGroup:
+    """`runtime.groups.NAME`: models that load together; `exclusive`: and run with no model outside it
+    (runtime/policy.py has the rules)."""
+
+    name: str
+    members: tuple[str, ...]
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     max_running: int = 1
+    # bytes the running models may hold together (their estimates: runtime/memory.py); None: max_running only
+    memory_budget: int | None = None
     models_dir: Path | None = None
     log_dir: Path = field(default_factory=lambda: Path.home() / ".ollamux" / "logs")
     # how the models of models_dir run (a config model's own runtime block says it for that model)
     ctx: int = 4096
     ttl: float = 300.0
     threads: int | None = None
+    # llama.cpp server options of the models_dir models (a config model's own runtime.options replace them)
+    options: tuple[tuple[str, bool | int | float | str], ...] = ()
+    preload: tuple[str, ...] = ()  # models started at start-up, in the background, before any request
+    pin: tuple[str, ...] = ()  # models_dir models pinned as a config model's `runtime.pin: true` pins it
+    groups: tuple[RuntimeGroup, ...] = ()
     # the hub `pull hf.co/...` asks (a mirror, a private hub): the config's, else HF_ENDPOINT, else this
     hf_endpoint: str = "https://huggingface.co"
 

@@ -32,7 +32,7 @@ from ..errors import BadRequest
 from ..registry import Route
 from ..state import AppState
 
-__all__ = ["known_capabilities", "refusal", "require"]
+__all__ = ["default_think", "known_capabilities", "refusal", "require"]
 
 _THINK_LEVELS = frozenset({"low", "medium", "high", "max"})
 
@@ -89,6 +89,17 @@ def refusal(body: Mapping[str, Any], caps: Collection[str], *, chat: bool, name:
     if _has_images(body, chat) and "vision" not in caps:
         return f"{name} does not support vision"
     return None
+
+
+def default_think(state: AppState, route: Route, body: dict[str, Any]) -> None:
+    """Ollama 0.12+ (server/routes.go ChatHandler and GenerateHandler): a model whose capabilities include
+    "thinking" thinks unless the request says otherwise (`if req.Think == nil { req.Think = true }`). Only
+    where the capabilities are known (a guess would turn thinking on for a model that has none)."""
+    if body.get("think") is not None:
+        return
+    caps = known_capabilities(state, route)
+    if caps is not None and "thinking" in caps:
+        body["think"] = True
 
 
 def require(state: AppState, route: Route, body: Mapping[str, Any], *, chat: bool) -> None:

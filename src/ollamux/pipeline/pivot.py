@@ -31,6 +31,7 @@ from ..translate.checks import json_type
 from ..translate.model_params import apply_to_pivot, runtime_hints
 from .params import params_for
 from .relay import relay_collected, relay_json, relay_stream
+from .upstream import client_auth, identity_headers
 
 __all__ = ["PivotFront", "json_answer", "record_pivot", "serve_via_pivot"]
 
@@ -101,8 +102,6 @@ async def serve_via_pivot(
     route: Route,
     front: PivotFront,
     *,
-    headers: dict[str, str],
-    client_auth: str | None,
     keep_alive: float | None = None,
     num_ctx: int | None = None,
 ) -> web.StreamResponse:
@@ -126,8 +125,8 @@ async def serve_via_pivot(
         keep_alive=keep_alive,
         num_ctx=num_ctx,
         read_body=not front.stream,
-        headers=headers,
-        client_auth=client_auth,
+        headers=identity_headers(request, rec),  # every pivot answer is parsed: uncompressed
+        client_auth=client_auth(request, state),
     ) as opened:
         plan = opened.backend.pivot_plan(front.kind)
         answer = front.answer(opened)

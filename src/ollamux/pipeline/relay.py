@@ -29,12 +29,23 @@ from ..observe import ApiName, RequestRecord
 from ..streams.pivot_collect import PivotCollector
 from ..streams.translator import SSEPassthrough, StreamTranslator, usage_from_bytes
 
-__all__ = ["PREPARED", "relay_collected", "relay_json", "relay_passthrough", "relay_stream", "stream_headers"]
+__all__ = [
+    "FINISHED",
+    "PREPARED",
+    "relay_collected",
+    "relay_json",
+    "relay_passthrough",
+    "relay_stream",
+    "stream_headers",
+]
 
 log = logging.getLogger("ollamux.relay")
 
 # the response whose status line is already on the wire (the endpoint wrapper must not write another)
 PREPARED = web.RequestKey("ollamux_prepared", web.StreamResponse)
+# set once the relay has written a prepared response's end (its last frame, maybe an error frame): a
+# failure after PREPARED but before that (a model start kept alive by `warmup`) still owes the client one
+FINISHED = web.RequestKey("ollamux_finished", bool)
 REQUEST_ID = "x-request-id"
 SMALL_BODY = 1 << 20  # a non-streamed pass-through answer up to this size is read whole (cheaper than chunks)
 # Bytes fed without output past which the next feed runs in a worker thread: a huge event is being
@@ -123,13 +134,17 @@ async def relay_stream(
     `expect` is the media type the upstream must answer with (None: anything, for pass-through); an
     upstream that sent none is taken at its word.
     """
+    early = request.get(PREPARED)  # the status line went out while a model started (pipeline.warmup)
     try:
         if expect is not None and up.content_type not in ("", expect):
             raise wrong_type(up, expect)
-        resp = web.StreamResponse(status=status, headers=headers or stream_headers(translator.content_type, rec))
-        rec.streamed = True
-        rec.status = status
-        await resp.prepare(request)
+        if early is None:
+            resp = web.StreamResponse(status=status, headers=headers or stream_headers(translator.content_type, rec))
+            rec.streamed = True
+            rec.status = status
+            await resp.prepare(request)
+        else:
+            resp = early
     except BaseException:
         up.release()
         raise
@@ -163,6 +178,7 @@ async def relay_stream(
             log.exception("could not read the usage of a stream (request %s)", rec.id)
     if tail:
         await resp.write(tail)
+    request[FINISHED] = True
     await resp.write_eof()
     return resp
 
@@ -227,12 +243,15 @@ async def relay_passthrough(
         data = redact.data(await up.read())
         rec.status = status
         rec.error = error_message_from_body(data, status)
+        if request.get(PREPARED) is not None:  # a 200 went out while the model started: say it in the stream
+            raise UpstreamError(rec.error, status=status)
         if not _in_envelope(data, api):  # keep the client's envelope: wrap plain text, {"detail"}, ...
             data = OllamuxError(rec.error, status=status).body_for(api)
             headers["Content-Type"] = "application/json; charset=utf-8"
         return web.Response(body=data, status=status, headers=headers)
     length = up.resp.content_length
-    if up.content_type != "text/event-stream" and length is not None and length <= SMALL_BODY:
+    small = up.content_type != "text/event-stream" and length is not None and length <= SMALL_BODY
+    if small and request.get(PREPARED) is None:
         data = await up.read()
         rec.first_token_ns = time.perf_counter_ns()
         counts = usage_from_bytes(data)

@@ -28,4 +28,6 @@ async def start_runtime(state: AppState, *, force: bool = False) -> ModelManager
         manager.on_loaded = state.metrics.observe_model_load  # ollamux_model_load_seconds
     await manager.rescan()  # the models folder, read in a worker thread, before the first request
     manager.background(manager.compute_config_digests())
+    if settings.runtime.preload:
+        manager.background(manager.preload(settings.runtime.preload))  # /health does not wait for it
     return manager

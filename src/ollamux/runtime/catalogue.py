@@ -22,7 +22,9 @@ from ..config import RuntimeSettings, RuntimeSpec, Settings
 from ..registry import CREATED_SOURCE, ModelEntry, Registry
 from . import models_dir
 from .gguf_meta import DigestCache, GGUFInfo, HeaderCache, default_cache_dir
+from .memory import kv_shape
 from .model import ManagedModel
+from .vision import find_mmproj
 
 __all__ = ["SOURCE", "Catalogue"]
 
@@ -38,6 +40,7 @@ class _Described:
     info: GGUFInfo | None
     meta: dict[str, Any]
     digest_stamp: tuple[Path, int, int] | None  # (path, size, mtime_ns) when its digest is still unknown
+    mmproj: Path | None = None  # its vision projector (vision.py); its capabilities then list "vision"
 
 
 @dataclass(frozen=True)
@@ -193,17 +196,32 @@ class Catalogue:
         described: dict[str, tuple[Path | None, _Described | None]] = {}
         for backend, name, spec in config:
             gguf = spec.gguf or _gguf_in(spec.cmd or ())
-            described[backend] = (gguf, self._describe(name, gguf) if gguf else None)
+            # a `cmd:` names its own projector in its flags; a configured one is taken as it is
+            mmproj = spec.mmproj or (
+                find_mmproj(gguf, shared=True) if gguf and spec.gguf and not spec.no_mmproj else None
+            )
+            described[backend] = (gguf, self._describe(name, gguf, mmproj=mmproj) if gguf else None)
         scan: _FolderScan | None = None
         if folder is not None:
             stamp = models_dir.stamp(folder)
             # listed after the stamp was taken: a change during the listing makes the next stamp differ
             if stamp != known_stamp:
-                files = [(f, self._describe(f.name, f.path, f.size, f.mtime)) for f in models_dir.scan(folder)]
+                files = [
+                    # the models folder's own files share it; a pulled repo's folder holds one model's files
+                    (
+                        f,
+                        self._describe(
+                            f.name, f.path, f.size, f.mtime, find_mmproj(f.path, shared=f.path.parent == folder)
+                        ),
+                    )
+                    for f in models_dir.scan(folder)
+                ]
                 scan = _FolderScan(stamp=stamp, files=files)
         return _ScanResult(config=described, folder=scan)
 
-    def _describe(self, name: str, path: Path, size: int | None = None, mtime: float | None = None) -> _Described:
+    def _describe(
+        self, name: str, path: Path, size: int | None = None, mtime: float | None = None, mmproj: Path | None = None
+    ) -> _Described:
         try:
             st = path.stat()
             info: GGUFInfo | None = self.headers.read(path)
@@ -215,10 +233,15 @@ class Catalogue:
         assert info is not None
         meta = info.meta()
         meta["modified_at"] = st.st_mtime if mtime is None else mtime
+        if mmproj is not None and "completion" in meta["capabilities"]:
+            meta["capabilities"] = [*meta["capabilities"], "vision"]  # the engine loads it with the model
+        else:
+            mmproj = None
         digest = self.digests.cached(path)
         if digest:
             meta["digest"] = digest
-        return _Described(info=info, meta=meta, digest_stamp=None if digest else (path, st.st_size, st.st_mtime_ns))
+        stamp = None if digest else (path, st.st_size, st.st_mtime_ns)
+        return _Described(info=info, meta=meta, digest_stamp=stamp, mmproj=mmproj)
 
     def _apply(self, result: _ScanResult) -> None:
         """On the loop, in one step: what the scan thread read becomes the catalogue."""
@@ -227,8 +250,11 @@ class Catalogue:
             if model is None:
                 continue
             model.gguf = gguf
+            model.mmproj = d.mmproj if d is not None else None
             if d is not None and d.info is not None:
                 model.max_ctx, model.size = d.info.context_length or None, d.info.size
+                model.n_layers = _block_count(d.info)
+                model.kv = kv_shape(d.info.kv, d.info.architecture)
                 key = (model.entry.backend, model.entry.upstream)
                 # on top of what is there: compute_config_digests may have added the digest already
                 self.probed[key] = {**self.probed.get(key, {}), **d.meta}
@@ -247,20 +273,34 @@ class Catalogue:
             if model is not None and model.entry.source != SOURCE:
                 continue  # a configured model of that name wins, as it does in the registry
             seen.add(backend)
-            spec = RuntimeSpec(gguf=f.path, ctx=self.settings.ctx, ttl=self.settings.ttl, threads=self.settings.threads)
+            s = self.settings
+            spec = RuntimeSpec(
+                gguf=f.path, ctx=s.ctx, ttl=s.ttl, threads=s.threads, options=s.options, pin=_pinned(f, s.pin)
+            )
             entry = ModelEntry(
                 name=f.name, backend=backend, upstream=f.name, source=SOURCE, aliases=f.aliases, meta=d.meta
             )
             entries.append(entry)
             max_ctx = (d.info.context_length or None) if d.info else None
             size = d.info.size if d.info else 0
+            n_layers = _block_count(d.info) if d.info else None
+            kv = kv_shape(d.info.kv, d.info.architecture) if d.info else None
             if model is None:
                 self.models[backend] = ManagedModel(
-                    backend=backend, entry=entry, spec=spec, gguf=f.path, max_ctx=max_ctx, size=size
+                    backend=backend,
+                    entry=entry,
+                    spec=spec,
+                    gguf=f.path,
+                    max_ctx=max_ctx,
+                    size=size,
+                    mmproj=d.mmproj,
+                    n_layers=n_layers,
+                    kv=kv,
                 )
             else:
-                model.entry, model.spec, model.gguf = entry, spec, f.path
+                model.entry, model.spec, model.gguf, model.mmproj = entry, spec, f.path, d.mmproj
                 model.max_ctx, model.size, model.removed = max_ctx, size, False
+                model.n_layers, model.kv = n_layers, kv
             # each version of a file is hashed once: a file that cannot be hashed does not loop forever
             if d.digest_stamp is not None and d.digest_stamp not in self._hashing:
                 self._hashing.add(d.digest_stamp)
@@ -309,3 +349,13 @@ def _gguf_in(argv: Sequence[str]) -> Path | None:
             if p.is_file():
                 return p
     return None
+
+
+def _pinned(f: models_dir.ModelFile, pin: Sequence[str]) -> bool:
+    """`runtime.pin` names a models folder model by its name or one of its aliases."""
+    return bool(pin) and any(n in pin for n in (f.name, *f.aliases))
+
+
+def _block_count(info: GGUFInfo) -> int | None:
+    n = info.kv.get(f"{info.architecture}.block_count")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None

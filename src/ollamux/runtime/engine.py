@@ -10,12 +10,15 @@ with --rerank, /v1/rerank instead of embeddings), llama.cpp's own routes (/infil
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .engine_options import OptionError
 
 __all__ = ["EMBED_BATCH", "build_params", "main"]
 
@@ -38,12 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve /v1/rerank (llama.cpp's --reranking): rank pooling; embeddings are not usable then",
     )
+    p.add_argument("--mmproj", default=None, help="the vision projector GGUF loaded with the model")
+    p.add_argument(
+        "--options",
+        default="{}",
+        help="llama.cpp server options as a JSON object of CommonParams attributes (runtime/engine_options.py)",
+    )
     return p
 
 
 def build_params(args: argparse.Namespace) -> Any:
     import xllamacpp
 
+    from .engine_options import apply_options
     from .gguf_meta import read_gguf
 
     params = xllamacpp.CommonParams()
@@ -70,6 +80,10 @@ def build_params(args: argparse.Namespace) -> Any:
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
     elif info.pooling_type is None:
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    if args.mmproj:
+        params.mmproj.path = args.mmproj
+    # last: the model's own options win over the defaults above (config load refused the ones ollamux owns)
+    apply_options(params, json.loads(args.options))
     return params
 
 
@@ -82,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         params = build_params(args)
+    except OptionError as exc:
+        print(f"ollamux engine: bad option {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"ollamux engine: cannot read {args.model}: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["DigestCache", "GGUFInfo", "HeaderCache", "default_cache_dir", "file_digest", "read_gguf"]
+__all__ = ["DigestCache", "GGUFInfo", "HeaderCache", "default_cache_dir", "file_digest", "read_gguf", "read_show"]
 
 log = logging.getLogger("ollamux.runtime")
 
@@ -88,8 +88,9 @@ class GGUFInfo:
         """What the model can do, read from its chat template as Ollama reads a GGUF's Jinja template
         (server/images.go `chatTemplateCapabilities`): tools when it mentions `tools` or `tool_call`,
         thinking when it writes `<think>...</think>` (or splits earlier answers at `</think>`). No
-        "insert" (only Ollama's own Go templates declare a suffix) and no "vision" (the built-in engine
-        loads no projector); these capabilities are what requests to the model are checked against."""
+        "insert" (only Ollama's own Go templates declare a suffix) and no "vision": that comes from a projector
+        file beside the model, not from its header (the catalogue adds it, vision.py); these capabilities are
+        what requests to the model are checked against."""
         if self.architecture in _EMBEDDING_ARCHS or (self.pooling_type not in (None, 0) and not self.chat_template):
             return ("embedding",)
         # as Ollama: a chat model lists no "embedding" (clients would take it for an embedding model),
@@ -129,8 +130,9 @@ def _thinks(tmpl: str) -> bool:
 
 
 class _Reader:
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], keep: int = _ARRAY_KEEP) -> None:
         self.f = f
+        self.keep = keep  # arrays up to this long are read, longer ones skipped (None); -1: all are read
 
     def take(self, fmt: str) -> Any:
         size = struct.calcsize("<" + fmt)
@@ -154,7 +156,9 @@ class _Reader:
             return self.string()
         if vtype == _ARRAY:
             itype, count = self.take("I"), self.take("Q")
-            if count <= _ARRAY_KEEP:
+            if self.keep < 0 or count <= self.keep:
+                if itype == 6:  # float32: the shortest decimal that reads back, as Go prints a float32
+                    return [_f32(self.take("f")) for _ in range(count)]
                 return [self.value(itype) for _ in range(count)]
             if itype in _FIXED:
                 self.f.seek(struct.calcsize("<" + _FIXED[itype]) * count, os.SEEK_CUR)
@@ -169,6 +173,61 @@ class _Reader:
         if fmt is None:
             raise ValueError(f"unknown GGUF value type {vtype}")
         return self.take(fmt)
+
+
+def _f32(x: float) -> float:
+    """A float32 as Go's encoding/json writes it (its shortest decimal), not as the double it widens to."""
+    for digits in range(1, 10):
+        short = float(f"{x:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", short))[0] == x:
+            return short
+    return x
+
+
+# ggml_type -> its name, as Ollama's show names a tensor's type (fs/ggml/type.go TensorType.String)
+_GGML_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
+    11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS",
+    19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
+    27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}  # fmt: skip
+_SHOW_ARRAY_MAX = 1024  # Ollama's ggml.Decode keeps arrays up to 1024 long when not verbose
+
+
+def read_show(path: Path, *, verbose: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every key of a GGUF header and its tensors, as Ollama's /api/show has them (server/routes.go
+    GetModelInfo and getModelData, fs/ggml/gguf.go): an array longer than 1024 (a vocabulary, its merges)
+    is null unless `verbose`, where it is listed whole; `general.parameter_count` is added (the tensors'
+    elements, as ggml.Decode adds it); `general.name` and `tokenizer.chat_template` are left out. Each
+    tensor is `{name, type, shape}` (api/types.go Tensor). Raises ValueError when the file is no GGUF."""
+    with open(path, "rb") as f:
+        r = _Reader(f, keep=-1 if verbose else _SHOW_ARRAY_MAX)
+        if f.read(4) != _MAGIC:
+            raise ValueError(f"{path} is not a GGUF file")
+        if r.take("I") < 2:
+            raise ValueError(f"{path}: GGUF version is too old")
+        n_tensors, n_kv = r.take("Q"), r.take("Q")
+        kv: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = r.string()
+            vtype = r.take("I")
+            kv[key] = _f32(r.take("f")) if vtype == 6 else r.value(vtype)
+        tensors: list[dict[str, Any]] = []
+        params = 0
+        for _ in range(n_tensors):
+            name = r.string()
+            shape = [r.take("Q") for _ in range(r.take("I"))]
+            gtype = r.take("I")
+            r.take("Q")  # offset
+            n = 1
+            for d in shape:
+                n *= d
+            params += n
+            tensors.append({"name": name, "type": _GGML_TYPES.get(gtype, f"type {gtype}"), "shape": shape})
+    kv.pop("general.name", None)
+    kv.pop("tokenizer.chat_template", None)
+    kv["general.parameter_count"] = params
+    return kv, tensors
 
 
 def read_gguf(path: Path) -> GGUFInfo:

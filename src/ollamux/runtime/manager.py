@@ -11,6 +11,13 @@ A model that crashes while ready (`restart: on-failure`, the default) is started
 restart is the same start a request makes: a request arriving meanwhile starts it at once or joins the
 start under way. It only takes a free slot (it never evicts; without room the model starts on demand),
 it gives way to a request that needs its slot, and `close()` ends it.
+
+Residency beyond LRU (`policy.py` decides, this wires it): a pinned model is never evicted and its idle timer
+never stops it; `preload` and the companions of a group member start through `_start_if_free`, the same
+start in a free slot only; the start's stage ("spawning", "loading") is what `loading()` (/api/ps) shows.
+With `runtime.memory_budget`, each model's resident memory is estimated (`memory.estimate`, from its file,
+header and context) and the policy evicts idle models until a newcomer fits, or refuses it with a 503 that
+says who holds the memory; that estimate is also the `size` /api/ps reports.
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ from ..backends.openai import OpenAIBackend
 from ..config import BackendSettings, RuntimeSettings, RuntimeSpec, Settings, Timeouts
 from ..errors import BackendError, ModelNotFound, ServiceUnavailable
 from ..registry import ModelEntry, Registry
+from . import engine_options
 from .catalogue import Catalogue
 from .gguf_meta import DigestCache
-from .model import ManagedModel, ModelStatus, RunningModel
-from .policy import Candidate, plan_start
+from .memory import estimate
+from .model import LoadingModel, ManagedModel, ModelStatus, RunningModel
+from .policy import Candidate, Decision, Group, Shortfall, companions, plan_start
 from .process import ChildProcess, free_port, tail
 from .state import Event, Phase, RestartPolicy
+from .vram import gpu_available, offloaded_bytes
 
 # ManagedModel, ModelStatus and RunningModel live in `model.py` (the catalogue builds the records too)
 __all__ = ["FOREVER", "ManagedModel", "ModelManager", "ModelStartError", "ModelStatus", "RunningModel"]
@@ -86,6 +96,7 @@ class ModelManager:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._gpu: bool | None = None  # whether the xllamacpp build offloads to a GPU (asked once, off the loop)
 
     # ------------------------------------------------------------------------------------- catalogue
     async def rescan(self, *, force: bool = False) -> None:
@@ -108,6 +119,11 @@ class ModelManager:
     def manages(self, backend: str) -> bool:
         return backend in self.models
 
+    def is_ready(self, backend: str) -> bool:
+        """Running and serving: a request now will not wait for a start."""
+        m = self.models.get(backend)
+        return m is not None and m.state.phase is Phase.READY and m.proc is not None and not m.proc.exited.done()
+
     def model(self, backend: str) -> ManagedModel:
         m = self.models.get(backend)
         if m is None or m.removed:
@@ -126,12 +142,31 @@ class ModelManager:
             if m.state.phase is not Phase.READY or m.proc is None:
                 continue
             if m.state.busy or m.expires_at is None:
-                ka = m.keep_alive if m.keep_alive is not None else m.spec.ttl
+                ka = -1.0 if m.spec.pin else m.keep_alive if m.keep_alive is not None else m.spec.ttl
                 expires = now + FOREVER if ka < 0 else now + ka
             else:
                 expires = m.expires_at
-            out.append(RunningModel(entry=m.entry, expires_at=expires, ctx=m.state.ctx, size=m.size, pid=m.proc.pid))
+            ngl = dict(m.spec.options).get("n_gpu_layers", -1)  # llama.cpp's default: as many as fit
+            vram = offloaded_bytes(m.size, m.n_layers, int(ngl), gpu=bool(self._gpu)) if m.spec.cmd is None else 0
+            out.append(
+                RunningModel(
+                    entry=m.entry,
+                    expires_at=expires,
+                    ctx=m.state.ctx,
+                    size=self.memory_of(m),
+                    pid=m.proc.pid,
+                    size_vram=vram,
+                )
+            )
         return out
+
+    def loading(self) -> list[LoadingModel]:
+        """The models whose process is starting, with the stage it is at (what /api/ps lists as `loading`)."""
+        return [
+            LoadingModel(entry=m.entry, stage=m.stage, since=m.stage_since, ctx=m.state.ctx, size=self.memory_of(m))
+            for m in self.models.values()
+            if m.state.phase is Phase.STARTING and not m.removed
+        ]
 
     def statuses(self) -> list[ModelStatus]:
         """Every managed model's state, by name (a model whose file left the folder, once stopped, is gone)."""
@@ -155,11 +190,53 @@ class ModelManager:
             )
         return out
 
+    def memory_of(self, m: ManagedModel, ctx: int | None = None) -> int:
+        """The estimated resident bytes of `m` running with context `ctx` per slot (None: the one it runs or
+        last ran with, else the one it would start with): `memory.estimate`, what the budget counts."""
+        ctx = ctx or m.state.ctx or m.ctx_for(None)
+        return estimate(m.size, m.kv, ctx * m.spec.parallel, dict(m.spec.options))
+
     def _candidates(self) -> Iterable[Candidate]:
         return [
-            Candidate(name=b, phase=m.state.phase, busy=m.state.busy, last_used=m.state.last_used)
+            Candidate(
+                name=b,
+                phase=m.state.phase,
+                busy=m.state.busy,
+                last_used=m.state.last_used,
+                pinned=m.spec.pin,
+                memory=self.memory_of(m) if m.state.holds_slot else 0,
+            )
             for b, m in self.models.items()
         ]
+
+    def _groups(self) -> list[Group]:
+        """`runtime.groups`, their members resolved to backends now (a models folder model may come later)."""
+        out = []
+        for g in self.settings.groups:
+            members = set()
+            for name in g.members:
+                entry = self.registry.find(name)
+                if entry is not None and entry.backend in self.models:
+                    members.add(entry.backend)
+            out.append(Group(name=g.name, members=frozenset(members), exclusive=g.exclusive))
+        return out
+
+    def _plan(self, backend: str, ctx: int | None = None) -> Decision:
+        """The policy's decision for starting `backend` with context `ctx` (None: the one it would start with)."""
+        m = self.models[backend]
+        need = self.memory_of(m, ctx or m.ctx_for(None))
+        budget = self.settings.memory_budget
+        return plan_start(
+            self._candidates(), self.settings.max_running, backend, self._groups(), budget=budget, need=need
+        )
+
+    def _short_message(self, m: ManagedModel, short: Shortfall) -> str:
+        held = ", ".join(f"'{self.models[b].name}' {_gib(n)} ({why})" for b, n, why in short.in_use)
+        return (
+            f"model '{m.name}' needs about {_gib(short.need)} of memory, which does not fit in "
+            f"runtime.memory_budget ({_gib(short.budget)}): {held or 'nothing'} in use, and the models holding it "
+            "cannot be stopped now; try again later"
+        )
 
     # -------------------------------------------------------------------------------------- requests
     async def acquire(self, backend: str, num_ctx: int | None = None) -> Lease:
@@ -206,14 +283,21 @@ class ModelManager:
                     assert m.stop_task is not None
                     await asyncio.shield(m.stop_task)
                 else:
-                    decision = plan_start(self._candidates(), self.settings.max_running, backend)
+                    decision = self._plan(backend, want)
                     if decision.start:
+                        if decision.over_budget:
+                            self._warn_over_budget(m, want)
                         self._begin_start(m, want)
                         started = True
+                        self._start_companions(backend)
                     elif (restart := self._unwanted_restart(backend)) is not None:
                         # a request must not wait for a model nobody asked for to load, only to evict it
                         log.info("model '%s': calling off the restart of '%s' to make room", m.name, restart.name)
                         await self._stop(restart)
+                    elif decision.short is not None:
+                        raise ServiceUnavailable(
+                            self._short_message(m, decision.short), headers={"Retry-After": RETRY_AFTER}
+                        )
                     elif decision.evict is not None:
                         victim = self.models[decision.evict]
                         log.info("model '%s': stopping idle '%s' to make room", m.name, victim.name)
@@ -328,8 +412,8 @@ class ModelManager:
                     continue  # a request started it meanwhile, or it was stopped: look again
                 if m.keep_alive == 0:
                     why = "its last request asked to unload it"
-                elif not plan_start(self._candidates(), self.settings.max_running, m.backend).start:
-                    why = f"no free slot (runtime.max_running is {self.settings.max_running})"
+                elif not (decision := self._plan(m.backend, st.ctx)).start:
+                    why = self._no_room(m, decision)
                 else:
                     log.info("model '%s': restarting after a crash (try %d)", m.name, st.restarts + 1)
                     self._begin_start(m, st.ctx)
@@ -356,6 +440,22 @@ class ModelManager:
             getattr(exc, "message", None) or exc,
         )
 
+    def _no_room(self, m: ManagedModel, decision: Decision) -> str:
+        """Why a start that never evicts (a restart, a preload, a companion) does not happen."""
+        holding = sum(1 for o in self.models.values() if o is not m and o.state.holds_slot)
+        if decision.short is not None or holding < self.settings.max_running:
+            return f"it does not fit in runtime.memory_budget ({_gib(self.settings.memory_budget or 0)})"
+        return f"no free slot (runtime.max_running is {self.settings.max_running})"
+
+    def _warn_over_budget(self, m: ManagedModel, ctx: int) -> None:
+        log.warning(
+            "model '%s': its estimated %s exceeds runtime.memory_budget (%s); starting it anyway, as nothing "
+            "else is running",
+            m.name,
+            _gib(self.memory_of(m, ctx)),
+            _gib(self.settings.memory_budget or 0),
+        )
+
     def _unwanted_restart(self, wanted: str) -> ManagedModel | None:
         """A background restart still loading that no request waits for: it yields its slot to `wanted`."""
         for b, m in self.models.items():
@@ -363,6 +463,42 @@ class ModelManager:
             if b != wanted and st.phase is Phase.STARTING and st.recovering and not st.busy:
                 return m
         return None
+
+    # ---------------------------------------------------------------------------- preload and groups
+    async def preload(self, names: Sequence[str]) -> None:
+        """`runtime.preload`: start these models one after another, before any request asks, in free slots
+        only (a preload never evicts, not even an earlier preload); run in the background by start-up."""
+        for name in names:
+            entry = self.registry.find(name)
+            m = self.models.get(entry.backend) if entry is not None else None
+            if m is None or m.removed:
+                log.warning("runtime.preload: '%s' is not a model ollamux runs itself; not preloaded", name)
+                continue
+            await self._start_if_free(m, "preload")
+
+    def _start_companions(self, backend: str) -> None:
+        """The other members of the groups of a model that starts: started too, in free slots."""
+        for other in companions(backend, self._groups()):
+            self._background(self._start_if_free(self.models[other], f"group member of '{self.models[backend].name}'"))
+
+    async def _start_if_free(self, m: ManagedModel, why: str) -> None:
+        """Start `m` without a request when a slot is free (never evicting); wait for it, log a failure."""
+        if self._closing or m.state.phase not in (Phase.STOPPED, Phase.FAILED):
+            return
+        decision = self._plan(m.backend)
+        if not decision.start:
+            log.info("model '%s' (%s): %s; not started", m.name, why, self._no_room(m, decision))
+            return
+        if decision.over_budget:
+            self._warn_over_budget(m, m.ctx_for(None))
+        log.info("model '%s': starting (%s)", m.name, why)
+        self._begin_start(m, m.ctx_for(None))
+        task = m.start_task
+        assert task is not None
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.warning("model '%s' (%s) did not start: %s", m.name, why, getattr(exc, "message", None) or exc)
 
     def _begin_start(self, m: ManagedModel, ctx: int) -> None:
         m.state.apply(Event.START)
@@ -384,6 +520,8 @@ class ModelManager:
 
             return [fill(a) for a in spec.cmd]
         assert spec.gguf is not None
+        # llama.cpp divides n_ctx among its slots; `ctx` is what one request gets (Ollama's num_ctx, which
+        # it multiplies by OLLAMA_NUM_PARALLEL the same way), so the engine is given ctx for every slot
         argv = [
             self.python,
             "-m",
@@ -393,7 +531,7 @@ class ModelManager:
             "--port",
             str(port),
             "--ctx",
-            str(ctx),
+            str(ctx * spec.parallel),
             "--parallel",
             str(spec.parallel),
             "--alias",
@@ -401,6 +539,10 @@ class ModelManager:
         ]
         if spec.threads:
             argv += ["--threads", str(spec.threads)]
+        if m.mmproj is not None:
+            argv += ["--mmproj", str(m.mmproj)]
+        if spec.options:
+            argv += ["--options", engine_options.dumps(dict(spec.options))]
         if spec.rerank:
             argv.append("--rerank")  # a `cmd:` model sets its own server's flag (llama-server --reranking)
         return argv
@@ -414,12 +556,16 @@ class ModelManager:
         log.info("model '%s': starting on port %d with context %d (log %s)", m.name, port, ctx, log_path)
         proc: ChildProcess | None = None
         ok = False
+        m.set_stage("spawning")
         try:
+            if self._gpu is None:
+                self._gpu = await asyncio.to_thread(gpu_available)  # imports xllamacpp once: not on the loop
             try:
                 proc = await ChildProcess.spawn(argv, dict(spec.env), log_path)
             except OSError as exc:
                 raise ModelStartError(f"model '{m.name}' cannot start: {argv[0]}: {exc.strerror or exc}") from None
             m.proc = proc
+            m.set_stage("loading")  # the process runs; llama.cpp's /health answers 503 until the model is in
             health = spec.health if spec.cmd is not None else "/health"
             url = health if health.startswith("http") else f"http://127.0.0.1:{port}/{health.lstrip('/')}"
             healthy = await proc.wait_healthy(self.client, url, deadline)
@@ -521,6 +667,8 @@ class ModelManager:
         if m.state.busy or m.state.phase is not Phase.READY:
             return
         ka = 0.0 if m.removed else (m.keep_alive if m.keep_alive is not None else m.spec.ttl)
+        if m.spec.pin and not m.removed:
+            ka = -1.0  # pinned: a request's keep_alive does not stop it either; only an explicit unload does
         if ka < 0:
             m.expires_at = time.time() + FOREVER
             return
@@ -566,6 +714,10 @@ class ModelManager:
         for t in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await t
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _http_backend(settings: BackendSettings, client: aiohttp.ClientSession) -> HTTPBackend:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends.http import HTTPBackend
 from ..config import RuntimeSpec
 from ..registry import ModelEntry
+from .memory import KVShape
 from .process import ChildProcess
 from .state import ModelState
 
-__all__ = ["ManagedModel", "ModelStatus", "RunningModel"]
+__all__ = ["LoadingModel", "ManagedModel", "ModelStatus", "RunningModel"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,19 @@ class RunningModel:
     ctx: int
     size: int
     pid: int
+    size_vram: int = 0  # bytes offloaded to a GPU (an estimate: `vram.offloaded_bytes`)
+
+
+@dataclass(frozen=True)
+class LoadingModel:
+    """A model whose process is starting: `stage` is "spawning" (the process is being created) or "loading"
+    (it runs, reading the model in, until its /health answers); `since` is the unix time of that stage."""
+
+    entry: ModelEntry
+    stage: str
+    since: float
+    ctx: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,10 @@ class ManagedModel:
     entry: ModelEntry
     spec: RuntimeSpec
     gguf: Path | None  # the model file, when known (a cmd: model naming one in its arguments too)
+    mmproj: Path | None = None  # its vision projector, loaded with it (vision.py pairs them)
     max_ctx: int | None = None  # the context the model was trained for: never start with more
+    n_layers: int | None = None  # its repeating layers (GGUF block_count): what n_gpu_layers counts
+    kv: KVShape | None = None  # its KV cache's shape (GGUF header): what the memory estimate counts per position
     size: int = 0
     state: ModelState = field(default_factory=ModelState)
     proc: ChildProcess | None = None
@@ -70,6 +88,11 @@ class ManagedModel:
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
     removed: bool = False  # its file left the models folder
+    stage: str = "spawning"  # while starting: what `LoadingModel.stage` says
+    stage_since: float = 0.0
+
+    def set_stage(self, stage: str) -> None:
+        self.stage, self.stage_since = stage, time.time()
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -71,8 +72,10 @@ class OpenAIToOllamaStream:
         think: Any = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         top_logprobs: int | None = None,
+        context: Callable[[str], list[int]] | None = None,
     ) -> None:
         self._decoder = SSEDecoder(max_event_bytes=max_event_bytes)
+        self.context = context  # a generate's final `context` from its answer (translate.gen_context)
         self.top_logprobs = top_logprobs  # None: the client asked for no logprobs (translate.logprobs)
         self._lines: list[bytes] = []
         self.model = model
@@ -362,5 +365,7 @@ class OpenAIToOllamaStream:
             obj["response"] = ""
         obj["done"] = True
         obj["done_reason"] = done_reason(self.finish_reason)
+        if self.context is not None:
+            obj["context"] = self.context("".join(self.text_parts))
         obj.update(final_metrics(self.usage, self.timings, self.timing, end))
         return obj

@@ -1,0 +1,51 @@
+"""What `ollamux serve` says at start-up (pure): the models it serves and where they come from.
+
+Printed once the app's lifespan has registered every model (config, the models folder's scan, discovery,
+created models), so the list is what /api/tags will answer; a server with nothing to serve says how to
+give it something instead of listening silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..config import Settings
+from ..registry import CREATED_SOURCE, ModelEntry
+
+__all__ = ["SHOWN", "served_lines"]
+
+SHOWN = 25  # models listed by name; a larger catalogue is summed up after these
+
+
+def _origin(entry: ModelEntry) -> str:
+    if entry.source == "models_dir":
+        return "models folder"
+    if entry.source == CREATED_SOURCE:
+        return "created"
+    if entry.source.startswith("backend:") or entry.source == "config":
+        return f"backend {entry.backend}" if entry.backend else entry.source
+    return entry.source
+
+
+def served_lines(settings: Settings, entries: Sequence[ModelEntry]) -> list[str]:
+    lines: list[str] = []
+    folder = settings.runtime.models_dir
+    if folder is not None:
+        state = "" if folder.is_dir() else " (does not exist yet)"
+        lines.append(f"models folder: {folder}{state}")
+    for name, b in settings.backends.items():
+        lines.append(f"backend {name}: {b.type} {', '.join(b.urls)}{' (models discovered)' if b.discover else ''}")
+    if not entries:
+        where = f"put GGUF files in {folder}, " if folder is not None else ""
+        lines.append(
+            f"warning: no models to serve; {where}run `ollamux pull hf.co/OWNER/REPO`, "
+            "or name a backend (--backend URL or a config file)"
+        )
+        return lines
+    lines.append(f"serving {len(entries)} model{'s' if len(entries) != 1 else ''}:")
+    width = min(max(len(e.name) for e in entries), 60)
+    for e in entries[:SHOWN]:
+        lines.append(f"  {e.name:<{width}}  {_origin(e)}")
+    if len(entries) > SHOWN:
+        lines.append(f"  ... and {len(entries) - SHOWN} more (`ollamux list`)")
+    return lines
