@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -107,5 +109,30 @@ def test_group_members_load_together_and_an_exclusive_group_stops_the_rest(
         )
         assert r.status_code == 200
         wait_for(lambda: set(p.ps()) == {"smol-solo:latest"}, timeout=60, what="the exclusive group alone")
+    finally:
+        p.close()
+
+
+def test_api_ps_shows_a_loading_model_with_its_stage(
+    loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """While the real engine reads SmolLM2 in, /api/ps lists it under `loading` with its stage, and not
+    among the loaded `models` (Ollama clients read every item there as loaded)."""
+    config = {"models": {"smol-load": {"runtime": {"gguf": str(model_file()), "ctx": CTX, "threads": 2}}}}
+    p = start_proxy(loop_thread, config, tmp_path_factory.mktemp("loading-e2e"))
+    try:
+        seen: list[dict[str, object]] = []
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = pool.submit(p.post, "/api/generate", {"model": "smol-load", "keep_alive": "5m"})
+            while not started.done():
+                body = httpx.get(p.url + "/api/ps", timeout=5).json()
+                seen += body.get("loading", [])
+                assert all(m["name"] != "smol-load:latest" for m in body["models"]) or not body.get("loading")
+                time.sleep(0.02)
+            assert started.result().status_code == 200
+        assert seen and {s["stage"] for s in seen} <= {"spawning", "loading"}
+        assert seen[0]["name"] == "smol-load:latest"
+        body = httpx.get(p.url + "/api/ps", timeout=5).json()
+        assert "loading" not in body and [m["name"] for m in body["models"]] == ["smol-load:latest"]
     finally:
         p.close()
