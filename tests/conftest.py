@@ -11,6 +11,7 @@ from ollamux.config import parse_settings
 
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
+from .fronts import pivot_backend  # noqa: F401 (a fixture of the Responses and Messages tests)
 from .servers import LoopThread
 
 ProxyFactory = Callable[[dict[str, Any]], str]

@@ -17,11 +17,10 @@ import pytest
 from anthropic.types import ToolParam
 
 from .conftest import ProxyFactory, basic_config
-from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
+from .fronts import Backend
 from .servers import log_row
 from .test_metrics import scrape, value
-from .test_responses_api import Backend, ollama_config
 
 WEATHER: ToolParam = {
     "name": "get_weather",
@@ -29,20 +28,6 @@ WEATHER: ToolParam = {
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 HI: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(params=["openai", "ollama"])
-def backend(
-    request: pytest.FixtureRequest,
-    fake_openai: tuple[FakeOpenAI, str],
-    fake_ollama: tuple[FakeOllama, str],
-    start_proxy: ProxyFactory,
-) -> Backend:
-    if request.param == "openai":
-        return Backend(
-            "openai", start_proxy(basic_config(fake_openai[1])), fake_openai[0], "Hello from the fake!", (11, 3)
-        )
-    return Backend("ollama", start_proxy(ollama_config(fake_ollama[1])), fake_ollama[0], "Hello from Ollama!", (7, 3))
 
 
 @pytest.fixture
@@ -58,35 +43,37 @@ def claude() -> Iterator[Callable[[str], anthropic.Anthropic]]:
         c.close()
 
 
-def test_text(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    m = claude(backend.url).messages.create(model="fake-model", max_tokens=64, system="Be brief.", messages=HI)
+def test_text(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    m = claude(pivot_backend.url).messages.create(model="fake-model", max_tokens=64, system="Be brief.", messages=HI)
     assert m.type == "message" and m.role == "assistant" and m.model == "fake-model"
     assert [b.type for b in m.content] == ["text"]
-    assert m.content[0].type == "text" and m.content[0].text == backend.text
+    assert m.content[0].type == "text" and m.content[0].text == pivot_backend.text
     assert m.stop_reason == "end_turn"
-    assert (m.usage.input_tokens, m.usage.output_tokens) == backend.usage
-    messages = backend.last_messages()
+    assert (m.usage.input_tokens, m.usage.output_tokens) == pivot_backend.usage
+    messages = pivot_backend.last_messages()
     assert messages[0] == {"role": "system", "content": "Be brief."}
     assert messages[-1]["role"] == "user"
 
 
-def test_streamed_text(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    with claude(backend.url).messages.stream(model="fake-model", max_tokens=64, messages=HI) as stream:
+def test_streamed_text(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    with claude(pivot_backend.url).messages.stream(model="fake-model", max_tokens=64, messages=HI) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
-    assert text == backend.text
-    assert final.stop_reason == "end_turn" and final.usage.output_tokens == backend.usage[1]
+    assert text == pivot_backend.text
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == pivot_backend.usage[1]
 
 
-def test_streamed_event_sequence(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    events = list(claude(backend.url).messages.create(model="fake-model", max_tokens=64, messages=HI, stream=True))
+def test_streamed_event_sequence(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    events = list(
+        claude(pivot_backend.url).messages.create(model="fake-model", max_tokens=64, messages=HI, stream=True)
+    )
     types = [e.type for e in events]
     assert types[0] == "message_start" and types[-1] == "message_stop"
     assert "content_block_start" in types and "content_block_stop" in types and "message_delta" in types
 
 
-def test_system_blocks_and_parameters(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    claude(backend.url).messages.create(
+def test_system_blocks_and_parameters(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    claude(pivot_backend.url).messages.create(
         model="fake-model",
         max_tokens=42,
         system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
@@ -95,20 +82,20 @@ def test_system_blocks_and_parameters(backend: Backend, claude: Callable[[str], 
         # this SDK has no sampling arguments any more; the API (and older SDKs, and other clients) still do
         extra_body={"temperature": 0.25, "top_p": 0.5, "top_k": 7},
     )
-    body = backend.fake.last().json
-    if backend.kind == "openai":
+    body = pivot_backend.fake.last().json
+    if pivot_backend.kind == "openai":
         assert (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"]) == (0.25, 0.5, 7, 42)
         assert body["stop"] == ["END"]
     else:
         o = body["options"]
         assert (o["temperature"], o["top_p"], o["top_k"], o["num_predict"], o["stop"]) == (0.25, 0.5, 7, 42, ["END"])
-    assert "Be brief." in json.dumps(backend.last_messages()[0])
+    assert "Be brief." in json.dumps(pivot_backend.last_messages()[0])
 
 
-def test_tool_use_and_result_round_trip(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    c = claude(backend.url)
+def test_tool_use_and_result_round_trip(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    c = claude(pivot_backend.url)
     m = c.messages.create(model="tools", max_tokens=64, messages=HI, tools=[WEATHER])
-    assert m.stop_reason == "tool_use" or backend.kind == "ollama"  # Ollama says "stop" for a tool call
+    assert m.stop_reason == "tool_use" or pivot_backend.kind == "ollama"  # Ollama says "stop" for a tool call
     uses = [b for b in m.content if b.type == "tool_use"]
     assert len(uses) == 1 and uses[0].name == "get_weather" and uses[0].input == {"city": "Tokyo", "unit": "c"}
     c.messages.create(
@@ -124,67 +111,73 @@ def test_tool_use_and_result_round_trip(backend: Backend, claude: Callable[[str]
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "sunny, 21 C"}]},
         ],
     )
-    messages = backend.last_messages()
+    messages = pivot_backend.last_messages()
     assert messages[-2]["role"] == "assistant" and messages[-2]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert messages[-1]["role"] == "tool" and "sunny, 21 C" in json.dumps(messages[-1])
 
 
-def test_tool_use_streamed(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    with claude(backend.url).messages.stream(model="tools", max_tokens=64, messages=HI, tools=[WEATHER]) as stream:
+def test_tool_use_streamed(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    with claude(pivot_backend.url).messages.stream(
+        model="tools", max_tokens=64, messages=HI, tools=[WEATHER]
+    ) as stream:
         final = stream.get_final_message()
     uses = [b for b in final.content if b.type == "tool_use"]
     assert len(uses) == 1 and uses[0].input == {"city": "Tokyo", "unit": "c"}
 
 
-def test_thinking(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    m = claude(backend.url).messages.create(
+def test_thinking(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    m = claude(pivot_backend.url).messages.create(
         model="think", max_tokens=64, messages=HI, thinking={"type": "enabled", "budget_tokens": 2048}
     )
     assert m.content[0].type == "thinking" and m.content[0].thinking == "Let me think."
-    body = backend.fake.last().json
-    assert body.get("think") if backend.kind == "ollama" else body["chat_template_kwargs"]["enable_thinking"]
+    body = pivot_backend.fake.last().json
+    assert body.get("think") if pivot_backend.kind == "ollama" else body["chat_template_kwargs"]["enable_thinking"]
 
 
-def test_count_tokens(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
-    c = claude(backend.url)
+def test_count_tokens(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+    c = claude(pivot_backend.url)
     short = c.messages.count_tokens(model="fake-model", messages=HI)
     long = c.messages.count_tokens(
         model="fake-model", messages=[{"role": "user", "content": "hello there " * 50}], system="Be brief."
     )
     assert 0 < short.input_tokens < long.input_tokens
-    if backend.kind == "openai":
+    if pivot_backend.kind == "openai":
         # llama.cpp's tokenizer (the fake counts words) at the server root, not an estimate
-        sent = backend.fake.last("/tokenize")
+        sent = pivot_backend.fake.last("/tokenize")
         assert sent.path == "/tokenize" and "hello there" in sent.json["content"]
         assert long.input_tokens == len(sent.json["content"].split())
 
 
-def test_unknown_model_is_not_found(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+def test_unknown_model_is_not_found(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
     with pytest.raises(anthropic.NotFoundError, match="no-such-model") as e:
-        claude(backend.url).messages.create(model="no-such-model", max_tokens=8, messages=HI)
+        claude(pivot_backend.url).messages.create(model="no-such-model", max_tokens=8, messages=HI)
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
-def test_bad_json_is_a_400_in_anthropic_envelope(backend: Backend) -> None:
-    r = httpx.post(backend.url + "/v1/messages", content=b"{not json", headers={"Content-Type": "application/json"})
+def test_bad_json_is_a_400_in_anthropic_envelope(pivot_backend: Backend) -> None:
+    r = httpx.post(
+        pivot_backend.url + "/v1/messages", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400
     body = r.json()
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
 
 
-def test_backend_error_keeps_its_status(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+def test_backend_error_keeps_its_status(pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
     with pytest.raises(anthropic.BadRequestError, match="temperature too hot"):
-        claude(backend.url).messages.create(model="x-bad-request", max_tokens=8, messages=HI)
+        claude(pivot_backend.url).messages.create(model="x-bad-request", max_tokens=8, messages=HI)
 
 
-def test_error_mid_stream_raises_in_the_sdk(backend: Backend, claude: Callable[[str], anthropic.Anthropic]) -> None:
+def test_error_mid_stream_raises_in_the_sdk(
+    pivot_backend: Backend, claude: Callable[[str], anthropic.Anthropic]
+) -> None:
     with pytest.raises(anthropic.APIError, match="crashed"):
-        with claude(backend.url).messages.stream(model="x-midstream", max_tokens=8, messages=HI) as stream:
+        with claude(pivot_backend.url).messages.stream(model="x-midstream", max_tokens=8, messages=HI) as stream:
             for _ in stream:
                 pass
 
 
-def test_claude_code_shaped_request(backend: Backend) -> None:
+def test_claude_code_shaped_request(pivot_backend: Backend) -> None:
     """What Claude Code sends: a query string, beta headers, system blocks with cache_control, tools with
     extra keys, metadata, context_management, adaptive thinking, a system message inside messages."""
     body: dict[str, Any] = {
@@ -210,25 +203,25 @@ def test_claude_code_shaped_request(backend: Backend) -> None:
         "anthropic-version": "2023-06-01",
         "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
     }
-    r = httpx.post(backend.url + "/v1/messages?beta=true", json=body, headers=headers, timeout=20)
+    r = httpx.post(pivot_backend.url + "/v1/messages?beta=true", json=body, headers=headers, timeout=20)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.startswith("event: message_start\n")
     assert "event: content_block_start\n" in r.text and "event: message_stop\n" in r.text
 
 
-def test_real_claude_code_body_reaches_the_backend_with_one_system_message(backend: Backend) -> None:
+def test_real_claude_code_body_reaches_the_backend_with_one_system_message(pivot_backend: Backend) -> None:
     """The body Claude Code 2.1.332 really sent (tests/data): its system blocks and the system message it
     puts after the user's become one leading system message, which every chat template accepts."""
     body = json.loads((Path(__file__).parent / "data" / "claude_code_request.json").read_text())
     body["model"] = "fake-model"
-    r = httpx.post(backend.url + "/v1/messages?beta=true", json=body, headers={"x-api-key": "k"}, timeout=20)
+    r = httpx.post(pivot_backend.url + "/v1/messages?beta=true", json=body, headers={"x-api-key": "k"}, timeout=20)
     assert r.status_code == 200, r.text
-    messages = backend.last_messages()
+    messages = pivot_backend.last_messages()
     assert [m["role"] for m in messages].count("system") == 1 and messages[0]["role"] == "system"
     assert "working directory" in messages[0]["content"].lower()  # the in-messages system text was kept
-    if backend.kind == "openai":
-        assert len(backend.fake.last().json["tools"]) == len(body["tools"])
+    if pivot_backend.kind == "openai":
+        assert len(pivot_backend.fake.last().json["tools"]) == len(body["tools"])
 
 
 @pytest.mark.parametrize(
