@@ -11,7 +11,7 @@ from ollamux.config import parse_settings
 
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
-from .fronts import pivot_backend  # noqa: F401 (a fixture of the Responses and Messages tests)
+from .fronts import Backend, ollama_config
 from .servers import LoopThread
 
 ProxyFactory = Callable[[dict[str, Any]], str]
@@ -77,3 +77,17 @@ def basic_config(upstream_url: str) -> dict[str, Any]:
 @pytest.fixture
 def proxy(fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory) -> str:
     return start_proxy(basic_config(fake_openai[1]))
+
+
+@pytest.fixture(params=["openai", "ollama"])
+def pivot_backend(  # the Responses and Messages suites: each test against both kinds of backend
+    request: pytest.FixtureRequest,
+    fake_openai: tuple[FakeOpenAI, str],
+    fake_ollama: tuple[FakeOllama, str],
+    start_proxy: ProxyFactory,
+) -> Backend:
+    if request.param == "openai":
+        return Backend(
+            "openai", start_proxy(basic_config(fake_openai[1])), fake_openai[0], "Hello from the fake!", (11, 3)
+        )
+    return Backend("ollama", start_proxy(ollama_config(fake_ollama[1])), fake_ollama[0], "Hello from Ollama!", (7, 3))

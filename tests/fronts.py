@@ -1,13 +1,11 @@
 """What the tests of the new fronts (Responses, Messages) share: each runs against both kinds of backend,
-reached through the pivot, with the fake's recorder and what its answers say."""
+reached through the pivot (the `pivot_backend` fixture in conftest.py), with the fake's recorder and what
+its answers say."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from .conftest import ProxyFactory, basic_config
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
 
@@ -38,17 +36,3 @@ class Backend:
         messages = body["messages"]
         assert isinstance(messages, list)
         return messages
-
-
-@pytest.fixture(params=["openai", "ollama"])
-def pivot_backend(
-    request: pytest.FixtureRequest,
-    fake_openai: tuple[FakeOpenAI, str],
-    fake_ollama: tuple[FakeOllama, str],
-    start_proxy: ProxyFactory,
-) -> Backend:
-    if request.param == "openai":
-        return Backend(
-            "openai", start_proxy(basic_config(fake_openai[1])), fake_openai[0], "Hello from the fake!", (11, 3)
-        )
-    return Backend("ollama", start_proxy(ollama_config(fake_ollama[1])), fake_ollama[0], "Hello from Ollama!", (7, 3))
