@@ -4,6 +4,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import openai
 import pytest
 
 from ollamux import create_app
@@ -91,3 +92,17 @@ def pivot_backend(  # the Responses and Messages suites: each test against both 
             "openai", start_proxy(basic_config(fake_openai[1])), fake_openai[0], "Hello from the fake!", (11, 3)
         )
     return Backend("ollama", start_proxy(ollama_config(fake_ollama[1])), fake_ollama[0], "Hello from Ollama!", (7, 3))
+
+
+@pytest.fixture
+def oai() -> Iterator[Callable[[str], openai.OpenAI]]:
+    """Official openai clients for a base URL (no retries: a test sees the first answer), closed at the end."""
+    made: list[openai.OpenAI] = []
+
+    def make(base: str) -> openai.OpenAI:
+        made.append(openai.OpenAI(base_url=base + "/v1", api_key="sk-client", max_retries=0, timeout=20))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()

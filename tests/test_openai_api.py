@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -50,19 +50,6 @@ def ollama_backend_config(url: str, **backend: Any) -> dict[str, Any]:
 @pytest.fixture
 def ollama_proxy(fake_ollama: tuple[FakeOllama, str], start_proxy: ProxyFactory) -> str:
     return start_proxy(ollama_backend_config(fake_ollama[1]))
-
-
-@pytest.fixture
-def oai() -> Iterator[Callable[[str], openai.OpenAI]]:
-    made: list[openai.OpenAI] = []
-
-    def make(base: str) -> openai.OpenAI:
-        made.append(openai.OpenAI(base_url=base + "/v1", api_key="sk-client", max_retries=0, timeout=20))
-        return made[-1]
-
-    yield make
-    for c in made:
-        c.close()
 
 
 def collect(

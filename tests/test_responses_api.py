@@ -8,7 +8,7 @@ itself) and an Ollama fake (the pivot, then Ollama's native API). Stored respons
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,19 +25,6 @@ WEATHER: FunctionToolParam = {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     "strict": False,
 }
-
-
-@pytest.fixture
-def oai() -> Iterator[Callable[[str], openai.OpenAI]]:
-    made: list[openai.OpenAI] = []
-
-    def make(base: str) -> openai.OpenAI:
-        made.append(openai.OpenAI(base_url=base + "/v1", api_key="sk-client", max_retries=0, timeout=20))
-        return made[-1]
-
-    yield make
-    for c in made:
-        c.close()
 
 
 def test_text(pivot_backend: Backend, oai: Callable[[str], openai.OpenAI]) -> None:
