@@ -3,6 +3,7 @@
 The backend's `request()` is overridden to do no I/O, so only the wrapper is timed:
     /work/venv/bin/python bench/failover_overhead.py
 Measured on the 2-core dev box: a bare lease + request ~0.6-3 us, through open_upstream ~2-5 us: ~1.5-2 us added.
+It also times `pick()` on a healthy single replica (the suite once asserted < 5 us there; a timing belongs here).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ async def main(n: int = 100_000) -> None:
         wrapped = (time.perf_counter() - t0) / n
     added = (wrapped - direct) * 1e6
     print(f"direct {direct * 1e6:.2f} us, open_upstream {wrapped * 1e6:.2f} us, added {added:.2f} us")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        b.pick()
+    per_pick = (time.perf_counter() - t0) / n * 1e6
+    print(f"pick() on a healthy single replica: {per_pick:.2f} us (target < 5 us): {'met' if per_pick < 5 else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -605,15 +605,12 @@ def test_pick_prefers_healthy_untried_then_probes_after_cooldown() -> None:
     assert backend.pick() is probe
 
 
-def test_healthy_single_replica_pick_is_cheap() -> None:
+def test_healthy_single_replica_is_picked_every_time() -> None:
+    # how fast pick() is lives in bench/failover_overhead.py (a timed assertion on a shared machine is noise)
     s = parse_settings(one_backend("http://127.0.0.1:1"), {})
     backend = HTTPBackend(s.backends["up"], client=None)  # type: ignore[arg-type]
-    n = 100_000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        backend.pick()
-    per_call = (time.perf_counter() - t0) / n
-    assert per_call < 5e-6, f"pick() took {per_call * 1e6:.2f} us"
+    only = backend.replicas[0]
+    assert all(backend.pick() is only for _ in range(1000)) and only.healthy and not only.probing
 
 
 # ------------------------------------------------------------------------------------ the OpenAI API
