@@ -60,7 +60,8 @@ async def main(n: int = 100_000) -> None:
     for _ in range(n):
         b.pick()
     per_pick = (time.perf_counter() - t0) / n * 1e6
-    print(f"pick() on a healthy single replica: {per_pick:.2f} us (target < 5 us): {'met' if per_pick < 5 else 'NOT met'}")
+    verdict = "met" if per_pick < 5 else "NOT met"
+    print(f"pick() on a healthy single replica: {per_pick:.2f} us (target < 5 us): {verdict}")
 
 
 if __name__ == "__main__":
