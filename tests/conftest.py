@@ -13,10 +13,17 @@ from ollamux.config import parse_settings
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
 from .fronts import Backend, ollama_config
+from .pg_server import PgServer, running_pg_server
 from .servers import LoopThread
 
 ProxyFactory = Callable[[dict[str, Any]], str]
 F = TypeVar("F", FakeOpenAI, FakeOllama)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL 15 on loopback, password auth (tests/pg_server.py); skipped where it cannot run."""
+    yield from running_pg_server()
 
 
 @pytest.fixture(scope="session")

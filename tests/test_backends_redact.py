@@ -27,3 +27,14 @@ def test_text_without_secrets_comes_back_as_is() -> None:
     r = Redactor(["sk-live-123456"])
     msg = "model 'x' not found"
     assert r.text(msg) is msg and r.data(msg.encode()) == msg.encode()
+
+
+def test_mask_url_hides_a_urls_password_wherever_it_appears() -> None:
+    from ollamux.backends.redact import mask_url
+
+    assert mask_url("http://ops:s3cret-pw@10.0.0.2:8080/v1") == f"http://ops:{MASK}@10.0.0.2:8080/v1"
+    assert mask_url("https://:tok-123@h/v1") == f"https://:{MASK}@h/v1"
+    msg = "cannot connect to http://a:b-secret@c:1/v1/models: refused (mail admin@example.com)"
+    assert mask_url(msg) == f"cannot connect to http://a:{MASK}@c:1/v1/models: refused (mail admin@example.com)"
+    plain = "http://user@host/v1"  # a user name without a password opens nothing
+    assert mask_url(plain) is plain

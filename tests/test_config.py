@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,3 +264,17 @@ def test_runtime_restart_errors_name_the_key(value: object, words: str) -> None:
         parse_settings({"models": {"m": {"runtime": {"cmd": "srv", "restart": value}}}}, {})
     assert e.value.key == "models.m.runtime.restart"
     assert words in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [({"api_key": "sk-1"}, "backends.b.api_key"), ({"headers": {"Authorization": "Bearer x"}}, "backends.b.headers")],
+)
+def test_url_credentials_and_another_authorization_are_refused_at_load(extra: dict[str, Any], named: str) -> None:
+    # both would set Authorization: aiohttp refuses such a request, so every request to it would be a 500
+    raw = {"backends": {"b": {"url": "http://user:pw@127.0.0.1:9/v1", **extra}}, "models": {"m": {"backend": "b"}}}
+    with pytest.raises(ConfigError) as e:
+        parse_settings(raw, {})
+    assert named in str(e.value) and "pw" not in str(e.value)
+    ok = parse_settings({"backends": {"b": {"url": "http://user:pw@127.0.0.1:9/v1"}}}, {})
+    assert ok.backends["b"].urls == ("http://user:pw@127.0.0.1:9/v1",)

@@ -95,22 +95,26 @@ def test_public_paths_still_get_the_body_limits(fake_openai: tuple[FakeOpenAI, s
 def test_concurrency_gate_applies_whatever_the_content_type(
     fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory
 ) -> None:
+    fake = fake_openai[0]
     url = start_proxy(_cfg(fake_openai[1], concurrency={"models": {"x-*": {"max": 1, "queue": 0}}}))
 
-    def call(content_type: str | None, path: str = "/api/chat", **body: Any) -> httpx.Response:
+    def call(content_type: str | None, path: str = "/api/chat", model: str = "x-slow") -> httpx.Response:
         headers = {} if content_type is None else {"Content-Type": content_type}
-        payload = {"model": "x-slow", "messages": HI, "stream": True, **body}
+        payload = {"model": model, "messages": HI, "stream": True}
         with httpx.Client(timeout=10) as c:
             return c.post(url + path, content=orjson.dumps(payload), headers=headers)
 
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(call, MULTIPART)  # ~0.4 s of streamed chunks holds the only slot
-        time.sleep(0.15)
-        for ct in CONTENT_TYPES:
-            r = call(ct)
-            assert r.status_code == 503 and "is busy" in r.json()["error"], (ct, r.text)
-        r = call("text/plain", "/v1/chat/completions")
-        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+        first = pool.submit(call, MULTIPART, model="x-held")  # holds the only slot until released
+        assert fake.held.wait(10)
+        try:
+            for ct in CONTENT_TYPES:
+                r = call(ct)
+                assert r.status_code == 503 and "is busy" in r.json()["error"], (ct, r.text)
+            r = call("text/plain", "/v1/chat/completions")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+        finally:
+            fake.release_held.set()
         assert first.result().status_code == 200
     assert call(MULTIPART).status_code == 200  # the slot came back
 

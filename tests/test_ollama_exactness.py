@@ -9,21 +9,24 @@ model's own capabilities run SmolLM2 through the built-in engine (marked e2e, at
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import ollama
+import openai
 import orjson
 import pytest
 
 from ollamux.jsonutil import now_rfc3339, rfc3339
 from ollamux.pipeline.capabilities import refusal
 from ollamux.streams.pivot_collect import PivotCollector
+from ollamux.translate import gen_context
 from ollamux.translate.go_template import TemplateError, render_generate
 
 from .conftest import ProxyFactory, basic_config
+from .fakes.llama_tokenizer import FakeTokenizer, chatml, tokens
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import CONTENT, FakeOpenAI
 from .runtime_helpers import Proxy, model_file
@@ -274,6 +277,168 @@ def test_generate_context_wire_order_and_refusals(proxy: str) -> None:
     assert "context" not in raw.json()
     bad = httpx.post(proxy + "/api/generate", json={"model": "fake-model", "prompt": "hi", "context": [1, 2, 3]})
     assert bad.status_code == 400 and "context" in bad.json()["error"]
+
+
+# ------------------------------------------------- rows 5/6: context as the tokenizer's own token ids
+@pytest.fixture(scope="module")
+def tokenizer_fake(loop_thread: LoopThread) -> Iterator[tuple[FakeTokenizer, str]]:
+    fake = FakeTokenizer()
+    runner, url = loop_thread.start_app(fake.app())
+    yield fake, url
+    loop_thread.stop_app(runner)
+
+
+@pytest.fixture
+def ollama_at() -> Iterator[Callable[[str], ollama.Client]]:
+    """`ollama.Client`s for proxies a test starts itself, closed after it."""
+    made: list[ollama.Client] = []
+
+    def make(host: str) -> ollama.Client:
+        made.append(ollama.Client(host=host))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c._client.close()
+
+
+@pytest.fixture
+def tok(
+    tokenizer_fake: tuple[FakeTokenizer, str], start_proxy: ProxyFactory, ollama_at: Callable[[str], ollama.Client]
+) -> tuple[FakeTokenizer, ollama.Client]:
+    fake, url = tokenizer_fake
+    return fake, ollama_at(start_proxy(exactness_config(url)))
+
+
+def _paths_since(fake: FakeTokenizer, before: int) -> list[str]:
+    return [c.path for c in fake.requests[before:]]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_context_is_the_tokenizers_ids(tok: tuple[FakeTokenizer, ollama.Client], stream: bool) -> None:
+    """Ollama: GenerateHandler (server/routes.go) sets the final object's `context` to
+    `r.Tokenize(prompt + response)` (llm/llama_server.go Tokenize: llama-server's /tokenize, add_special
+    off): the prompt as the model's template rendered it, and the answer. On a llama.cpp backend the prompt
+    is what its /apply-template makes of the chat that was sent, asked after the answer is in (the stream's
+    tokens never wait for it), and the ids are its /tokenize's."""
+    fake, client = tok
+
+    def final(**kw: Any) -> ollama.GenerateResponse:
+        if stream:
+            last: ollama.GenerateResponse = list(client.generate(model="fake-model", stream=True, **kw))[-1]
+            return last
+        whole: ollama.GenerateResponse = client.generate(model="fake-model", **kw)
+        return whole
+
+    before = len(fake.requests)
+    first = final(prompt="What is 2+2?", system="Be brief.")
+    assert _paths_since(fake, before) == ["/v1/chat/completions", "/apply-template", "/tokenize"]
+    sent = fake.last("/chat/completions").json
+    assert fake.last("/apply-template").json == sent  # the very chat the model answered
+    assert "add_special" not in fake.last("/tokenize").json  # llama.cpp's default: no BOS, as Ollama's call
+    rendered = chatml(sent["messages"])
+    assert rendered.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert first.context == tokens(rendered + "".join(CONTENT))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_token_context_goes_before_the_prompt(tok: tuple[FakeTokenizer, ollama.Client], stream: bool) -> None:
+    """Ollama: GenerateHandler (server/routes.go) with `context`: `r.Detokenize(req.Context)` is written
+    before the newly rendered prompt, and that text is the model's prompt (a completion); its final
+    `context` is that prompt and the new answer, tokenized. Here: /detokenize, /apply-template for the new
+    chat, and a raw /v1/completions with both."""
+    fake, client = tok
+    first = client.generate(model="fake-model", prompt="What is 2+2?")
+    earlier = bytes(first.context or []).decode()
+    assert earlier.endswith("What is 2+2?<|im_end|>\n<|im_start|>assistant\n" + "".join(CONTENT))
+
+    kw: dict[str, Any] = {"model": "fake-model", "prompt": "And 3+3?", "context": first.context}
+    second = list(client.generate(stream=True, **kw))[-1] if stream else client.generate(**kw)
+    assert fake.last("/detokenize").json == {"tokens": first.context}
+    prompt = fake.last("/v1/completions").json["prompt"]
+    assert prompt == earlier + chatml([{"role": "user", "content": "And 3+3?"}])
+    assert second.context == tokens(prompt + "Once upon a time")
+    if not stream:
+        assert second.response == "Once upon a time"
+
+
+def test_generate_old_context_on_a_tokenizer_backend(tok: tuple[FakeTokenizer, ollama.Client]) -> None:
+    """A context in ollamux's own encoding (`translate.gen_context`, from a backend without a tokenizer or
+    an earlier version) still restores the exchange, as chat turns; the answer's context is then the
+    tokenizer's ids."""
+    fake, client = tok
+    old = gen_context.encode([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}])
+    r = client.generate(model="fake-model", prompt="And 3+3?", context=old)
+    sent = fake.last("/chat/completions").json["messages"]
+    assert sent == [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    assert r.context == tokens(chatml(sent) + "".join(CONTENT))
+
+
+def test_generate_token_context_refusals(
+    tok: tuple[FakeTokenizer, ollama.Client],
+    fake_openai: tuple[FakeOpenAI, str],
+    start_proxy: ProxyFactory,
+    ollama_at: Callable[[str], ollama.Client],
+) -> None:
+    """Token ids that cannot be read back are a 400 that says why, before the model runs: on a backend
+    without a tokenizer (dialect openai: OpenAI's API has none), with images (a raw completion carries
+    none), or in a broken ollamux encoding; never an exchange silently forgotten."""
+    fake, client = tok
+    before = len(fake.requests)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="fake-model", prompt="hi", images=[PNG_1PX], context=[104, 105])
+    assert err.value.status_code == 400 and "images" in err.value.error
+    assert fake.requests[before:] == []
+    broken = [gen_context.MAGIC, 3, 1]
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="fake-model", prompt="hi", context=broken)
+    assert err.value.status_code == 400 and "context" in err.value.error
+
+    config = exactness_config(fake_openai[1])
+    config["backends"]["fake"]["dialect"] = "openai"
+    plain = ollama_at(start_proxy(config))
+    before = len(fake_openai[0].requests)
+    with pytest.raises(ollama.ResponseError) as err:
+        plain.generate(model="fake-model", prompt="hi", context=[104, 105])
+    assert err.value.status_code == 400
+    assert "token ids" in err.value.error and "backend 'fake' has no tokenizer" in err.value.error
+    assert fake_openai[0].requests[before:] == []  # OpenAI's dialect: nothing asked, nothing generated
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_generate_context_without_a_tokenizer_round_trips(
+    fake_openai: tuple[FakeOpenAI, str],
+    start_proxy: ProxyFactory,
+    ollama_at: Callable[[str], ollama.Client],
+    stream: bool,
+) -> None:
+    """A backend of the openai dialect has no tokenizer to ask: `context` is ollamux's lossless encoding
+    (`translate.gen_context`, first int MAGIC), asked of nobody, and sending it back restores the exchange."""
+    fake, url = fake_openai
+    config = exactness_config(url)
+    config["backends"]["fake"]["dialect"] = "openai"
+    client = ollama_at(start_proxy(config))
+
+    def final(**kw: Any) -> ollama.GenerateResponse:
+        if stream:
+            last: ollama.GenerateResponse = list(client.generate(model="fake-model", stream=True, **kw))[-1]
+            return last
+        whole: ollama.GenerateResponse = client.generate(model="fake-model", **kw)
+        return whole
+
+    before = len(fake.requests)
+    first = final(prompt="What is 2+2?")
+    assert first.context and first.context[0] == gen_context.MAGIC
+    assert [c.path for c in fake.requests[before:]] == ["/v1/chat/completions"]
+    final(prompt="And 3+3?", context=first.context)
+    assert fake.last("/chat/completions").json["messages"][1:] == [
+        {"role": "assistant", "content": "".join(CONTENT)},
+        {"role": "user", "content": "And 3+3?"},
+    ]
 
 
 # ----------------------------------------------------------------------------- row 7: dimensions
@@ -663,3 +828,78 @@ def test_e2e_tags_details_from_the_gguf(smol: Proxy) -> None:
     r = httpx.get(smol.url + "/api/tags")
     details = {m["name"]: m["details"] for m in r.json()["models"]}["smol:latest"]
     assert details["context_length"] == SMOL_CTX and details["embedding_length"] == 576
+
+
+@pytest.mark.e2e
+def test_e2e_generate_context_is_the_engines_tokens(smol: Proxy) -> None:
+    """Ollama: GenerateHandler (server/routes.go) answers with `context` = the model's tokenizer over the
+    rendered prompt and the answer (`r.Tokenize(prompt + response)`), and a context sent back is
+    detokenized before the new prompt. SmolLM2 through the built-in engine: the ids are exactly what its
+    /tokenize makes of its /apply-template output and the answer, and the second prompt holds the first
+    exchange."""
+    client = ollama.Client(host=smol.url)
+    try:
+        opts = {"num_predict": 8, "temperature": 0, "seed": 1}
+        first = client.generate(model="smol", prompt="What is 2+2?", options=opts)
+        ctx = list(first.context or [])
+        assert ctx and ctx[0] != gen_context.MAGIC
+        rendered = smol.post(
+            "/upstream/smol/apply-template", {"messages": [{"role": "user", "content": "What is 2+2?"}]}
+        ).json()["prompt"]
+        answer = str(first.response)
+        engine = smol.post("/tokenize", {"model": "smol", "content": rendered + answer}).json()["tokens"]
+        assert ctx == engine
+
+        def text(ids: Sequence[int]) -> str:
+            return str(smol.post("/detokenize", {"model": "smol", "tokens": list(ids)}).json()["content"])
+
+        earlier = text(ctx)
+        assert "What is 2+2?" in earlier and earlier.endswith(answer)
+        second = list(client.generate(model="smol", prompt="And 3+3?", context=ctx, options=opts, stream=True))[-1]
+        both = text(second.context or [])
+        assert both.startswith(earlier) and "And 3+3?" in both[len(earlier) :]
+        assert second.context and len(second.context) > len(ctx)
+    finally:
+        client._client.close()
+
+
+@pytest.mark.e2e
+def test_e2e_openai_front_checks_the_gguf_capabilities(smol: Proxy) -> None:
+    """The OpenAI front makes the same capability checks as the Ollama API (`pipeline.capabilities`): SmolLM2's
+    GGUF has no tools and no thinking, so `tools` and `reasoning_effort` are 400s in OpenAI's envelope with
+    Ollama's words (its openai/openai.go maps `reasoning_effort` to `think`), before the model runs."""
+    client = openai.OpenAI(base_url=smol.url + "/v1", api_key="sk-client", max_retries=0, timeout=60)
+    messages: Any = HI
+    tools: Any = [{"type": "function", "function": {"name": "f"}}]
+    try:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model="smol", messages=messages, tools=tools)
+        assert exc.value.response.json()["error"]["message"] == "smol:latest does not support tools"
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model="smol", messages=messages, reasoning_effort="high")
+        assert exc.value.response.json()["error"] == {
+            "message": '"smol" does not support thinking',
+            "type": "invalid_request_error",
+            "param": "reasoning_effort",
+            "code": "unsupported_parameter",
+        }
+    finally:
+        client.close()
+
+
+def test_generate_context_asks_a_server_without_apply_template_once(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, ollama_at: Callable[[str], ollama.Client]
+) -> None:
+    """A backend left at the default llama.cpp dialect that is no llama.cpp server (vLLM, another server)
+    answers 404 to /apply-template: that generate's `context` is the lossless encoding, and the backend is
+    not asked again, so later generates cost no extra round trip before their final object."""
+    fake, url = fake_openai
+    client = ollama_at(start_proxy(exactness_config(url)))
+    before = len(fake.requests)
+    first = client.generate(model="fake-model", prompt="What is 2+2?")
+    assert [c.path for c in fake.requests[before:]] == ["/v1/chat/completions", "/apply-template"]
+    assert first.context and first.context[0] == gen_context.MAGIC
+    before = len(fake.requests)
+    second = client.generate(model="fake-model", prompt="And 3+3?", context=first.context)
+    assert [c.path for c in fake.requests[before:]] == ["/v1/chat/completions"]
+    assert second.context and second.context[0] == gen_context.MAGIC

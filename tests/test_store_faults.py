@@ -23,6 +23,7 @@ import pytest
 from ollamux.config import RequestLogSettings
 from ollamux.observe import RequestRecord
 from ollamux.store import RequestLog
+from ollamux.store.sqlite_sink import SQLiteSink
 
 from .fakes.openai_upstream import FakeOpenAI
 from .servers import start_serve
@@ -136,10 +137,14 @@ def _rec(i: int) -> RequestRecord:
     return rec
 
 
+def _child(rl: RequestLog) -> subprocess.Popen[bytes]:
+    sink = rl._sink
+    assert isinstance(sink, SQLiteSink) and sink._child is not None
+    return sink._child
+
+
 def _child_pid(rl: RequestLog) -> int:
-    child = rl._child
-    assert child is not None
-    return child.pid
+    return _child(rl).pid
 
 
 def test_killed_writer_process_is_restarted_queue_stays_bounded(tmp_path: Path) -> None:
@@ -173,9 +178,7 @@ def test_close_writes_queued_rows_even_after_the_writer_died(tmp_path: Path) -> 
     rl = RequestLog(RequestLogSettings(path=tmp_path / "log.sqlite"), flush_interval=60)  # only close() writes
     rl.open()
     os.kill(_child_pid(rl), signal.SIGKILL)
-    child = rl._child
-    assert child is not None
-    child.wait(5)  # dead before any row is queued (a death mid-batch loses that batch: the serve tests above)
+    _child(rl).wait(5)  # dead before any row is queued (a death mid-batch loses that batch: the serve tests above)
     for i in range(20):
         rl.request_finished(_rec(i))
     rl.close()  # no backoff at shutdown: one new writer process gets every queued row

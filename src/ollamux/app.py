@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import discovery, guard
+from . import discovery, guard, ui
+from .api import admin as admin_api
 from .api import anthropic as anthropic_api
 from .api import ollama as ollama_api
 from .api import openai as openai_api
@@ -24,6 +25,7 @@ from .registry import Registry
 from .runtime import start_runtime
 from .state import SETTINGS, STATE, AppState
 from .store.responses import open_responses
+from .tracing import open_tracer
 
 __all__ = ["create_app"]
 
@@ -44,6 +46,8 @@ def create_app(settings: Settings) -> web.Application:
     anthropic_api.add_routes(app)
     routed_api.add_routes(app)  # rerank, llama.cpp's extras, audio, images, /upstream/{model}/...
     ops.add_routes(app)  # /health, /health/ready, /metrics, x-request-id on every response
+    ui.add_routes(app)  # the dashboard's page and files at /ui (its data comes from /admin/...)
+    admin_api.add_routes(app)  # the dashboard's JSON API under /admin/ (admin keys only, when keys are on)
     routing.install(app)  # Gin's trailing-slash redirects, 404 and 405 for what matches no route
     app.cleanup_ctx.append(_lifespan)
     return app
@@ -57,13 +61,15 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     state = AppState(settings=settings, registry=registry, client=client, backends=backends, observers=Observers())
     app[STATE] = state
     tasks: list[asyncio.Task[None]] = []
+    state.tracer = open_tracer(settings.tracing)  # NO_TRACER without a `tracing` section
     try:
         # request log, metrics, operator lines and the backend prober, before any request is served
         await ops.start(app, state)
-        log_settings = settings.request_log
-        state.responses = open_responses(
-            log_settings.path if log_settings.enabled else None, log_settings.retention_days
-        )
+        if settings.shared_state is not None:  # imports redis only when configured
+            from .shared_state import open_shared_state
+
+            state.shared_state = await open_shared_state(settings.shared_state, state.metrics)
+        state.responses = open_responses(settings.request_log)  # beside the log: its file or its database
         state.runtime = await start_runtime(state)  # managed models: registered now, started on first request
         await discovery.refresh_all(state)
         state.admin = await open_model_admin(state)  # copied and created models, once their bases are known
@@ -87,7 +93,12 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
                 state.admin.close()
         with contextlib.suppress(Exception):
             await ops.stop(app, state)  # stops the prober, writes every queued request-log row
+        if state.shared_state is not None:
+            with contextlib.suppress(Exception):
+                await state.shared_state.close()  # sends the token charges still on their way first
         for b in backends.values():
             with contextlib.suppress(Exception):
                 await b.close()
         await client.close()
+        with contextlib.suppress(Exception):
+            await state.tracer.close()  # last: the spans of the requests that just finished are exported

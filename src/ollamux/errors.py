@@ -101,8 +101,9 @@ class OllamuxError(Exception):
         return {"type": "error", "error": {"type": anthropic_error_type(self.status), "message": self.message}}
 
     def body_for(self, api: str) -> bytes:
-        """The error in the envelope of the API the client spoke ("openai" and "responses" share one)."""
-        if api in ("openai", "responses"):
+        """The error in the envelope of the API the client spoke ("openai", "responses" and the dashboard's
+        "admin" share one)."""
+        if api in ("openai", "responses", "admin"):
             return self.openai_body()
         if api == "anthropic":
             return orjson.dumps(self.anthropic_payload())

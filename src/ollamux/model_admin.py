@@ -210,8 +210,10 @@ def _unlink(path: Path) -> None:
 async def open_model_admin(state: AppState) -> ModelAdmin:
     """The app's model admin, its records loaded: beside the request log when it is on."""
     log_settings = state.settings.request_log
+    # with the log in PostgreSQL (url), the records stay in this instance's home, as its blobs do
+    in_file = log_settings.enabled and log_settings.url is None
     store = await asyncio.to_thread(
-        open_created_store, log_settings.path if log_settings.enabled else None, log_settings.path.parent
+        open_created_store, log_settings.path if in_file else None, log_settings.path.parent
     )
     admin = ModelAdmin(state, store, BlobStore(blobs_dir(state.settings)))
     try:

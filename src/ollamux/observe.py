@@ -19,7 +19,7 @@ __all__ = ["CURRENT_REQUEST_ID", "Observer", "Observers", "RequestRecord", "new_
 log = logging.getLogger("ollamux")
 
 # the API a client spoke: it picks the error envelope and labels the log row and metrics
-ApiName = Literal["ollama", "openai", "responses", "anthropic", "other"]
+ApiName = Literal["ollama", "openai", "responses", "anthropic", "admin", "other"]
 
 
 # The id of the request being handled, so operator log lines written deep inside a handler carry it.

@@ -57,15 +57,20 @@ class Registry:
     """Resolves client model names; discovery sources can be replaced at any time from the event loop."""
 
     def __init__(self, models: Sequence[ModelSettings], default_model: str | None = None) -> None:
-        self._default = default_model
-        self._exact: dict[str, ModelEntry] = {}
-        self._wildcards: list[tuple[str, ModelSettings]] = []
         # the models made through the API (copy, create) answer before any discovered one of the same name
         self._sources: dict[str, dict[str, ModelEntry]] = {CREATED_SOURCE: {}}
         self._lock = threading.Lock()
+        self.reconfigure(models, default_model)
+
+    def reconfigure(self, models: Sequence[ModelSettings], default_model: str | None) -> None:
+        """Replace what the config says (its models, aliases, wildcards, default), in one step; what discovery
+        and the models folder reported stays. A config reload (`reload.py`) calls it for new requests:
+        routes already resolved keep the entries they hold."""
+        exact: dict[str, ModelEntry] = {}
+        wildcards: list[tuple[str, ModelSettings]] = []
         for m in models:
             if m.is_wildcard:
-                self._wildcards.append((m.name.lower(), m))
+                wildcards.append((m.name.lower(), m))
                 continue
             entry = ModelEntry(
                 name=display_name(m.name),
@@ -75,9 +80,10 @@ class Registry:
                 settings=m,
                 aliases=m.aliases,
             )
-            self._exact[entry.key] = entry
+            exact[entry.key] = entry
             for alias in m.aliases:
-                self._exact[normalize_name(alias)] = entry
+                exact[normalize_name(alias)] = entry
+        self._default, self._exact, self._wildcards = default_model, exact, wildcards
 
     # ------------------------------------------------------------------------------ discovery sources
     def set_source(self, source: str, entries: Iterable[ModelEntry]) -> None:

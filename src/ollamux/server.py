@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import Settings
+from .tls import server_context
 
 __all__ = ["DescriptorAlarm", "ListenError", "listen", "open_files_limit", "raise_open_files_limit", "run"]
 
@@ -250,7 +251,9 @@ def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
 
 
 def run(app: web.Application, settings: Settings) -> None:
-    """Serve `app` until SIGINT or SIGTERM; raise ListenError if its address cannot be listened on."""
+    """Serve `app` until SIGINT or SIGTERM; raise ListenError if its address cannot be listened on (and
+    ConfigError if its TLS files cannot be loaded)."""
+    ssl_context = server_context(settings.server)  # before listening: a bad file is one line, no traceback
     tune_gc()
     limit = raise_open_files_limit()  # first: every socket and file from here on counts against it
     host = settings.server.host
@@ -270,7 +273,7 @@ def run(app: web.Application, settings: Settings) -> None:
     alarm = DescriptorAlarm()
     loop.set_exception_handler(alarm.exception_handler)
     app.cleanup_ctx.append(alarm.watch)
-    url = f"http://{_show(host, port)}"
+    url = f"{'https' if ssl_context is not None else 'http'}://{_show(host, port)}"
 
     def listening(*_: Any) -> None:
         print(f"ollamux listening on {url}", file=sys.stderr, flush=True)
@@ -279,6 +282,7 @@ def run(app: web.Application, settings: Settings) -> None:
         app,
         sock=socks,
         backlog=backlog,
+        ssl_context=ssl_context,
         loop=loop,
         access_log=None,  # the request log and operator log cover this, off the hot path
         shutdown_timeout=settings.server.shutdown_grace,  # SIGTERM: streams in flight get this long

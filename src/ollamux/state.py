@@ -16,6 +16,7 @@ from aiohttp import web
 from .config import Settings
 from .observe import Observers
 from .registry import Registry, Route
+from .tracing import NO_TRACER, Tracer
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .model_admin import ModelAdmin
     from .runtime.manager import ModelManager
+    from .shared_state import SharedState
     from .store import RequestLog
     from .store.responses import ResponseStore
 
@@ -47,7 +49,9 @@ class AppState:
     metrics: Metrics | None = None  # metrics.enabled
     runtime: ModelManager | None = None  # when any model is run by ollamux itself
     health: HealthMonitor | None = None  # probes of the HTTP backends' replicas
+    shared_state: SharedState | None = None  # shared_state: the Redis pool that holds limits shared by instances
     discovered_at: dict[str, float] = field(default_factory=dict)  # backend -> monotonic time of its last list
+    tracer: Tracer = NO_TRACER  # `tracing`: a span per request and per upstream attempt; a no-op when off
 
     @property
     def inbound_auth(self) -> bool:

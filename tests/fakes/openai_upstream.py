@@ -10,6 +10,8 @@ The answer depends on the model name the proxy sends upstream, so one server cov
   "midstream"    -> a chunk of content, then an error event
   "cutoff"       -> a chunk of content, then the connection is dropped
   "slow"         -> 0.2 s between chunks
+  "held"         -> the first chunk, then nothing until the test sets `release_held` (`held` is set once
+                    the request is in): a slot held for as long as a test needs, with no timing in it
   "untimed"      -> the usual answer without llama-server's `timings` (as vLLM or OpenAI answer), its
                     streamed tokens 0.05 s apart
   anything else  -> "Hello from the fake!" in three chunks, with usage and llama-server timings
@@ -24,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from .capture import Captured, Recorder
 
@@ -38,9 +42,11 @@ CONTENT = ["Hello", " from the", " fake!"]
 @dataclass
 class FakeOpenAI(Recorder):
     models: list[str] = field(default_factory=lambda: ["fake-model", "tools", "think", "embed-model"])
+    held: threading.Event = field(default_factory=threading.Event)  # a "held" request is streaming
+    release_held: threading.Event = field(default_factory=threading.Event)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record_unknown])
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/props", self.props)
         app.router.add_post("/v1/chat/completions", self.chat)
@@ -49,6 +55,15 @@ class FakeOpenAI(Recorder):
         app.router.add_post("/tokenize", self.tokenize)  # llama.cpp's, at the server root
         app.router.add_post("/detokenize", self.detokenize)
         return app
+
+    @web.middleware
+    async def _record_unknown(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A route this server lacks is still a request it got (a test may count what ollamux asked)."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            self.requests.append(Captured(request.path, dict(request.headers), await request.read()))
+            raise
 
     async def detokenize(self, request: web.Request) -> web.Response:
         body = await self._capture(request)
@@ -174,6 +189,9 @@ class FakeOpenAI(Recorder):
             for i, piece in enumerate(CONTENT):
                 if model == "slow":
                     await asyncio.sleep(0.2)
+                if model == "held" and i == 1:
+                    self.held.set()
+                    await asyncio.to_thread(self.release_held.wait, 30)
                 if model == "untimed":
                     await asyncio.sleep(0.05)
                 event = chunk({"content": piece})

@@ -64,6 +64,8 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         resource = request.match_info.route.resource
         rec.route_name = resource.canonical if resource is not None else None
         rid_token = CURRENT_REQUEST_ID.set(rid)
+        tracer = state.tracer
+        span = tracer.request_started(request.headers, rec) if tracer.enabled else None
         state.observers.started(rec)
         try:
             if state.settings.request_log.capture_bodies and not request.path.startswith(STREAMED_UPLOADS):
@@ -110,6 +112,8 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
             return error_response(err, api, rec)
         finally:
             state.observers.finished(rec)
+            if span is not None:
+                tracer.request_finished(span, rec)
             CURRENT_REQUEST_ID.reset(rid_token)
 
     return wrapped

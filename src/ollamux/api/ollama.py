@@ -19,9 +19,10 @@ from ..catalog import meta_for, ps_item, show_body, tag_item
 from ..errors import BadRequest, ModelNotFound, NotImplementedByProxy
 from ..jsonutil import loads_object, now_rfc3339, rfc3339
 from ..observe import RequestRecord
-from ..pipeline import capabilities, embed_fit, relay_json
+from ..pipeline import capabilities, embed_fit, gen_tokens, relay_json
 from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
+from ..pipeline.upstream import client_auth, identity_headers
 from ..registry import ModelEntry, Route
 from ..runtime.gguf_meta import read_show
 from ..state import SETTINGS, AppState
@@ -149,6 +150,17 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
     kind: Kind = "raw" if use_completions else "generate"
     if use_completions and body.get("context"):
         raise BadRequest("ollamux does not support context with template or suffix")
+    headers, auth = identity_headers(request, rec), client_auth(request, state)
+    tokens = None if use_completions else gen_context.token_ids(body.get("context"))
+    context: gen_tokens.GenContext | None = None
+    if tokens is not None:  # the model's own token ids: their text before the rendered prompt, as Ollama
+        prompt = await gen_tokens.prefixed_prompt(
+            state, rec, route, body, tokens, headers=headers, client_auth=auth, num_ctx=_hints(body)[1]
+        )
+        context = gen_tokens.GenContext(state, [], headers, auth, prompt=prompt)  # tokenizing it is then a must
+        body = {k: v for k, v in body.items() if k not in ("context", "system")} | {"prompt": prompt, "raw": True}
+        build, pivot_kind, kind = to_openai.completion_request, "completion", "raw"
+        use_completions = True
     prior = [] if use_completions else gen_context.decode(body.get("context"))
 
     def pivot(r: Route, up: HTTPBackend, stream: bool) -> dict[str, Any]:
@@ -157,20 +169,16 @@ async def generate(request: web.Request, state: AppState, rec: RequestRecord) ->
             out["messages"] = gen_context.merge(prior, out["messages"])
         return out
 
-    context = None if use_completions else _context_maker(body, prior)
+    if context is None and not use_completions:
+        context = gen_tokens.GenContext(state, _history(body, prior), headers, auth)
     return await _via_pivot(request, state, rec, body, route, pivot_kind, pivot, kind, stream, context)
 
 
-def _context_maker(body: dict[str, Any], prior: list[dict[str, str]]) -> Callable[[str], list[int]]:
-    """The final object's `context` for this request and its answer (`translate.gen_context`)."""
+def _history(body: dict[str, Any], prior: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The exchange up to this request's prompt, as messages (`translate.gen_context`'s fallback context)."""
     system = body.get("system")
     asked = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
-    history = gen_context.merge(prior, [*asked, {"role": "user", "content": str(body.get("prompt") or "")}])
-
-    def make(answer: str) -> list[int]:
-        return gen_context.encode([*history, {"role": "assistant", "content": answer}])
-
-    return make
+    return gen_context.merge(prior, [*asked, {"role": "user", "content": str(body.get("prompt") or "")}])
 
 
 def _with_template(state: AppState, route: Route, body: dict[str, Any], template: str) -> dict[str, Any]:
@@ -214,7 +222,8 @@ class _OllamaFront:
     timing: Timing
     rid: str
     top_logprobs: int | None  # the client asked for logprobs, with this many alternatives per token
-    context: Callable[[str], list[int]] | None = None  # a generate's final `context`, from its answer
+    context: gen_tokens.GenContext | None = None  # a generate's final `context`, from its answer
+    _stream: OpenAIToOllamaStream | None = None  # the client's stream, once made (its text: the answer)
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
         return self.make_pivot(route, backend, self.stream or backend.settings.dialect != "llama.cpp")
@@ -238,7 +247,7 @@ class _OllamaFront:
         return out
 
     def client_stream(self, opened: Opened) -> StreamTranslator:
-        return OpenAIToOllamaStream(
+        self._stream = OpenAIToOllamaStream(
             self.requested,
             self.mode,
             self.timing,
@@ -247,6 +256,20 @@ class _OllamaFront:
             top_logprobs=self.top_logprobs,
             context=self.context,
         )
+        return self._stream
+
+    async def settle(self, opened: Opened, sent: dict[str, Any], out: Any) -> None:
+        """A generate's `context` as token ids, asked of the backend once the answer is whole
+        (`pipeline.gen_tokens`): for a stream before its final object, else into the whole answer."""
+        if self.context is None:
+            return
+        if out is None:
+            answer = "".join(self._stream.text_parts) if self._stream is not None else ""
+        else:
+            answer = str(out.get("response") or "")
+        await self.context.settle(opened, sent, answer)
+        if isinstance(out, dict) and "context" in out:
+            out["context"] = self.context(answer)
 
 
 async def _via_pivot(
@@ -259,7 +282,7 @@ async def _via_pivot(
     make_pivot: PivotFactory,
     kind: Kind,
     stream: bool,
-    context: Callable[[str], list[int]] | None = None,
+    context: gen_tokens.GenContext | None = None,
 ) -> web.StreamResponse:
     keep_alive, num_ctx = _hints(body)
     timing = Timing(start_ns=rec.start_ns)
@@ -275,6 +298,7 @@ async def _via_pivot(
         front,
         keep_alive=keep_alive,
         num_ctx=num_ctx,
+        settle=front.settle if context is not None else None,
     )
 
 

@@ -19,7 +19,7 @@ from ..errors import BadRequest, ModelNotFound
 from ..jsonutil import dumps, loads_object
 from ..names import normalize_name, strip_latest
 from ..observe import RequestRecord
-from ..pipeline import relay_passthrough
+from ..pipeline import capabilities, relay_passthrough
 from ..pipeline.params import params_for
 from ..pipeline.pivot import serve_via_pivot
 from ..pipeline.warmup import warm_up
@@ -52,6 +52,8 @@ def _handler(kind: PivotKind) -> Any:
         raw = await request.read()
         body = loads_object(raw)
         route = _begin(state, rec, body)
+        # the body is the pivot: checked here, before a start is kept alive (translated: in serve_via_pivot)
+        capabilities.require_pivot(state, route, body, kind)
         if kind != "embedding" and stream_flag(body):
             await warm_up(request, state, rec, route, error_frame=sse_error)  # a model starting: stream kept alive
         if not state.backend_for(route).speaks("openai"):

@@ -22,11 +22,11 @@ from ..guard.core import KEY_NAME, client_request_id
 from ..metrics import CONTENT_TYPE, Metrics, log_collector
 from ..oplog import RequestLines
 from ..state import SETTINGS, STATE, AppState
-from ..store import RequestLog
+from ..store import RequestLog, instance_name
 from ..version import __version__
 from .common import REQUEST_ID, json_response
 
-__all__ = ["add_routes", "probe_backends", "start", "stop"]
+__all__ = ["add_routes", "health_monitor", "probe_backends", "start", "stop"]
 
 log = logging.getLogger("ollamux")
 
@@ -56,8 +56,14 @@ async def ready(request: web.Request) -> web.StreamResponse:
     # a crashed model counts while its restart is pending (requests for it would wait) and once restarts
     # keep failing; it stops counting as soon as it is running again, no request needed
     problems += [f"model {m['model']} {m['state']}" for m in models if m.get("state") in ("failed", "restarting")]
+    # "degraded" (a shared database away, rows queue) is no problem: every instance would leave the load
+    # balancer at once; "failed" (this instance's own store broke) is
     if log_state.get("state") == "failed":
         problems.append("request log failed")
+    shared = state.shared_state.status() if state.shared_state is not None else None
+    if shared is not None and shared["state"] != "shared" and shared["fail_closed"]:
+        # fail-open keeps serving on local limits (ready, and says so below); fail-closed refuses
+        problems.append("shared limit store unreachable")
     word, status = ("ready", 200) if not problems else ("degraded", 503)
     if not _may_see_details(request, state):
         # load balancers only need the code; the details (backend URLs, the log's path and counts, model
@@ -72,6 +78,7 @@ async def ready(request: web.Request) -> web.StreamResponse:
         "backends": backends,
         "models": models,
         "request_log": log_state,
+        **({"shared_state": shared} if shared is not None else {}),
     }
     return json_response(body, status=status)
 
@@ -130,7 +137,7 @@ async def start(app: web.Application, state: AppState) -> None:
     settings = state.settings
     state.observers.add(RequestLines())
     if settings.request_log.enabled:
-        rl = RequestLog(settings.request_log)
+        rl = RequestLog(settings.request_log, instance=instance_name(settings.server))
         await asyncio.to_thread(rl.open)  # creating or migrating the file must not stall the loop
         state.request_log = rl
         state.observers.add(rl)
@@ -146,13 +153,19 @@ async def start(app: web.Application, state: AppState) -> None:
         metrics.add_model_state_source(runtime_states)
         state.metrics = metrics
         state.observers.add(metrics)
+    state.health = health_monitor(state)
+    state.health.start()
+
+
+def health_monitor(state: AppState) -> HealthMonitor:
+    """The prober of the app's HTTP backends as they are now (start-up, and each config reload)."""
+    metrics = state.metrics
     http = {name: b for name, b in state.backends.items() if isinstance(b, HTTPBackend)}
-    state.health = HealthMonitor(
+    return HealthMonitor(
         http,
-        report_interval=settings.metrics.backend_probe_interval if metrics is not None else 0.0,
+        report_interval=state.settings.metrics.backend_probe_interval if metrics is not None else 0.0,
         on_result=metrics.set_backend_up if metrics is not None else None,
     )
-    state.health.start()
 
 
 async def stop(app: web.Application, state: AppState) -> None:

@@ -6,6 +6,10 @@ nothing is retried (a failure then becomes one final error frame, written by the
 
 Cost on the healthy path (one replica, nothing failing): one context manager, one `lease()`, one
 `pick()` that reads one float, and the request itself. No tasks, no locks, no clock reads of our own.
+
+Breaker state and cooldowns stay in this instance even with `shared_state` (Redis): each instance judges
+its own network path to a replica, and a breaker shared through Redis would let one instance's local fault
+take a healthy replica away from all of them (the reasons in full: `shared_state.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ..errors import BackendError, ModelNotFound, OllamuxError, UpstreamError
 from ..observe import RequestRecord
 from ..registry import Route
 from ..state import AppState
+from ..tracing import AttemptSpan, Tracer, mask_url
 from .base import Lease, LeaseContext
 from .http import CircuitOpen, HTTPBackend, Replica, UpstreamResponse, retry_after_seconds
 
@@ -135,7 +140,10 @@ class open_upstream:
 
     async def __aenter__(self) -> Opened:
         state, route = self.state, self.route
-        api = state.backends[route.backend].api
+        own = state.backends.get(route.backend)
+        if own is None:  # resolved just before a config reload removed its backend
+            raise BackendError(f"model '{route.requested}' is no longer served (its backend '{route.backend}' is gone)")
+        api = own.api
         routes = [route]
         failures: list[tuple[Route, OllamuxError, int]] = []
         total_attempts = 0
@@ -168,8 +176,17 @@ class open_upstream:
             try:
                 path, body = self.make_payload(r, up)
                 data = body if isinstance(body, bytes) else orjson.dumps(body)
+                trace = _AttemptTrace(state.tracer, r.upstream, r is not route) if state.tracer.enabled else None
                 resp, attempts = await _attempts(
-                    up, self.method, path, data, self.read_body, self.raise_for_status, self.headers, self.client_auth
+                    up,
+                    self.method,
+                    path,
+                    data,
+                    self.read_body,
+                    self.raise_for_status,
+                    self.headers,
+                    self.client_auth,
+                    trace,
                 )
             except _RouteFailed as failed:
                 total_attempts += failed.attempts
@@ -225,6 +242,45 @@ def _fallbacks(state: AppState, route: Route) -> list[Route]:
     return out
 
 
+class _AttemptTrace:
+    """What an attempt's span says beyond the attempt itself: the model sent upstream, and whether the
+    route is one of the model's fallbacks (tracing on only)."""
+
+    __slots__ = ("fallback", "model", "tracer")
+
+    def __init__(self, tracer: Tracer, model: str, fallback: bool) -> None:
+        self.tracer = tracer
+        self.model = model
+        self.fallback = fallback
+
+    def start(
+        self,
+        backend: HTTPBackend,
+        replica: Replica,
+        method: str,
+        path: str,
+        attempt: int,
+        headers: dict[str, str] | None,
+    ) -> tuple[AttemptSpan | None, dict[str, str] | None]:
+        return self.tracer.attempt_started(
+            method=method,
+            url=replica.url + path,
+            backend=backend.name,
+            model=self.model,
+            attempt=attempt,
+            retry=attempt > 1,
+            fallback=self.fallback,
+            headers=headers,
+        )
+
+    def end(
+        self, span: AttemptSpan, backend: HTTPBackend, replica: Replica, status: int | None, error: str | None
+    ) -> None:
+        if error is not None:  # as masked as anything else that leaves the backend boundary
+            error = backend.redact.text(error).replace(replica.url, mask_url(replica.url))
+        self.tracer.attempt_finished(span, status=status, error=error)
+
+
 async def _attempts(
     backend: HTTPBackend,
     method: str,
@@ -234,6 +290,7 @@ async def _attempts(
     raise_for_status: bool,
     headers: dict[str, str] | None,
     client_auth: str | None,
+    trace: _AttemptTrace | None = None,
 ) -> tuple[UpstreamResponse, int]:
     """Attempts on one backend's replicas until one answers, bounded by `retries` and `retry_budget`.
 
@@ -251,16 +308,23 @@ async def _attempts(
         attempt += 1
         failed: BackendError
         kept: UpstreamResponse | None = None
+        span: AttemptSpan | None = None
+        sent = headers
+        if trace is not None:  # the attempt's own span, and its traceparent in the headers sent
+            span, sent = trace.start(backend, replica, method, path, attempt, headers)
+        got: int | None = None
         try:
             resp = await backend.request(
-                method, path, data, headers=headers, client_auth=client_auth, raise_for_status=False, replica=replica
+                method, path, data, headers=sent, client_auth=client_auth, raise_for_status=False, replica=replica
             )
-            status = resp.status
+            status = got = resp.status
             if status < 500 and status != 429:
                 if status >= 400 and raise_for_status:
                     raise await backend.status_error(resp)
                 if read_body and resp.content_type != "text/event-stream":
                     await resp.read()  # a stream asked for a whole answer is gathered by its reader, timed
+                if trace is not None and span is not None:
+                    trace.end(span, backend, replica, status, f"HTTP {status}" if status >= 400 else None)
                 return resp, attempt
             if raise_for_status:
                 failed = await backend.status_error(resp)
@@ -269,8 +333,16 @@ async def _attempts(
                 failed = _peek_status_error(backend, resp)
         except BackendError as exc:
             if not exc.retryable:
+                if trace is not None and span is not None:
+                    trace.end(span, backend, replica, got, exc.message)
                 raise
             failed = exc
+        except BaseException:
+            if trace is not None and span is not None:
+                trace.end(span, backend, replica, got, "cancelled")
+            raise
+        if trace is not None and span is not None:
+            trace.end(span, backend, replica, got, failed.message)
         # ------------------------------------------------------------------ decide on another attempt
         now = time.monotonic()
         if not started:

@@ -321,6 +321,9 @@ class HTTPBackend:
         # what an upstream may echo back that must never reach a client or a log
         self.redact = Redactor([settings.api_key or "", *(v for _, v in settings.headers)])
         self._lease = _Ready(Lease(self))
+        # set once a server of the llama.cpp dialect answered 404/405 to /tokenize or /apply-template (a
+        # vLLM or other server left at the default dialect): generate's `context` stops asking it
+        self.no_tokenizer = False
 
     @property
     def health_path(self) -> str:

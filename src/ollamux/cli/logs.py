@@ -9,13 +9,15 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
 from ..config import ConfigError, RequestLogSettings, load_settings
-from ..store import Filters, LogReader
+from ..config.parse_log_url import shown_db_url
+from ..store import Filters, LogReader, open_reader
 
 __all__ = ["follow", "parse_time", "register"]
 
@@ -33,8 +35,11 @@ def register(sub: Any) -> None:
     p.add_argument("--until", help="before this time (same forms as --since)")
     p.add_argument("--stats", action="store_true", help="per model: count, errors, p50/p95 latency and TTFT, tokens")
     p.add_argument("--json", action="store_true", help="one JSON object per line (stats: one JSON document)")
-    p.add_argument("--config", help="YAML config whose request_log.path to read (default: $OLLAMUX_CONFIG)")
+    p.add_argument("--config", help="YAML config whose request_log (path or url) to read (default: $OLLAMUX_CONFIG)")
     p.add_argument("--db", help="the request log file to read (overrides the config)")
+    p.add_argument(
+        "--url", help="the PostgreSQL database to read, postgresql://user:pass@host:port/db (overrides the config)"
+    )
     p.set_defaults(func=cmd_logs)
 
 
@@ -51,13 +56,20 @@ def parse_time(text: str, now: float | None = None) -> float:
     return dt.timestamp()
 
 
-def _db_path(args: argparse.Namespace) -> Path:
+def _log_settings(args: argparse.Namespace) -> RequestLogSettings:
+    """Where the log is: --db, --url, else the config's request_log, else the default file."""
+    if args.db and args.url:
+        raise ConfigError("", "--db (a SQLite file) and --url (a PostgreSQL database) are exclusive")
     if args.db:
-        return Path(args.db).expanduser()
+        return RequestLogSettings(path=Path(args.db).expanduser())
+    if args.url:
+        if not args.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("", f"--url '{shown_db_url(args.url)}' must start with postgresql://")
+        return RequestLogSettings(url=args.url, shown_url=shown_db_url(args.url))
     config = args.config or os.environ.get("OLLAMUX_CONFIG")
     if config:
-        return load_settings(config, os.environ).request_log.path
-    return RequestLogSettings().path
+        return replace(load_settings(config, os.environ).request_log, enabled=True)
+    return RequestLogSettings()
 
 
 def _fmt_ms(v: float | None) -> str:
@@ -92,6 +104,7 @@ def _line(row: dict[str, Any]) -> str:
         row["backend"] or "",
         row["client"] or "",
         f"key={row['key_name']}" if row["key_name"] else "",
+        f"on={row['instance']}" if row.get("instance") else "",  # which ollamux, when many share a log
     ]
     line = " ".join(p for p in parts if p)
     if row["error"]:
@@ -168,7 +181,7 @@ def follow(
 
 def cmd_logs(args: argparse.Namespace) -> int:
     try:
-        path = _db_path(args)
+        where = _log_settings(args)
         filters = Filters(
             model=args.model,
             status=args.status,
@@ -181,10 +194,22 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"ollamux logs: {exc}", file=sys.stderr)
         return 2
     try:
-        reader = LogReader(path)
-    except (FileNotFoundError, OSError) as exc:
-        print(f"ollamux logs: {exc} (is request_log enabled? pass --db or --config)", file=sys.stderr)
+        reader = open_reader(where)
+    except ImportError:
+        print("ollamux logs: reading PostgreSQL needs psycopg: pip install 'ollamux[postgres]'", file=sys.stderr)
         return 1
+    except (FileNotFoundError, OSError) as exc:
+        # messages name the database by its masked URL only (pg_reader.py)
+        print(f"ollamux logs: {exc} (is request_log enabled? pass --db, --url or --config)", file=sys.stderr)
+        return 1
+    try:
+        return _show(reader, filters, args)
+    except (FileNotFoundError, ConnectionError) as exc:  # PostgreSQL: no table yet, or the server went away
+        print(f"ollamux logs: {exc}", file=sys.stderr)
+        return 1
+
+
+def _show(reader: LogReader, filters: Filters, args: argparse.Namespace) -> int:
     out = sys.stdout
     with reader:
         if args.stats:

@@ -19,11 +19,14 @@ from ..config import DEFAULT_PORT, BackendSettings, ConfigError, Settings, defau
 from ..config.parse import parse_url
 from ..names import normalize_name
 from ..oplog import configure
+from ..reload import reload_on_sighup
 from ..runtime.checks import check_runtime
 from ..server import ListenError, run
 from ..state import STATE
+from ..tls import server_context
+from ..tracing import check_tracing
 from .client import ollama_host
-from .serve_banner import served_lines
+from .serve_banner import dashboard_line, served_lines
 
 __all__ = ["bind_address", "register", "settings_from_args"]
 
@@ -124,6 +127,8 @@ def _load(args: argparse.Namespace) -> Settings | None:
             os.environ,
         )
         check_runtime(settings)  # e.g. a gguf model without the llama extra installed
+        server_context(settings.server)  # TLS files that cannot be loaded: said now, by `check` too
+        check_tracing(settings.tracing)
         return settings
     except ConfigError as exc:
         print(f"ollamux: config error: {exc}", file=sys.stderr)
@@ -138,7 +143,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if settings is None:
         return 1
     print(f"config {settings.source}: OK")
-    print(f"listen: {settings.server.host}:{settings.server.port}")
+    tls = " (HTTPS)" if settings.server.tls_cert is not None else ""
+    print(f"listen: {settings.server.host}:{settings.server.port}{tls}")
     for name, b in settings.backends.items():
         extra = " (models discovered)" if b.discover else ""
         print(f"backend {name}: {b.type} {', '.join(b.urls)}{extra}")
@@ -163,12 +169,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_format, args.log_level)
     app = create_app(settings)
     app.cleanup_ctx.append(_announce)  # after the app's lifespan: every model is registered by then
+    if settings.source is not None:  # SIGHUP re-reads the file with the same flags and environment
+        app.cleanup_ctx.append(reload_on_sighup(lambda: _reloaded(args)))
     try:
         run(app, settings)
     except ListenError as exc:  # a busy or forbidden port: what to do, not a traceback
         print(f"ollamux: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # TLS files changed between the check above and the listen
+        print(f"ollamux: config error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _reloaded(args: argparse.Namespace) -> Settings:
+    """The settings a SIGHUP reload serves: read as at start-up; raises ConfigError instead of printing it."""
+    settings = settings_from_args(args.config, args.host, args.port, args.backend, os.environ)
+    check_runtime(settings)
+    return settings
 
 
 async def _announce(app: web.Application) -> AsyncIterator[None]:
@@ -176,6 +194,7 @@ async def _announce(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     for line in served_lines(state.settings, state.registry.entries()):
         print(line, file=sys.stderr, flush=True)
+    print(dashboard_line(state.settings), file=sys.stderr, flush=True)
     yield
 
 

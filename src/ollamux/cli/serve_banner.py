@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from ..config import Settings
 from ..registry import CREATED_SOURCE, ModelEntry
 
-__all__ = ["SHOWN", "served_lines"]
+__all__ = ["SHOWN", "dashboard_line", "served_lines"]
 
 SHOWN = 25  # models listed by name; a larger catalogue is summed up after these
 
@@ -49,3 +49,14 @@ def served_lines(settings: Settings, entries: Sequence[ModelEntry]) -> list[str]
     if len(entries) > SHOWN:
         lines.append(f"  ... and {len(entries) - SHOWN} more (`ollamux list`)")
     return lines
+
+
+def dashboard_line(settings: Settings) -> str:
+    """Where the dashboard is: a URL to open on this machine (a wildcard bind is reached on loopback)."""
+    server = settings.server
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if server.tls_cert is not None else "http"
+    needs = " (needs an admin key)" if settings.auth.keys else ""
+    return f"dashboard: {scheme}://{host}:{server.port}/ui{needs}"

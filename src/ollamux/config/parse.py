@@ -19,7 +19,11 @@ import yaml
 from ..names import normalize_name
 from .node import Node
 from .parse_guard import parse_auth, parse_limits
+from .parse_log_url import parse_log_url
 from .parse_params import PARAMS_KEYS, parse_params
+from .parse_shared_state import parse_shared_state
+from .parse_tls import TLS_KEYS, parse_tls
+from .parse_tracing import parse_tracing
 from .settings import (
     BackendSettings,
     ConfigError,
@@ -57,8 +61,24 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str]) -> S
 
 def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | None = None) -> Settings:
     root = Node("", raw, environ)
-    root.only({"server", "backends", "models", "runtime", "default_model", "request_log", "metrics", "auth", "limits"})
+    root.only(
+        {
+            "server",
+            "backends",
+            "models",
+            "runtime",
+            "default_model",
+            "request_log",
+            "metrics",
+            "auth",
+            "limits",
+            "shared_state",
+            "tracing",
+        }
+    )
     server = _parse_server(root.child("server"))
+    tls_cert, tls_key = parse_tls(root.child("server"), base_dir)
+    server = replace(server, tls_cert=tls_cert, tls_key=tls_key)
     backends: dict[str, BackendSettings] = {}
     for name, node in root.child("backends").items():
         backends[name] = _parse_backend(name, node)
@@ -85,6 +105,8 @@ def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | Non
         runtime=runtime,
         request_log=request_log,
         metrics=metrics,
+        shared_state=parse_shared_state(root.child("shared_state")),
+        tracing=parse_tracing(root.child("tracing")),
         default_model=default_model,
     )
 
@@ -105,7 +127,7 @@ def _check_model_names(models: list[ModelSettings]) -> None:
 
 
 def _parse_server(node: Node) -> ServerSettings:
-    node.only({"host", "port", "version", "max_body_bytes", "cors_origins", "shutdown_grace"})
+    node.only({"host", "port", "version", "max_body_bytes", "cors_origins", "shutdown_grace", "instance_id", *TLS_KEYS})
     d = ServerSettings()
     version = node.opt_str("version") or d.version
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
@@ -117,6 +139,7 @@ def _parse_server(node: Node) -> ServerSettings:
         max_body_bytes=node.opt_int("max_body_bytes", d.max_body_bytes, lo=1024),
         cors_origins=node.str_list("cors_origins"),
         shutdown_grace=node.opt_float("shutdown_grace", d.shutdown_grace, lo=0) or 0.0,
+        instance_id=node.opt_str("instance_id") or None,
     )
 
 
@@ -124,6 +147,22 @@ def parse_url(key: str, value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ConfigError(key, f"'{value}' is not an http:// or https:// URL")
     return value.rstrip("/")
+
+
+def _check_one_authorization(node: Node, urls: list[str], headers: tuple[tuple[str, str], ...]) -> None:
+    """A user:password in a URL is HTTP Basic auth, which takes the Authorization header that `api_key`
+    (Bearer) or a configured header also sets: one request cannot carry both (aiohttp refuses it on every
+    request, a 500 at run time), so the config says so once, at load."""
+    if not any("@" in u.split("://", 1)[1].split("/", 1)[0] for u in urls):
+        return
+    if node.opt_str("api_key"):
+        raise ConfigError(
+            node.key("api_key"), "cannot be combined with a user:password in the URL (both set Authorization)"
+        )
+    if any(k.lower() == "authorization" for k, _ in headers):
+        raise ConfigError(
+            node.key("headers"), "Authorization cannot be combined with a user:password in the URL (one header)"
+        )
 
 
 # The floor of max_event_bytes and max_response_bytes: a unit slip (64 meant as MiB) is then an error at load
@@ -172,6 +211,7 @@ def _parse_backend(name: str, node: Node) -> BackendSettings:
         total=node.opt_float("timeout", d.total, lo=0, nullable=True),
     )
     headers = tuple((str(k), str(v)) for k, v in node.str_map("headers").items())
+    _check_one_authorization(node, urls, headers)
     dialect = node.opt_str("dialect") or "auto"
     if dialect == "auto":
         dialect = "openai" if any("api.openai.com" in u for u in urls) else "llama.cpp"
@@ -420,10 +460,15 @@ def _parse_groups(node: Node) -> tuple[RuntimeGroup, ...]:
 
 
 def _parse_request_log(node: Node, base_dir: Path | None) -> RequestLogSettings:
-    node.only({"enabled", "path", "capture_bodies", "body_cap_bytes", "retention_days", "retention_rows", "queue_size"})
+    node.only(
+        {"enabled", "path", "url", "capture_bodies", "body_cap_bytes", "retention_days", "retention_rows", "queue_size"}
+    )
     d = RequestLogSettings()
     path = node.opt_str("path")
+    url = parse_log_url(node)  # PostgreSQL instead of the file
     return RequestLogSettings(
+        url=url[0] if url else None,
+        shown_url=url[1] if url else "",
         enabled=node.opt_bool("enabled", d.enabled),
         path=_resolve_path(path, base_dir) if path else d.path,
         capture_bodies=node.opt_bool("capture_bodies", d.capture_bodies),

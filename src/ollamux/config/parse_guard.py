@@ -38,7 +38,9 @@ def parse_auth(node: Node) -> AuthSettings:
     keys: list[ApiKeySettings] = []
     seen: dict[bytes, str] = {}
     for name, kn in node.child("keys").items():
-        kn.only({"key", "key_sha256", "models", "requests_per_minute", "tokens_per_minute", "burst", "token_burst"})
+        kn.only(
+            {"key", "key_sha256", "models", "admin", "requests_per_minute", "tokens_per_minute", "burst", "token_burst"}
+        )
         if kn.has("key") == kn.has("key_sha256"):
             raise ConfigError(kn.path, "needs exactly one of 'key' (the key itself) or 'key_sha256' (its hex digest)")
         if kn.has("key"):
@@ -55,7 +57,8 @@ def parse_auth(node: Node) -> AuthSettings:
             raise ConfigError(kn.path, f"has the same key as '{seen[digest]}'")
         seen[digest] = name
         models = kn.str_list("models") if kn.has("models") else ("*",)
-        keys.append(ApiKeySettings(name=name, sha256=digest, models=models, **_parse_rates(kn)))
+        admin = kn.opt_bool("admin", False)
+        keys.append(ApiKeySettings(name=name, sha256=digest, models=models, admin=admin, **_parse_rates(kn)))
     public = node.str_list("public_paths") if node.has("public_paths") else DEFAULT_PUBLIC_PATHS
     return AuthSettings(keys=tuple(keys), public_paths=public)
 

@@ -184,6 +184,10 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024 * 1024  # images travel base64 inside JSON bodies
     cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
+    instance_id: str | None = None  # written into every request-log row; None: <hostname>:<port>
+    # HTTPS: both or neither (config/parse_tls.py); loaded into the server's SSLContext by ollamux/tls.py
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,10 @@ class RequestLogSettings:
     retention_days: float | None = 30.0
     retention_rows: int | None = 1_000_000
     queue_size: int = 10_000
+    # PostgreSQL instead of the file at `path` (config/parse_log_url.py); it may hold a password: never
+    # logged nor shown, `shown_url` is the same URL with the password masked
+    url: str | None = field(default=None, repr=False)
+    shown_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,7 @@ class ApiKeySettings:
     tokens_per_minute: float | None = None
     burst: int | None = None  # requests allowed at once before the per-minute rate applies
     token_burst: int | None = None
+    admin: bool = False  # may use the dashboard's /admin API (with keys on, no other key may)
 
 
 # What a load balancer or a liveness probe may call without a key.
@@ -280,6 +289,27 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class SharedStateSettings:
+    """Rate limits shared by many instances, in Redis (`shared_state`; absent: limits stay in-process)."""
+
+    redis_url: str = field(repr=False)  # may hold a password: never logged nor shown, see `shown_url`
+    shown_url: str = ""  # the same URL with its password masked, for the log, readiness and errors
+    fail_closed: bool = False  # Redis unreachable: refuse limited requests (503) instead of local limits
+    key_prefix: str = "ollamux:"
+    timeout: float = 0.25  # the longest a request waits on Redis, in seconds
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces sent over OTLP/HTTP (`tracing`; absent: no tracing, opentelemetry never imported)."""
+
+    otlp_endpoint: str  # the collector's traces URL, e.g. http://127.0.0.1:4318/v1/traces
+    service_name: str = "ollamux"
+    sample_ratio: float = 1.0  # of the traces that start here; an incoming traceparent's decision is kept
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold a collector's token
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     backends: Mapping[str, BackendSettings] = field(default_factory=dict)
@@ -289,6 +319,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    shared_state: SharedStateSettings | None = None  # None: every limit stays in this process
+    tracing: TracingSettings | None = None  # None: no spans, no opentelemetry import
     default_model: str | None = None
     source: str | None = None  # the config file it came from, for messages
 

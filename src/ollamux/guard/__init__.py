@@ -43,6 +43,10 @@ def install(app: web.Application, settings: Settings) -> Guard:
         state = app[STATE]
         state.guard = guard  # with keys on, state.inbound_auth: the client's key is never forwarded upstream
         guard.bind(state.registry, state.observers)
+        if state.shared_state is not None:  # even with no limit yet: a config reload may add some
+            from .shared_limits import SharedLimiter  # imports redis: only when shared_state is configured
+
+            guard.shared_rates = SharedLimiter(guard.rates, state.shared_state)
         if guard.rates.counts_tokens:
             state.observers.add(guard)
 

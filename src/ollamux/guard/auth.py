@@ -68,13 +68,14 @@ class _Key:
     name: str
     digest: bytes
     policy: ModelPolicy
+    admin: bool = False
 
 
 class KeyRing:
     """The configured keys; empty means the server is open."""
 
     def __init__(self, keys: Sequence[ApiKeySettings]) -> None:
-        self._keys = tuple(_Key(k.name, k.sha256, ModelPolicy(k.models)) for k in keys)
+        self._keys = tuple(_Key(k.name, k.sha256, ModelPolicy(k.models), k.admin) for k in keys)
         self._by_name = {k.name: k for k in self._keys}
 
     def __bool__(self) -> bool:
@@ -98,6 +99,35 @@ class KeyRing:
             # never echo the key, not even a prefix: error messages end up in logs
             raise Unauthorized("invalid API key", code="invalid_api_key", headers=_CHALLENGE)
         return found
+
+    def is_admin(self, key_name: str | None) -> bool:
+        key = self._by_name.get(key_name) if key_name is not None else None
+        return key is not None and key.admin
+
+    def identify_admin(self, headers: Mapping[str, str]) -> str:
+        """The name of the admin key presented: 401 without a valid key, 403 for a key without `admin: true`."""
+        try:
+            name = self.identify(headers)
+        except Unauthorized as exc:
+            raise Unauthorized(
+                f"{exc.message}; the admin API needs a key with 'admin: true' (auth.keys.NAME.admin in the config)",
+                code=exc.code,
+                headers=_CHALLENGE,
+            ) from None
+        if not self.is_admin(name):
+            raise Forbidden(
+                f"API key '{name}' is not an admin key: the admin API needs a key with 'admin: true' "
+                "(auth.keys.NAME.admin in the config)",
+                code="admin_key_required",
+            )
+        return name
+
+    def identify_optional(self, headers: Mapping[str, str]) -> str | None:
+        """The name of the key presented, or None for none or an unknown one (never a refusal)."""
+        try:
+            return self.identify(headers)
+        except Unauthorized:
+            return None
 
     def authorize(self, key_name: str | None, route: Route) -> None:
         """Forbidden (403) when the key may not use the model the request resolved to."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import HttpVersion10, HttpVersion11, web
@@ -36,9 +36,23 @@ from .hostguard import HostGuard, is_loopback_bind
 from .limits import json_depth_exceeds
 from .ratelimit import Gate, RateLimiter
 
-__all__ = ["CORS_ORIGIN", "GUARD", "KEY_NAME", "Guard", "client_request_id", "reject_outside"]
+if TYPE_CHECKING:
+    from .shared_limits import SharedLimiter
+
+__all__ = [
+    "ADMIN_PREFIX",
+    "CORS_ORIGIN",
+    "GUARD",
+    "KEY_NAME",
+    "WHOAMI",
+    "Guard",
+    "client_request_id",
+    "is_admin_path",
+    "reject_outside",
+]
 
 log = logging.getLogger("ollamux")
+_admin_log = logging.getLogger("ollamux.admin")
 
 KEY_NAME = web.RequestKey("ollamux_key_name", str)  # the name of the key the client used
 CORS_ORIGIN = web.RequestKey("ollamux_cors_origin", str)  # an allowed Origin to echo on the answer
@@ -95,6 +109,20 @@ _DATA_TYPES = ("multipart/", "audio/", "image/", "video/", "application/octet-st
 STREAMED_UPLOADS = "/api/blobs/"
 
 
+def is_page(path: str) -> bool:
+    """The dashboard's files (`ui.add_routes`): `/ui` and everything under `/ui/`."""
+    return path == "/ui" or path.startswith("/ui/")
+
+
+# the dashboard's JSON API: an admin key when keys are on (whoami answers anyone, to say whether one is needed)
+ADMIN_PREFIX = "/admin/"
+WHOAMI = "/admin/whoami"
+
+
+def is_admin_path(path: str) -> bool:
+    return path.startswith(ADMIN_PREFIX) or path == "/admin"
+
+
 def _runs_a_model(path: str) -> bool:
     """Only requests that run a model wait at a concurrency gate; `/upstream/m/health` does not."""
     return path in INFERENCE_PATHS or (path.startswith(UPSTREAM_PREFIX) and path.endswith(_UPSTREAM_INFERENCE))
@@ -119,6 +147,8 @@ def printable(text: str, limit: int = 200) -> str:
 
 def api_of(path: str) -> ApiName:
     """The API a path belongs to, for refusals made before a handler runs (their envelope, their label)."""
+    if is_admin_path(path):
+        return "admin"
     if path.startswith("/v1/messages"):
         return "anthropic"
     if path.startswith("/v1/responses"):
@@ -152,6 +182,8 @@ class Guard:
         self.registry: Registry | None = None
         self.observers: Observers | None = None
         self.rate_limited = self.rates.enabled
+        # shared_state: the same limits counted in Redis, set by `install` once the app's lifespan opened it
+        self.shared_rates: SharedLimiter | None = None
         self.max_depth = lim.max_json_depth
         self.body_timeout = lim.body_timeout
         self.max_body = settings.server.max_body_bytes
@@ -193,8 +225,16 @@ class Guard:
         path = request.path
         try:
             # a public path needs no key and is never rate limited; its body still gets every limit, since
-            # an operator may make an inference route public
-            if path not in self.public_paths:
+            # an operator may make an inference route public. The dashboard's static files hold no data
+            # (the page asks for an admin key and sends it on every fetch), so they need no key either.
+            # Its admin API needs an admin key, and is not rate limited as inference, whose budget it would spend
+            if is_admin_path(path):
+                if self.keys:
+                    keys = self.keys
+                    found = keys.identify_optional(headers) if path == WHOAMI else keys.identify_admin(headers)
+                    if found is not None:
+                        request[KEY_NAME] = found
+            elif path not in self.public_paths and not is_page(path):
                 if self.keys:
                     name = self.keys.identify(headers)
                     request[KEY_NAME] = name
@@ -202,7 +242,10 @@ class Guard:
                 else:
                     caller, label = f"ip:{request.remote}", f"client {request.remote}"
                 if self.rate_limited:
-                    self.rates.admit(caller, label)
+                    if self.shared_rates is None:
+                        self.rates.admit(caller, label)  # in-process: no await on the usual path
+                    else:
+                        await self.shared_rates.admit(caller, label)
             # read even when there is no body (b""): a handler may still resolve the default model; an
             # upload of a model file streams to disk in its handler instead, past any JSON body limit
             reads = request.method in _BODY_METHODS and not path.startswith(STREAMED_UPLOADS)
@@ -300,6 +343,24 @@ class Guard:
         self.registry = registry
         self.observers = observers
 
+    def reconfigure(self, settings: Settings) -> None:
+        """A config reload (`reload.py`): keys, limits, gates and CORS from `settings` for the requests that
+        come next, in one step. The middleware is this object's bound method, so it changes in place.
+        Rate buckets and concurrency gates whose limits did not change keep their counts; a request holding
+        a gate that went away releases it where it took it."""
+        fresh = Guard(settings)
+        if (fresh.rates.defaults, fresh.rates.per_caller) == (self.rates.defaults, self.rates.per_caller):
+            fresh.rates = self.rates
+        for old, new in ((self.backend_gates, fresh.backend_gates), (self.model_gates, fresh.model_gates)):
+            for name, gate in list(new.items()):
+                kept = old.get(name)
+                if kept is not None and (kept.max, kept.queue, kept.timeout) == (gate.max, gate.queue, gate.timeout):
+                    new[name] = kept
+        fresh.registry, fresh.observers, fresh.shared_rates = self.registry, self.observers, self.shared_rates
+        vars(self).update(vars(fresh))
+        if self.shared_rates is not None:
+            self.shared_rates.local = self.rates  # the shared buckets read their limits from here
+
     def reject(self, request: web.Request, exc: OllamuxError) -> web.Response:
         return reject_outside(request, exc, self.observers)
 
@@ -327,7 +388,7 @@ class Guard:
         tokens = (rec.prompt_tokens or 0) + (rec.completion_tokens or 0)
         if tokens:
             caller = f"key:{rec.key_name}" if rec.key_name is not None else f"ip:{rec.client}"
-            self.rates.charge_tokens(caller, tokens)
+            (self.shared_rates or self.rates).charge_tokens(caller, tokens)
 
     def authorize(self, rec: RequestRecord, route: Route) -> None:
         if self.keys:
@@ -368,7 +429,17 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
         # client speaks something else: nothing more on this connection may be read as a request
         resp.force_close()
         _stop_reading(request)
-    if observers is not None:
+    if is_admin_path(request.path) or is_page(request.path):
+        # not a model request: the operator log, not the request log or the inference metrics
+        _admin_log.info(
+            "%s %s -> %s: %s",
+            request.method,
+            printable(request.path),
+            exc.status,
+            exc.message,
+            extra={"request_id": rid, "client": request.remote},
+        )
+    elif observers is not None:
         rec = RequestRecord(
             id=rid,
             api=api,

@@ -16,24 +16,29 @@ from collections.abc import Callable
 from ..config import ConcurrencyLimit
 from ..errors import RateLimited, ServiceUnavailable
 
-__all__ = ["Bucket", "Gate", "RateLimiter", "Rates"]
+__all__ = ["Bucket", "Gate", "RateLimiter", "Rates", "bucket_shape", "per_minute_text", "refusal"]
 
 Clock = Callable[[], float]
+
+
+def bucket_shape(per_minute: float, burst: int | None) -> tuple[float, float]:
+    """(refill per second, capacity): one formula for the local buckets and the shared ones in Redis."""
+    return per_minute / 60.0, float(burst if burst is not None else max(1.0, per_minute))
 
 
 class Bucket:
     __slots__ = ("capacity", "level", "rate", "stamp")
 
     def __init__(self, per_minute: float, burst: int | None, now: float) -> None:
-        self.rate = per_minute / 60.0  # refill per second
-        self.capacity = float(burst if burst is not None else max(1.0, per_minute))
+        self.rate, self.capacity = bucket_shape(per_minute, burst)  # refill per second, most it holds
         self.level = self.capacity
         self.stamp = now
 
     def _refill(self, now: float) -> None:
+        # a clock that went back (the shared buckets' callers) refills nothing, and later not twice
         if now > self.stamp:
             self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+            self.stamp = now
 
     def take(self, cost: float, now: float) -> float:
         """Take `cost` if there is enough; else return the seconds until there will be (0 means taken)."""
@@ -123,11 +128,11 @@ class RateLimiter:
         if r.tokens is not None:
             wait = r.tokens.in_debt(now)
             if wait:
-                raise _refusal(label, f"{_per_minute(r.tokens)} tokens", wait)
+                raise refusal(label, f"{_per_minute(r.tokens)} tokens", wait)
         if r.requests is not None:
             wait = r.requests.take(1.0, now)
             if wait:
-                raise _refusal(label, f"{_per_minute(r.requests)} requests", wait)
+                raise refusal(label, f"{_per_minute(r.requests)} requests", wait)
 
     def charge_tokens(self, caller: str, tokens: int) -> None:
         if tokens <= 0:
@@ -139,7 +144,10 @@ class RateLimiter:
 
 
 def _per_minute(b: Bucket) -> str:
-    v = b.rate * 60.0
+    return per_minute_text(b.rate * 60.0)
+
+
+def per_minute_text(v: float) -> str:
     return str(int(v)) if v.is_integer() else f"{v:g}"
 
 
@@ -201,7 +209,7 @@ class Gate:
         self.active -= 1
 
 
-def _refusal(label: str, limit: str, wait: float) -> RateLimited:
+def refusal(label: str, limit: str, wait: float) -> RateLimited:
     return RateLimited(
         f"rate limit exceeded for {label}: {limit} per minute; retry in {_retry_after(wait)} s",
         code="rate_limit_exceeded",

@@ -17,8 +17,24 @@ Only models whose capabilities are known are checked: the config's `capabilities
 a model the built-in engine runs (`runtime.gguf_meta.GGUFInfo.capabilities`). Everything else (a remote
 backend's model, whose capabilities /api/show can only guess) goes to the backend, which decides.
 
-The check reads the Ollama request, the same fields the translators read (`translate.to_openai`); it could
-read the pivot instead (tools, `image_url` parts, `enable_thinking`), which would serve every front.
+The Ollama front checks the Ollama request (`require`, in Ollama's order, before a model is loaded or
+unloaded). Every other front is checked on the pivot, once, by the pipeline (`require_pivot`: OpenAI chat
+and completions, passed through or translated, Responses and Anthropic Messages through the pivot), with
+the same words, in the front's own error envelope (`param` names the pivot's field):
+
+  tools                                   a non-empty `tools`
+  insert                                  a completion's non-empty `suffix`
+  vision                                  an `image_url` part in a message
+  thinking                                `chat_template_kwargs.enable_thinking: true`, or a
+                                          `reasoning_effort` other than "none"
+
+`reasoning_effort` on a model without thinking is refused rather than ignored: Ollama's own OpenAI layer
+(openai/openai.go FromChatRequest, `thinkFromReasoningEffort`) turns every effort but "none" into `think`,
+which ChatHandler then refuses, and OpenAI's API refuses it for its non-reasoning models too (400,
+"Unsupported parameter: 'reasoning_effort' ..."); only llama.cpp ignores it, which hides from the client that
+it will get no reasoning. "none" asks for no thinking and passes everywhere. Not checked: a front's native
+pass-through in its own dialect (Anthropic on a backend that serves /v1/messages, Responses on one that
+serves /v1/responses), whose backend decides.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ from ..errors import BadRequest
 from ..registry import Route
 from ..state import AppState
 
-__all__ = ["default_think", "known_capabilities", "refusal", "require"]
+__all__ = ["default_think", "known_capabilities", "pivot_refusal", "refusal", "require", "require_pivot"]
 
 _THINK_LEVELS = frozenset({"low", "medium", "high", "max"})
 
@@ -110,3 +126,61 @@ def require(state: AppState, route: Route, body: Mapping[str, Any], *, chat: boo
     message = refusal(body, caps, chat=chat, name=route.entry.name, requested=route.requested)
     if message is not None:
         raise BadRequest(message)
+
+
+def _pivot_thinks(pivot: Mapping[str, Any]) -> str | None:
+    """The pivot field that asks for thinking, if one does (see the module docstring)."""
+    kwargs = pivot.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("enable_thinking") is True:
+        return "chat_template_kwargs.enable_thinking"
+    effort = pivot.get("reasoning_effort")
+    if isinstance(effort, str) and effort != "none":
+        return "reasoning_effort"
+    return None
+
+
+def _pivot_has_images(pivot: Mapping[str, Any]) -> bool:
+    messages = pivot.get("messages")
+    if not isinstance(messages, list):
+        return False
+    return any(
+        isinstance(m, dict)
+        and isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"])
+        for m in messages
+    )
+
+
+def pivot_refusal(
+    pivot: Mapping[str, Any], kind: str, caps: Collection[str], *, name: str, requested: str
+) -> tuple[str, str] | None:
+    """Ollama's message, and the pivot field it is about, for what `pivot` (an OpenAI chat or completions
+    body) needs that `caps` lacks; None when nothing is missing. Ollama's order: thinking, tools or insert,
+    then vision."""
+    if kind == "embedding":
+        return None
+    thinks = _pivot_thinks(pivot)
+    if thinks is not None and "thinking" not in caps:
+        return f"{_go_quote(requested)} does not support thinking", thinks
+    if kind == "chat":
+        tools = pivot.get("tools")
+        if isinstance(tools, list) and tools and "tools" not in caps:
+            return f"{name} does not support tools", "tools"
+    else:
+        suffix = pivot.get("suffix")
+        if isinstance(suffix, str) and suffix and "insert" not in caps:
+            return f"{name} does not support insert", "suffix"
+    if _pivot_has_images(pivot) and "vision" not in caps:
+        return f"{name} does not support vision", "messages"
+    return None
+
+
+def require_pivot(state: AppState, route: Route, pivot: Mapping[str, Any], kind: str) -> None:
+    """400 in the front's envelope when the model's known capabilities lack what the pivot request needs;
+    nothing when they are unknown (a remote model: its backend decides)."""
+    caps = known_capabilities(state, route)
+    if caps is None:
+        return
+    found = pivot_refusal(pivot, kind, caps, name=route.entry.name, requested=route.requested)
+    if found is not None:
+        raise BadRequest(found[0], param=found[1], code="unsupported_parameter" if found[1] != "messages" else None)

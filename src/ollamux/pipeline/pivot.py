@@ -12,7 +12,9 @@ request record are the same for all of them.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -29,13 +31,18 @@ from ..streams.pivot_collect import PivotCollector
 from ..streams.translator import Chain, SSEPassthrough, StreamTranslator
 from ..translate.checks import json_type
 from ..translate.model_params import apply_to_pivot, runtime_hints
+from .capabilities import require_pivot
 from .params import params_for
 from .relay import relay_collected, relay_json, relay_stream
 from .upstream import client_auth, identity_headers
 
-__all__ = ["PivotFront", "json_answer", "record_pivot", "serve_via_pivot"]
+__all__ = ["PivotFront", "Settle", "json_answer", "record_pivot", "serve_via_pivot"]
 
 SSE_CT = "text/event-stream"
+
+# A front's last asynchronous step once the whole upstream answer is in: the backend that answered, the body
+# it was sent, and the client's whole answer to amend (None for a stream, whose final frame comes after).
+Settle = Callable[[Opened, dict[str, Any], Any], Awaitable[None]]
 
 
 class PivotFront(Protocol):
@@ -104,17 +111,26 @@ async def serve_via_pivot(
     *,
     keep_alive: float | None = None,
     num_ctx: int | None = None,
+    settle: Settle | None = None,
 ) -> web.StreamResponse:
     """Serve `front`'s request on `route` through the pivot: the whole way from wire request to answer.
 
-    The model's defaults and filters (`ModelParams`) are applied here, to what `front.pivot()` returns, so
-    every translating front gets them the same way; a fallback gets its own model's."""
+        The model's defaults and filters (`ModelParams`) are applied here, to what `front.pivot()` returns, so
+        every translating front gets them the same way; a fallback gets its own model's. The pivot is checked
+    against the model's known capabilities here (`capabilities.require_pivot`), once for every front. `settle` (see
+        `Settle`) runs after the upstream's last byte, before the client's last one."""
     keep_alive, num_ctx = runtime_hints(params_for(state, route), keep_alive, num_ctx)
+    sent: dict[str, Any] = {}  # the wire body of the attempt that answered (the last one built)
 
     def wire(r: Route, up: HTTPBackend) -> tuple[str, dict[str, Any]]:
+        nonlocal sent
         plan = up.pivot_plan(front.kind)
-        pivot = apply_to_pivot(front.pivot(r, up), front.kind, params_for(state, r), up.settings.dialect)
-        return plan.path, plan.build(pivot, r.upstream)
+        pivot = front.pivot(r, up)
+        if r is route:  # what the client asked of its model (a fallback is the operator's choice)
+            require_pivot(state, r, pivot, front.kind)
+        pivot = apply_to_pivot(pivot, front.kind, params_for(state, r), up.settings.dialect)
+        sent = plan.build(pivot, r.upstream)
+        return plan.path, sent
 
     # retries, replicas and fallbacks happen in there, before the first byte; `opened` is what answered
     async with open_upstream(
@@ -153,12 +169,19 @@ async def serve_via_pivot(
                 return front.to_client(pivot, opened)
 
             if collector is not None:
-                return json_answer(await relay_collected(up, collector, translate))
-            return json_answer(await relay_json(up, translate))
+                out = await relay_collected(up, collector, translate)
+            else:
+                out = await relay_json(up, translate)
+            if settle is not None:
+                await settle(opened, sent, out)
+            return json_answer(out)
         translator = front.client_stream(opened)
         backend_stream = plan.stream(answer) if plan.stream is not None else None
         if backend_stream is not None:
             translator = Chain(backend_stream, translator) if translator is not None else backend_stream
         elif translator is None:
             translator = SSEPassthrough(SSE_CT, opened.backend.redact.data)
-        return await relay_stream(request, rec, opened.response, translator, expect=plan.stream_type)
+        finish = None if settle is None else functools.partial(settle, opened, sent, None)
+        return await relay_stream(
+            request, rec, opened.response, translator, expect=plan.stream_type, before_finish=finish
+        )

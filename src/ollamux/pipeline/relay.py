@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -128,11 +128,14 @@ async def relay_stream(
     expect: str | None,
     status: int = 200,
     headers: Mapping[str, str] | CIMultiDict[str] | None = None,
+    before_finish: Callable[[], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
     """Run `translator` over the upstream's body and stream what it makes, one write per upstream read.
 
     `expect` is the media type the upstream must answer with (None: anything, for pass-through); an
-    upstream that sent none is taken at its word.
+    upstream that sent none is taken at its word. `before_finish` runs once the upstream's last byte is in
+    and before the translator's final frame (what the final frame needs to ask first: a generate's
+    `context`), so it costs the stream's tokens nothing; an OllamuxError from it is the error frame.
     """
     early = request.get(PREPARED)  # the status line went out while a model started (pipeline.warmup)
     try:
@@ -159,6 +162,8 @@ async def relay_stream(
                 if data:
                     held = 0
                     await resp.write(data)
+            if before_finish is not None:
+                await before_finish()
             tail = translator.finish() if held < HEAVY else await asyncio.to_thread(translator.finish)
         except OllamuxError as exc:
             err = _masked(up, exc)

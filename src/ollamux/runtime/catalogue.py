@@ -314,6 +314,10 @@ class Catalogue:
         if to_hash and not self._closing:
             self._spawn(self._compute_digests(to_hash), "hash models", "runtime task")
 
+    def describe_config(self) -> None:
+        """A configured model was added or changed (a config reload): the next `rescan` reads its file."""
+        self._config_pending = True
+
     def set_created(self, models: Sequence[tuple[ModelEntry, RuntimeSpec]]) -> None:
         """The models made with /api/create from a GGUF blob (source "created"): each runs like a configured
         `runtime: {gguf: ...}` model, described by the next `rescan`; one no longer given is retired."""

@@ -115,6 +115,40 @@ class ModelManager:
         if self.on_new_models is not None:
             self.on_new_models()
 
+    async def reconfigure(self, settings: Settings) -> list[str]:
+        """A config reload: the configured `runtime:` models become those of `settings` (the registry has
+        them already). One whose spec is unchanged keeps running untouched; one whose spec changed restarts
+        with it once its requests end; one no longer configured stops once its requests end; a new one
+        starts on its first request. Returns one line per change, for the operator log."""
+        changes: list[str] = []
+        wanted = {m.backend: m for m in settings.models if m.runtime is not None and not m.is_wildcard}
+        for backend, gone in self.models.items():
+            if gone.entry.source == "config" and backend not in wanted and not gone.removed:
+                gone.removed = True
+                self._arm(gone)  # idle: stops now; busy: once its last request is released
+                changes.append(f"model '{backend.removeprefix('runtime:')}' removed: stops once its requests end")
+        for backend, ms in wanted.items():
+            spec, entry = ms.runtime, self.registry.find(ms.name)
+            if spec is None or entry is None:  # pragma: no cover - config models always resolve
+                continue
+            model = self.models.get(backend)
+            if model is None or model.entry.source != "config":
+                self.models[backend] = ManagedModel(backend=backend, entry=entry, spec=spec, gguf=spec.gguf)
+                self.catalogue.describe_config()
+                changes.append(f"model '{ms.name}' added")
+                continue
+            model.entry, model.removed = entry, False
+            if model.spec != spec:
+                model.spec, model.gguf = spec, spec.gguf
+                self.catalogue.describe_config()
+                if model.state.holds_slot:
+                    model.stale = True
+                    self._arm(model)
+                changes.append(f"model '{ms.name}' runtime changed: restarts with it once its requests end")
+        await self.rescan()  # the new or changed GGUF files described, in a worker thread
+        self._new_models()  # their backends registered
+        return changes
+
     # ---------------------------------------------------------------------------------------- queries
     def manages(self, backend: str) -> bool:
         return backend in self.models
@@ -260,10 +294,13 @@ class ModelManager:
                 self._reap(m)
                 want = m.ctx_for(num_ctx)
                 if st.phase is Phase.READY:
-                    if want <= st.ctx:
+                    if want <= st.ctx and not m.stale:
                         break
-                    if st.active == 0:  # restart with the larger context; nobody uses this process
-                        log.info("model '%s': restarting with context %d (was %d)", m.name, want, st.ctx)
+                    if st.active == 0:  # restart with the larger context (or reloaded settings); nobody uses it
+                        if m.stale:
+                            log.info("model '%s': restarting with its reloaded runtime settings", m.name)
+                        else:
+                            log.info("model '%s': restarting with context %d (was %d)", m.name, want, st.ctx)
                         await self._stop(m)
                     else:
                         await self._wait_change(m, deadline)
@@ -501,6 +538,7 @@ class ModelManager:
             log.warning("model '%s' (%s) did not start: %s", m.name, why, getattr(exc, "message", None) or exc)
 
     def _begin_start(self, m: ManagedModel, ctx: int) -> None:
+        m.stale = False  # this start reads the spec as it is now
         m.state.apply(Event.START)
         m.state.ctx = ctx
         task = asyncio.create_task(self._start(m, ctx, m.state.generation), name=f"start {m.name}")
@@ -666,8 +704,9 @@ class ModelManager:
         self._disarm(m)
         if m.state.busy or m.state.phase is not Phase.READY:
             return
-        ka = 0.0 if m.removed else (m.keep_alive if m.keep_alive is not None else m.spec.ttl)
-        if m.spec.pin and not m.removed:
+        gone = m.removed or m.stale  # no longer configured, or configured otherwise: stop once idle
+        ka = 0.0 if gone else (m.keep_alive if m.keep_alive is not None else m.spec.ttl)
+        if m.spec.pin and not gone:
             ka = -1.0  # pinned: a request's keep_alive does not stop it either; only an explicit unload does
         if ka < 0:
             m.expires_at = time.time() + FOREVER

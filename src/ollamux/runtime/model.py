@@ -87,7 +87,8 @@ class ManagedModel:
     keep_alive: float | None = None  # what the last request asked; None: the model's ttl
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
-    removed: bool = False  # its file left the models folder
+    removed: bool = False  # its file left the models folder (or its config entry, on a reload)
+    stale: bool = False  # a config reload changed its spec: it restarts with it once its requests end
     stage: str = "spawning"  # while starting: what `LoadingModel.stage` says
     stage_since: float = 0.0
 

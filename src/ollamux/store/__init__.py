@@ -1,9 +1,21 @@
-"""The request log: one SQLite row per request, written off the request path; read by `ollamux logs`."""
+"""The request log: one row per request in SQLite or PostgreSQL, written off the request path; read by
+`ollamux logs`."""
 
 from __future__ import annotations
 
-from .reader import Filters, LogReader, percentile
+from .reader import Filters, LogReader, open_reader, percentile
 from .schema import SCHEMA_VERSION, connect, migrate
-from .writer import RequestLog, record_row
+from .writer import RequestLog, instance_name, record_row
 
-__all__ = ["SCHEMA_VERSION", "Filters", "LogReader", "RequestLog", "connect", "migrate", "percentile", "record_row"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Filters",
+    "LogReader",
+    "RequestLog",
+    "connect",
+    "instance_name",
+    "migrate",
+    "open_reader",
+    "percentile",
+    "record_row",
+]

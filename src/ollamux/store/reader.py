@@ -1,16 +1,25 @@
-"""Reading the request log: filtered queries, follow-from-a-position, and per-model statistics."""
+"""Reading the request log: filtered queries, follow-from-a-position, and per-model statistics.
+
+The SQL is written once, in SQLite's dialect with `?` placeholders, and kept to what PostgreSQL reads the
+same way; `pg_reader.py` runs it there (placeholders become `%s`). `open_reader` picks the reader the
+settings name.
+"""
 
 from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .schema import COLUMNS, connect
 
-__all__ = ["Filters", "LogReader", "percentile"]
+if TYPE_CHECKING:
+    from ..config import RequestLogSettings
+
+__all__ = ["Filters", "LogReader", "open_reader", "percentile"]
 
 _FIELDS = ("seq", *COLUMNS)  # a row as the reader returns it: the writer's columns after seq
 
@@ -66,15 +75,34 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 class LogReader:
-    """Read-only access to a request log file; safe while `ollamux serve` writes it (WAL)."""
+    """Read-only access to a request log file; safe while `ollamux serve` writes it (WAL).
+
+    `PostgresLogReader` (pg_reader.py) is the same reader on a PostgreSQL database: it replaces the
+    connection and `query`/`query_tuples`, every other method is shared.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn: sqlite3.Connection = connect(path, readonly=True)
         self.conn.row_factory = sqlite3.Row
 
+    @property
+    def where(self) -> str:
+        """What is read, for messages: the file, or the database URL with its password masked."""
+        return str(self.path)
+
     def close(self) -> None:
         self.conn.close()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of one SELECT written with `?` placeholders, as dicts by column name."""
+        cur = self.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur]
+
+    def query_tuples(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one SELECT written with `?` placeholders, as tuples."""
+        return [tuple(r) for r in self.conn.execute(sql, args)]
 
     def __enter__(self) -> LogReader:
         return self
@@ -86,7 +114,7 @@ class LogReader:
         """The newest n matching rows, oldest first (as a terminal reads them)."""
         where, args = filters.where()
         sql = f"SELECT {', '.join(_FIELDS)} FROM requests{where} ORDER BY seq DESC LIMIT ?"
-        rows = [dict(r) for r in self.conn.execute(sql, [*args, n])]
+        rows = self.query(sql, [*args, n])
         rows.reverse()
         return rows
 
@@ -95,11 +123,11 @@ class LogReader:
         where, args = filters.where()
         where = (where + " AND seq > ?") if where else " WHERE seq > ?"
         sql = f"SELECT {', '.join(_FIELDS)} FROM requests{where} ORDER BY seq LIMIT ?"
-        return [dict(r) for r in self.conn.execute(sql, [*args, seq, limit])]
+        return self.query(sql, [*args, seq, limit])
 
     def max_seq(self) -> int:
-        row = self.conn.execute("SELECT MAX(seq) FROM requests").fetchone()
-        return int(row[0] or 0)
+        rows = self.query_tuples("SELECT MAX(seq) FROM requests")
+        return int(rows[0][0] or 0) if rows else 0
 
     def stats(self, filters: Filters = Filters()) -> list[dict[str, Any]]:
         """Per model asked for: count, errors, abandoned, p50/p95 latency and TTFT, tokens, mean tokens/s."""
@@ -109,7 +137,7 @@ class LogReader:
             f"prompt_tokens, completion_tokens, tokens_per_s FROM requests{where}"
         )
         groups: dict[str, dict[str, Any]] = {}
-        for model, status, abandoned, lat, ttft, pt, ct, tps in self.conn.execute(sql, args):
+        for model, status, abandoned, lat, ttft, pt, ct, tps in self.query_tuples(sql, args):
             g = groups.setdefault(
                 model, {"count": 0, "errors": 0, "abandoned": 0, "lat": [], "ttft": [], "pt": 0, "ct": 0, "tps": []}
             )
@@ -145,3 +173,14 @@ class LogReader:
                 }
             )
         return out
+
+
+def open_reader(settings: RequestLogSettings) -> LogReader:
+    """The reader of the log these settings write: PostgreSQL with `url`, else the file at `path`
+    (`FileNotFoundError` when there is none yet; `ConnectionError` with a masked message when the database
+    cannot be reached)."""
+    if settings.url is not None:
+        from .pg_reader import PostgresLogReader  # psycopg is optional: only the postgres extra has it
+
+        return PostgresLogReader(settings.url, settings.shown_url)
+    return LogReader(settings.path)

@@ -2,7 +2,8 @@
 
 OpenAI keeps a response unless the request said `store: false`; ollamux keeps it beside the request log
 (the same SQLite file, its own table) so a restart keeps it too, or in memory (bounded) when the request
-log is off. A stored response belongs to the key that made it: another key neither reads nor deletes it.
+log is off; in PostgreSQL (`pg_responses.py`) when the log is there, so every instance reads what any
+one stored. A stored response belongs to the key that made it: another key neither reads nor deletes it.
 Each call is one short statement, run in a worker thread so the event loop never waits on the disk.
 """
 
@@ -15,11 +16,21 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-__all__ = ["MemoryResponses", "ResponseStore", "SQLiteResponses", "StoredResponse", "open_responses"]
+if TYPE_CHECKING:
+    from ..config import RequestLogSettings
+
+__all__ = [
+    "MemoryResponses",
+    "ResponseStore",
+    "SQLiteResponses",
+    "StoredResponse",
+    "WrittenInBackground",
+    "open_responses",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,45 +92,32 @@ CREATE TABLE IF NOT EXISTS responses (
 _PRUNE_EVERY = 256  # puts between two retention passes
 
 
-class SQLiteResponses:
-    """Responses in the request log's SQLite file (WAL: the log's writer process writes beside us)."""
+class WrittenInBackground:
+    """A store on disk or in a database: `put` keeps the response in memory until its write (in a worker
+    thread) is done, so it is readable at once. Subclasses give the blocking `_put`, `_fetch`, `_delete`
+    and `_close`."""
 
-    def __init__(self, path: Path, retention_days: float | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()  # one connection, used from worker threads one at a time
-        self._retention = retention_days
-        self._puts = 0
+    def __init__(self) -> None:
         self._pending: dict[str, StoredResponse] = {}  # put, not yet on disk
         self._writes: set[asyncio.Task[None]] = set()
 
     def _put(self, rid: str, stored: StoredResponse) -> None:
-        row = (rid, time.time(), stored.key_name, orjson.dumps(stored.response), orjson.dumps(stored.conversation))
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
-            self._puts += 1
-            if self._retention is not None and self._puts % _PRUNE_EVERY == 0:
-                self._db.execute("DELETE FROM responses WHERE ts < ?", (time.time() - self._retention * 86400,))
+        raise NotImplementedError
+
+    def _fetch(self, rid: str, key_name: str | None) -> StoredResponse | None:
+        raise NotImplementedError
+
+    def _delete(self, rid: str, key_name: str | None) -> bool:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
 
     def _get(self, rid: str, key_name: str | None) -> StoredResponse | None:
         pending = self._pending.get(rid)
         if pending is not None:
             return pending if pending.key_name == key_name else None
-        with self._lock:
-            row = self._db.execute(
-                "SELECT response, conversation, key_name FROM responses WHERE id = ? AND key_name IS ?",
-                (rid, key_name),
-            ).fetchone()
-        if row is None:
-            return None
-        return StoredResponse(orjson.loads(row[0]), orjson.loads(row[1]), row[2])
-
-    def _delete(self, rid: str, key_name: str | None) -> bool:
-        with self._lock:
-            cur = self._db.execute("DELETE FROM responses WHERE id = ? AND key_name IS ?", (rid, key_name))
-        return cur.rowcount > 0
+        return self._fetch(rid, key_name)
 
     def put(self, rid: str, stored: StoredResponse) -> None:
         self._pending[rid] = stored
@@ -148,13 +146,61 @@ class SQLiteResponses:
 
     def close(self) -> None:
         """Write what is still pending (a shutdown keeps every stored response), then close."""
-        for rid, stored in list(self._pending.items()):
-            self._put(rid, stored)
-        self._pending.clear()
+        try:
+            for rid, stored in list(self._pending.items()):
+                self._put(rid, stored)
+        finally:
+            self._pending.clear()
+            self._close()
+
+
+class SQLiteResponses(WrittenInBackground):
+    """Responses in the request log's SQLite file (WAL: the log's writer process writes beside us)."""
+
+    def __init__(self, path: Path, retention_days: float | None) -> None:
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+        self._retention = retention_days
+        self._puts = 0
+
+    def _put(self, rid: str, stored: StoredResponse) -> None:
+        row = (rid, time.time(), stored.key_name, orjson.dumps(stored.response), orjson.dumps(stored.conversation))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+            self._puts += 1
+            if self._retention is not None and self._puts % _PRUNE_EVERY == 0:
+                self._db.execute("DELETE FROM responses WHERE ts < ?", (time.time() - self._retention * 86400,))
+
+    def _fetch(self, rid: str, key_name: str | None) -> StoredResponse | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT response, conversation, key_name FROM responses WHERE id = ? AND key_name IS ?",
+                (rid, key_name),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(orjson.loads(row[0]), orjson.loads(row[1]), row[2])
+
+    def _delete(self, rid: str, key_name: str | None) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM responses WHERE id = ? AND key_name IS ?", (rid, key_name))
+        return cur.rowcount > 0
+
+    def _close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def open_responses(path: Path | None, retention_days: float | None) -> ResponseStore:
-    """Beside the request log when it is on, else in memory."""
-    return SQLiteResponses(path, retention_days) if path is not None else MemoryResponses()
+def open_responses(settings: RequestLogSettings) -> ResponseStore:
+    """Beside the request log when it is on (its database or its file), else in memory."""
+    if not settings.enabled:
+        return MemoryResponses()
+    if settings.url is not None:
+        from .pg_responses import PostgresResponses  # psycopg is optional: only the postgres extra has it
+
+        return PostgresResponses(settings.url, settings.shown_url, settings.retention_days)
+    return SQLiteResponses(settings.path, settings.retention_days)

@@ -45,6 +45,9 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX requests_ts ON requests (ts)",
         ),
     ),
+    # which ollamux wrote the row (server.instance_id), so one shared log tells many instances apart; older
+    # rows keep NULL
+    (2, ("ALTER TABLE requests ADD COLUMN instance TEXT",)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -72,6 +75,7 @@ COLUMNS: tuple[str, ...] = (
     "key_name",
     "request_body",
     "response_text",
+    "instance",
 )
 
 

@@ -1,38 +1,31 @@
 """The request log's writer: records queue on the event loop, a feeder thread turns them into rows and hands
-them in batches to a writer process, which inserts them into SQLite.
+them in batches to a sink: a writer process that inserts them into SQLite (`sqlite_sink.py`), or a
+PostgreSQL connection (`pg_sink.py`).
 
 The event loop's only cost per request is one bounded `deque.append` (a full queue drops the row and counts
-it); converting and capping happen on the feeder thread, inserting in `writer_process.py`, one transaction
-per batch. Why a process: see `RequestLog`.
+it); converting and capping happen on the feeder thread, inserting in the sink, one transaction per batch.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
-import pickle
-import select
-import signal
-import subprocess
-import sys
+import socket
 import threading
 import time
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from ..config import RequestLogSettings
+from ..config import RequestLogSettings, ServerSettings
 from ..observe import RequestRecord
+from .sink import Sink, SinkDown
 
-__all__ = ["RequestLog", "record_row"]
+__all__ = ["RequestLog", "instance_name", "make_sink", "record_row"]
 
 log = logging.getLogger("ollamux.store")
 
-_CHILD_SCRIPT = str(Path(__file__).with_name("writer_process.py"))
-# a batch takes milliseconds; a reader's lock can hold it up to 3 x 5 s busy timeout: past this the child
-# is taken for hung (a dead network mount) and replaced
-_REPLY_TIMEOUT = 60.0
 _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
+_BATCH_MAX = 4096  # rows a sink gets at once
 
 
 def _cap_bytes(data: bytes | None, cap: int) -> str | None:
@@ -50,7 +43,7 @@ def _cap_text(text: str | None, cap: int) -> str | None:
     return _cap_bytes(text.encode("utf-8"), cap)
 
 
-def record_row(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, ...]:
+def record_row(rec: RequestRecord, capture: bool, cap: int, instance: str | None = None) -> tuple[Any, ...]:
     """The row for one finished request, in `COLUMNS` order."""
     end_ns = rec.end_ns if rec.end_ns is not None else time.perf_counter_ns()
     latency_ms = (end_ns - rec.start_ns) / 1e6
@@ -85,64 +78,87 @@ def record_row(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, ...]:
         rec.key_name,
         _cap_bytes(rec.request_body, cap) if capture else None,
         _cap_text(rec.response_text, cap) if capture else None,
+        instance,
     )
 
 
-def _row_or_repaired(rec: RequestRecord, capture: bool, cap: int) -> tuple[Any, ...]:
+def _row_or_repaired(rec: RequestRecord, capture: bool, cap: int, instance: str | None) -> tuple[Any, ...]:
     """`record_row`, and when a field holds what no column can (a handler's bug), that field as text:
     one odd record must never cost the rows of the others in its batch."""
     try:
-        return record_row(rec, capture, cap)
+        return record_row(rec, capture, cap, instance)
     except Exception:
         log.warning("request log: record %s had a field of the wrong type; stored as text", rec.id)
         for name in ("request_body", "response_text", "error", "model_requested", "model_served"):
             value = getattr(rec, name)
             if value is not None and not isinstance(value, str | bytes):
                 setattr(rec, name, repr(value))
-        return record_row(rec, capture, cap)
+        return record_row(rec, capture, cap, instance)
 
 
-class _ChildGone(Exception):
-    """The writer process died, hung or gave up on the file: the rows handed to it are lost."""
+def instance_name(server: ServerSettings) -> str:
+    """What this ollamux writes into each row's `instance`: `server.instance_id`, else <hostname>:<port>."""
+    return server.instance_id or f"{socket.gethostname()}:{server.port}"
+
+
+def make_sink(settings: RequestLogSettings) -> Sink:
+    """The sink the settings name: PostgreSQL with `url`, else the SQLite file at `path`."""
+    if settings.url is not None:
+        # imported here: psycopg is an optional dependency (the `postgres` extra), checked by the config
+        from .pg import PgTarget
+        from .pg_sink import PostgresSink
+
+        target = PgTarget(settings.url, settings.shown_url)
+        return PostgresSink(target, settings.retention_days, settings.retention_rows)
+    from .sqlite_sink import SQLiteSink
+
+    return SQLiteSink(settings.path, settings.retention_days, settings.retention_rows)
 
 
 class RequestLog:
-    """An observer that logs every finished request to SQLite, off the request path and out of the process.
+    """An observer that logs every finished request to its sink, off the request path.
 
-    `open()` (blocking: run it in a thread) starts the writer process, which creates or migrates the file,
-    and the feeder thread; `close()` writes what is queued and stops both. Until `open()` succeeds, records
-    are dropped and counted.
+    `open()` (blocking: run it in a thread) opens the sink, which creates or migrates the schema, and
+    starts the feeder thread; `close()` writes what is queued and stops both. Until `open()` succeeds, records
+    are dropped and counted (except for a sink that says its store is only away: see below).
 
-    A storage fault never stops serving: SQLite maps the WAL index (`-shm`) into memory, and a fault on that
-    mapping is SIGBUS, which no exception handler catches. So the file is written by a child process
-    (`writer_process.py`); when it dies, whatever the cause, the batch it held is counted as dropped, the
-    log reports "failed" (readiness degraded) and a new child is started with backoff (0.5 s doubling to
-    30 s; back to 0.5 s once a batch is written) while rows wait in the queue, still bounded by `queue_size`.
-    The log is "ok" again as soon as a new child has opened the file. A deleted or replaced log file counts
-    as a fault too (the child checks before each batch): an unlinked file stays writable, and rows written
-    to it would be lost without a word; the restarted child creates a fresh file.
+    The queue holds at most `queue_size` rows, the batch being written included: a batch is taken from the
+    queue only once the sink has answered for it, so what waits while the store is away is bounded and
+    everything beyond is dropped and counted, exactly.
+
+    A storage fault never stops serving. When the sink goes down (`SinkDown`), the log reports it (readiness:
+    "failed" for a store that broke, "degraded" for one that is only away, a database restarting) and the
+    sink is reopened with backoff (0.5 s doubling to 30 s; back to 0.5 s once a batch is written) while rows
+    wait in the queue. The batch in hand is lost (counted) when the store broke under it (SQLite's writer
+    process died: see `writer_process.py` for why a process), and written again when the store was only away
+    (a transaction that never committed). The log is "ok" again as soon as the sink has reopened.
     """
 
     def __init__(
         self,
         settings: RequestLogSettings,
         *,
+        instance: str | None = None,
         # at most one wake-up a second when idle-ish, one per 1,024 rows under load: each wake-up takes
         # the GIL from the event loop, so fewer, larger batches cost the request path least
         flush_interval: float = 1.0,
         batch_size: int = 1024,
         retention_interval: float = 300.0,
+        sink: Sink | None = None,
     ) -> None:
         self.settings = settings
         self.path = settings.path
+        self.instance = instance
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.retention_interval = retention_interval
+        self._sink = sink if sink is not None else make_sink(settings)
         self._dropped_full = 0  # queue full or log not open: only the event loop writes it
-        self._dropped_failed = 0  # rows the writer process refused or lost: only the feeder thread writes it
+        self._dropped_failed = 0  # rows the sink refused or lost: only the feeder thread writes it
         self.written = 0  # only the feeder thread writes it
-        self.restarts = 0  # writer processes started after the first: only the feeder thread writes it
+        self.restarts = 0  # sink reopenings after the first open: only the feeder thread writes it
         self.error: str | None = None
+        self._away = False  # the error is a store that is away (rows wait), not one that broke
         self.schema_version = 0
         self._queue: collections.deque[RequestRecord] = collections.deque()
         self._max = settings.queue_size
@@ -151,11 +167,11 @@ class RequestLog:
         self._idle.set()
         self._stop = False
         self._accepting = False
-        self._child: subprocess.Popen[bytes] | None = None
+        self._up = False  # the sink is open: only the feeder thread (and open()) writes it
         self._thread: threading.Thread | None = None
         self._last_retention = 0.0
         self._backoff = _BACKOFF_MIN
-        self._next_start = 0.0  # monotonic time before which no new writer process is started
+        self._next_open = 0.0  # monotonic time before which the sink is not reopened
 
     # ------------------------------------------------------------------------------ event-loop side
     def request_started(self, rec: RequestRecord) -> None:
@@ -182,12 +198,17 @@ class RequestLog:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _state(self) -> str:
+        if self.error is not None:
+            return "degraded" if self._away and self._accepting else "failed"
+        return "ok" if self.running else "stopped"
+
     def status(self) -> dict[str, Any]:
         """What /health/ready shows of the log."""
         return {
             "enabled": True,
-            "path": str(self.path),
-            "state": "ok" if self.running and self.error is None else ("failed" if self.error else "stopped"),
+            **self._sink.describe(),
+            "state": self._state(),
             "schema_version": self.schema_version,
             "queued": self.queued,
             "written": self.written,
@@ -198,13 +219,24 @@ class RequestLog:
 
     # ------------------------------------------------------------------------------ lifecycle
     def open(self) -> None:
-        """Start the writer process, which creates or migrates the database, and the feeder thread (blocking)."""
-        opened = self._start_child()
-        if opened is not None:
-            self.error = f"cannot open request log {self.path}: {opened}"
-            log.error("%s; requests are not logged", self.error)
-            return
-        self._last_retention = time.monotonic()  # the child applied retention on opening
+        """Open the sink, which creates or migrates the schema, and start the feeder thread (blocking)."""
+        try:
+            self._sink.open()
+        except SinkDown as exc:
+            where = ", ".join(str(v) for v in self._sink.describe().values())
+            self.error = f"cannot open request log {where}: {exc}"
+            if not exc.transient:
+                log.error("%s; requests are not logged", self.error)
+                return
+            # the store is only away (a database still starting): rows queue meanwhile, reopened with backoff
+            self._away = True
+            log.error("%s; rows wait (up to %d) while it is retried", self.error, self._max)
+            self._next_open = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+        else:
+            self._up = True
+            self.schema_version = self._sink.schema_version
+        self._last_retention = time.monotonic()  # the sink applied retention on opening
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="ollamux-request-log", daemon=True)
         self._thread.start()
@@ -218,11 +250,9 @@ class RequestLog:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("request log writer did not finish within %.0fs; %d rows lost", timeout, self.queued)
-                child = self._child
-                if child is not None:
-                    child.kill()  # stuck on the file: the process must not outlive the server
+                self._sink.abort()
         else:
-            self._stop_child()
+            self._sink.close()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued row is written (for tests and `close`); False on timeout."""
@@ -239,140 +269,49 @@ class RequestLog:
         self._last_retention = 0.0
         self._wake.set()
 
-    # ------------------------------------------------------------------------------ the writer process
-    def _start_child(self) -> str | None:
-        """Start a writer process and open the file in it; None when that worked, else why not."""
-        s = self.settings
-        try:
-            child = subprocess.Popen(
-                [sys.executable, _CHILD_SCRIPT],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                # its own session: a Ctrl-C in the terminal reaches the server, which then stops the child
-                # after handing over the last rows, never the child first
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            return f"cannot start the writer process: {exc}"
-        self._child = child
-        try:
-            reply = self._call(("open", str(self.path), s.retention_days, s.retention_rows))
-        except _ChildGone as exc:
-            return str(exc)
-        if reply[0] != "ok":
-            self._stop_child()
-            return str(reply[1])
-        self.schema_version = int(reply[1])
-        return None
-
-    def _call(self, msg: tuple[Any, ...], timeout: float = _REPLY_TIMEOUT) -> tuple[Any, ...]:
-        """Send one command to the writer process and read its answer; `_ChildGone` when it cannot answer."""
-        child = self._child
-        if child is None or child.stdin is None or child.stdout is None:
-            raise _ChildGone("the writer process is not running")
-        try:
-            child.stdin.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-            child.stdin.flush()
-            # each answer is read whole, so nothing is left buffered between calls and select sees it all
-            ready, _, _ = select.select([child.stdout], [], [], timeout)
-            if not ready:
-                raise _ChildGone(f"the writer process did not answer within {timeout:.0f} s")
-            reply: tuple[Any, ...] = pickle.load(child.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            self._reap()
-            raise _ChildGone(self._death_reason(child, exc)) from None
-        except _ChildGone:
-            self._reap()
-            raise
-        if reply[0] == "gone":
-            self._reap()
-            raise _ChildGone(str(reply[1]))
-        return reply
-
-    @staticmethod
-    def _death_reason(child: subprocess.Popen[bytes], exc: BaseException | None) -> str:
-        try:
-            code = child.wait(2.0)
-        except subprocess.TimeoutExpired:
-            return f"the writer process stopped answering ({exc!r})"
-        if code < 0:
-            try:
-                return f"the writer process died of {signal.Signals(-code).name}"
-            except ValueError:
-                return f"the writer process died of signal {-code}"
-        return f"the writer process exited with status {code}"
-
-    def _reap(self) -> None:
-        """Forget the current writer process, killing it if it still runs (a hung one, say)."""
-        child, self._child = self._child, None
-        if child is None:
-            return
-        for f in (child.stdin, child.stdout):
-            try:
-                if f is not None:
-                    f.close()
-            except OSError:
-                pass
-        if child.poll() is None:
-            child.kill()
-        try:
-            child.wait(5.0)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a process stuck in the kernel (a dead NFS mount)
-            log.error("request log writer process %d did not exit after SIGKILL", child.pid)
-
-    def _stop_child(self) -> None:
-        """Ask the writer process to close the database and exit; kill it if it will not."""
-        child = self._child
-        if child is None:
-            return
-        try:
-            if child.stdin is not None:
-                child.stdin.write(pickle.dumps(("close",), protocol=pickle.HIGHEST_PROTOCOL))
-                child.stdin.close()
-            child.wait(10.0)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self._reap()
-
-    def _child_died(self, reason: str, lost: int) -> None:
+    # ------------------------------------------------------------------------------ the sink
+    def _went_down(self, reason: str, lost: int, away: bool) -> None:
+        self._up = False
         self._dropped_failed += lost
-        self.error = f"{reason}; restarting it"
-        log.error("request log: %s; %d rows dropped; restarting it in %.1fs", reason, lost, self._backoff)
-        self._next_start = time.monotonic() + self._backoff
+        self._away = away
+        self.error = f"{reason}; reopening it"
+        log.error("request log: %s; %d rows dropped; reopening it in %.1fs", reason, lost, self._backoff)
+        self._next_open = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
 
-    def _ensure_child(self, stopping: bool) -> bool:
-        """A running writer process, starting one when the backoff allows (or at once when stopping)."""
-        child = self._child
-        if child is not None:
-            if child.poll() is None:
+    def _ensure_open(self, stopping: bool) -> bool:
+        """An open sink, reopening it when the backoff allows (or at once when stopping)."""
+        if self._up:
+            why = self._sink.check()
+            if why is None:
                 return True
-            # died between batches (killed, say): nothing was in its hands, so nothing is lost yet
-            reason = self._death_reason(child, None)
-            self._reap()
-            self._child_died(reason, 0)
-        if not stopping and time.monotonic() < self._next_start:
+            self._went_down(why, 0, self._away)
+        if not stopping and time.monotonic() < self._next_open:
             return False
         self.restarts += 1
-        why = self._start_child()
-        if why is None:
-            # the file opened, migrated and took a retention pass: healthy again, no request needed (a
-            # readiness that waited for the next row could keep a load balancer from ever sending one)
-            self.error = None
-            log.warning("request log: writer process restarted")
-            return True
-        self._child_died(f"cannot reopen {self.path}: {why}", 0)
-        return False
+        where = ", ".join(str(v) for v in self._sink.describe().values())
+        try:
+            self._sink.open()
+        except SinkDown as exc:
+            self._went_down(f"cannot reopen {where}: {exc}", 0, exc.transient)
+            return False
+        # the store opened, migrated and took a retention pass: healthy again, no request needed (a
+        # readiness that waited for the next row could keep a load balancer from ever sending one)
+        self._up = True
+        self.error = None
+        self._away = False
+        self.schema_version = self._sink.schema_version
+        log.warning("request log: %s reopened", where)
+        return True
 
     # ------------------------------------------------------------------------------ feeder thread
     def _run(self) -> None:
         try:
             while True:
-                # waiting out a backoff: wake when the next start is due
+                # waiting out a backoff: wake when the next open is due
                 wait = self.flush_interval
-                if self._child is None:
-                    wait = max(0.01, min(wait, self._next_start - time.monotonic()))
+                if not self._up:
+                    wait = max(0.01, min(wait, self._next_open - time.monotonic()))
                 self._wake.wait(wait)
                 self._wake.clear()
                 stopping = self._stop
@@ -383,7 +322,7 @@ class RequestLog:
                     self._drain_safely(stopping)
                     break
         finally:
-            self._stop_child()
+            self._sink.close()
 
     def _drain_safely(self, stopping: bool) -> None:
         # the feeder thread must outlive any bug: a dead feeder would silently drop every later row
@@ -395,9 +334,9 @@ class RequestLog:
 
     def _drain(self, stopping: bool) -> None:
         q = self._queue
-        # checked on every wake-up, rows or not, so a death shows in readiness and a restart follows unasked
-        # (but no process is started at shutdown only to be stopped)
-        up = self._ensure_child(stopping) if q or not stopping else False
+        # checked on every wake-up, rows or not, so a death shows in readiness and a reopen follows unasked
+        # (but nothing is opened at shutdown only to be closed)
+        up = self._ensure_open(stopping) if q or not stopping else False
         while q:
             if not up:
                 if stopping:
@@ -406,45 +345,57 @@ class RequestLog:
                     q.clear()
                     self._dropped_failed += lost
                     log.error("request log: %d queued rows dropped at shutdown (%s)", lost, self.error)
-                break  # rows stay queued, bounded by queue_size, until a writer process runs again
+                break  # rows stay queued, bounded by queue_size, until the sink is open again
             self._idle.clear()
-            batch: list[RequestRecord] = []
-            while q and len(batch) < 4096:
-                batch.append(q.popleft())
-            self._write(batch)
-            up = self._ensure_child(stopping)
+            # peeked, not popped: the rows stay in the queue (and count against its bound) until the sink
+            # has answered for them. Only this thread pops, so the first n are stable while the loop appends.
+            n = min(len(q), _BATCH_MAX)
+            self._write(list(itertools.islice(q, n)))
+            up = self._ensure_open(stopping)
         self._idle.set()
 
-    def _write(self, batch: Iterable[RequestRecord]) -> None:
+    def _pop(self, n: int) -> None:
+        q = self._queue
+        for _ in range(n):
+            q.popleft()
+
+    def _write(self, batch: list[RequestRecord]) -> None:
         capture, cap = self.settings.capture_bodies, self.settings.body_cap_bytes
-        rows = [_row_or_repaired(r, capture, cap) for r in batch]
+        rows = [_row_or_repaired(r, capture, cap, self.instance) for r in batch]
         try:
-            reply = self._call(("write", rows))
-        except _ChildGone as exc:
-            self._child_died(str(exc), len(rows))
+            written, dropped, error = self._sink.write(rows)
+        except SinkDown as exc:
+            # the batch stays queued, written after the reopen; but not at shutdown, where a store that takes
+            # connections and fails every write would otherwise be retried until close() gives up
+            if exc.transient and not self._stop:
+                self._went_down(str(exc), 0, True)
+                return
+            self._pop(len(batch))
+            self._went_down(str(exc), len(rows), False)
             return
-        if reply[0] != "ok":  # pragma: no cover - the protocol's own error: this batch is lost
+        except Exception:
+            # a bug, not an outage: the batch must leave the queue, or it would fail again on every wake-up
+            # and hold back every row behind it
+            self._pop(len(batch))
             self._dropped_failed += len(rows)
-            self.error = str(reply[1])
-            log.error("request log: %s; %d rows dropped", reply[1], len(rows))
+            log.exception("request log writer: unexpected error; %d rows dropped", len(rows))
             return
-        _, written, dropped, error, lines = reply
+        self._pop(len(batch))
         self.written += written
         self._dropped_failed += dropped
         self.error = error
-        for line in lines:
-            log.error("%s", line)
+        self._away = False
         if error is None:
             self._backoff = _BACKOFF_MIN  # a batch went in: the next fault starts the backoff afresh
 
     def _retain(self) -> None:
         self._last_retention = time.monotonic()
-        if self._child is None:
+        if not self._up:
             return
         try:
-            reply = self._call(("retain",))
-        except _ChildGone as exc:
-            self._child_died(str(exc), 0)
+            warning = self._sink.retain()
+        except SinkDown as exc:
+            self._went_down(str(exc), 0, exc.transient)
             return
-        if reply[1] is not None:
-            log.warning("%s", reply[1])
+        if warning is not None:
+            log.warning("%s", warning)

@@ -5,13 +5,14 @@ the final object of a non-raw generate carries `context`, the token ids of the p
 the answer; a request that sends it back has it detokenized and put before its own rendered prompt, so
 the model sees the earlier exchange (deprecated there, still used by older clients).
 
-ollamux sends a non-raw generate to its backend as a chat (the backend applies the model's template), so
-the earlier exchange goes back as chat messages, not as text before a prompt. The `context` it returns is
-therefore not token ids but the exchange itself, packed: `[MAGIC, n, ...]`, the messages as compressed
-JSON in n bytes, three bytes to an int (every int below 2**24, as token ids are). It is lossless and needs
-no state: a context still works after a restart, and ollamux keeps nothing per conversation. A list that
-is not one of these (token ids from an Ollama server) is a 400 rather than a silent loss of the exchange.
-Not done: llama.cpp's own token ids (its /tokenize) where the backend has a tokenizer.
+Where the backend has a tokenizer (llama.cpp's), the context is those token ids (`pipeline.gen_tokens`).
+Where it has none, ollamux cannot make token ids, and its backend gets a non-raw generate as a chat (the
+backend applies the model's template), so the earlier exchange goes back as chat messages. The `context`
+is then the exchange itself, packed: `[MAGIC, n, ...]`, the messages as compressed JSON in n bytes, three
+bytes to an int (every int below 2**24, as token ids are). It is lossless and needs no state: a context
+still works after a restart, on any backend, and ollamux keeps nothing per conversation. `token_ids` tells
+the two apart: a list whose first int is MAGIC is this encoding (and a broken one is a 400), any other list
+of ints is token ids.
 
 Messages sent back are placed first, after the new request's system message (a chat template wants the
 system message first; the earlier exchange's own system message gives way to a new one).
@@ -27,7 +28,7 @@ import orjson
 
 from ..errors import BadRequest
 
-__all__ = ["MAGIC", "decode", "encode", "merge", "with_context"]
+__all__ = ["MAGIC", "decode", "encode", "merge", "token_ids", "with_context"]
 
 MAGIC = 0x4F4C58  # "OLX": above any tokenizer's vocabulary, so never the first of Ollama's token ids
 _MAX_BYTES = 64 << 20  # what one context may unpack to
@@ -37,6 +38,16 @@ def encode(messages: Sequence[dict[str, str]]) -> list[int]:
     data = zlib.compress(orjson.dumps([[m["role"], m["content"]] for m in messages]), 6)
     padded = data + b"\0" * (-len(data) % 3)
     return [MAGIC, len(data), *(int.from_bytes(padded[i : i + 3], "big") for i in range(0, len(padded), 3))]
+
+
+def token_ids(context: Any) -> list[int] | None:
+    """The token ids a context holds; None for none and for one of ours (`decode` reads those); 400 for a
+    value that is no list of integers."""
+    if context is None or context == []:
+        return None
+    if not isinstance(context, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in context):
+        raise BadRequest("context must be a list of integers")
+    return None if context[0] == MAGIC else context
 
 
 def decode(context: Any) -> list[dict[str, str]]:

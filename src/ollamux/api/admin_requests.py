@@ -1,0 +1,173 @@
+"""The request log over the admin API: filtered rows, a poll for new ones, a live event stream, one request.
+
+Every query runs in a worker thread on its own read-only connection (WAL: the writer never waits for it).
+The live stream polls the log twice a second: the writer commits its batches at most once a second
+anyway, so hooking its batches would save little and tie the stream to the SQLite writer's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+
+from ..config import RequestLogSettings
+from ..errors import BadRequest, OllamuxError, ServiceUnavailable
+from ..guard.core import printable
+from ..state import AppState
+from ..store import Filters
+from ..store.dashboard import reader_or_none, request_by_id, rows_after, rows_newest
+from .admin_common import ADMIN, json_ok, query_int, start_stream
+
+__all__ = ["filters_from", "request_detail", "requests", "requests_stream"]
+
+POLL_INTERVAL = 0.5  # seconds between the live stream's looks at the log
+PING_INTERVAL = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+T = TypeVar("T")
+
+
+def _time(query: Mapping[str, str], name: str) -> float | None:
+    """Unix seconds, an age (`15m`: that long ago) or an ISO 8601 time, as `ollamux logs --since` takes."""
+    raw = query.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    m = _AGE.fullmatch(raw)
+    if m:
+        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return datetime.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadRequest(
+            f"query parameter '{name}' must be unix seconds, an age (30s, 15m, 2h, 7d) or an ISO 8601 time, "
+            f"not '{printable(raw, 50)}'"
+        ) from None
+
+
+def filters_from(query: Mapping[str, str]) -> Filters:
+    """`ollamux logs`' filters from the query string; a bad one is a 400 that says what would do."""
+    filters = Filters(
+        model=query.get("model") or None,
+        status=query.get("status") or None,
+        api=query.get("api") or None,
+        since=_time(query, "since"),
+        until=_time(query, "until"),
+    )
+    try:
+        filters.where()
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return filters
+
+
+def _log_settings(state: AppState) -> RequestLogSettings:
+    if state.request_log is None:
+        raise OllamuxError(
+            "the request log is off (request_log.enabled: false), so there are no requests to show",
+            status=404,
+            code="request_log_off",
+        )
+    return state.settings.request_log
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """A blocking read of the log, off the loop; a database that cannot be reached is a 503."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except ConnectionError as exc:
+        raise ServiceUnavailable(f"cannot read the request log: {exc}") from None
+
+
+def _read_page(settings: RequestLogSettings, filters: Filters, after: int | None, limit: int) -> dict[str, Any]:
+    reader = reader_or_none(settings)
+    if reader is None:
+        return {"rows": [], "last_seq": after or 0}
+    with reader:
+        if after is None:
+            rows = rows_newest(reader, filters, limit)
+        else:
+            rows = rows_after(reader, after, filters, limit)
+        last = reader.max_seq() if after is None else max([after, *(r["seq"] for r in rows)])
+    return {"rows": rows, "last_seq": last}
+
+
+async def requests(request: web.Request, state: AppState) -> web.StreamResponse:
+    """Newest first; with `after=SEQ`, only the rows written since, oldest first (the page's poll), and
+    `last_seq` to poll from next."""
+    q = request.query
+    filters = filters_from(q)
+    limit = query_int(q, "limit", 100, 1, 1000)
+    after = query_int(q, "after", -1, 0, 2**62) if q.get("after", "").strip() else None
+    return json_ok(await _in_thread(_read_page, _log_settings(state), filters, after, limit))
+
+
+async def request_detail(request: web.Request, state: AppState) -> web.StreamResponse:
+    rid = request.match_info["id"]
+    settings = _log_settings(state)
+
+    def read() -> dict[str, Any] | None:
+        reader = reader_or_none(settings)
+        if reader is None:
+            return None
+        with reader:
+            return request_by_id(reader, rid)
+
+    row = await _in_thread(read)
+    if row is None:
+        raise OllamuxError(
+            f"no request '{printable(rid, 100)}' in the request log", status=404, code="request_not_found"
+        )
+    return json_ok(row)
+
+
+async def requests_stream(request: web.Request, state: AppState) -> web.StreamResponse:
+    """`text/event-stream`: one `request` event per row written after the stream opened, until the client
+    goes (or the server stops)."""
+    filters = filters_from(request.query)
+    settings = _log_settings(state)
+    closing = request.app[ADMIN].closing
+    reader = await _in_thread(reader_or_none, settings)
+    try:
+        last = await _in_thread(reader.max_seq) if reader is not None else 0
+        resp = await start_stream(request, "text/event-stream; charset=utf-8")
+        await resp.write(b": connected\n\n")
+        pinged = time.monotonic()
+        while not closing.is_set():
+            try:
+                await asyncio.wait_for(closing.wait(), POLL_INTERVAL)
+                break
+            except TimeoutError:
+                pass
+            if reader is None:
+                reader = await _in_thread(reader_or_none, settings)  # the writer made the file since
+                continue
+            try:
+                rows = await asyncio.to_thread(rows_after, reader, last, filters, 500)
+            except Exception as exc:  # the file went away or broke: say so in the stream, then end it
+                err = ServiceUnavailable(f"cannot read the request log: {exc}")
+                await resp.write(b"event: error\ndata: " + err.openai_body() + b"\n\n")
+                break
+            for row in rows:
+                last = max(last, row["seq"])
+                await resp.write(b"event: request\ndata: " + orjson.dumps(row) + b"\n\n")
+            now = time.monotonic()
+            if rows:
+                pinged = now
+            elif now - pinged >= PING_INTERVAL:
+                await resp.write(b": ping\n\n")
+                pinged = now
+        return resp
+    finally:
+        if reader is not None:
+            reader.close()
