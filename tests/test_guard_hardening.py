@@ -223,3 +223,15 @@ def test_http_10_and_11_are_served(proxy: str) -> None:
     assert head.startswith(b"HTTP/1.0 200 ") and b"version" in body
     head, body = exchange(proxy, b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"version" in body
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/no/such/route", "/v1/responses/{response_id}", "/ui/nothing.js"])
+def test_an_undecodable_expect_header_is_a_417_on_every_path(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, path: str
+) -> None:
+    # aiohttp's own Expect handler raises on bytes it cannot encode back (a 500 and a traceback); ollamux's
+    # answers 417 on matched routes and, since the fuzz suite found the gap, on paths no route matches too
+    url = start_proxy(_cfg(fake_openai[1]))
+    head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n".encode()
+    status, _ = exchange(url, head + b"Expect: \xed\xa0\x80x\r\n\r\n")
+    assert status.split(b" ")[1] == b"417", status

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ollamux.config import ConfigError
@@ -140,3 +142,38 @@ def test_max_running_still_applies_under_a_budget() -> None:
     models = [c("a", 1, last_used=2), c("b", 1, last_used=1)]
     assert plan(models, 1, max_running=2) == Decision(start=False, evict="b")
     assert plan([c("a", 1, busy=True), c("b", 1, busy=True)], 1, max_running=2) == Decision(start=False)
+
+
+async def test_the_estimate_counts_every_slot_and_the_budget_plans_with_it(tmp_path: Path) -> None:
+    import aiohttp
+
+    from ollamux.registry import Registry
+    from ollamux.runtime.gguf_meta import DigestCache
+    from ollamux.runtime.manager import ModelManager
+
+    smol = model_file()
+    raw = {
+        "runtime": {"log_dir": str(tmp_path / "logs"), "memory_budget": "512MiB"},
+        "models": {
+            "four": {"runtime": {"gguf": str(smol), "ctx": 4096}},  # the default: 4 slots
+            "one": {"runtime": {"gguf": str(smol), "ctx": 4096, "parallel": 1}},
+        },
+    }
+    settings = parse_settings(raw, {})
+    async with aiohttp.ClientSession() as client:
+        m = ModelManager(
+            settings, client, Registry(settings.models, None), {}, digest_cache=DigestCache(tmp_path / "d")
+        )
+        await m.rescan()
+        four, one = m.models["runtime:four"], m.models["runtime:one"]
+        size, kv = four.size, four.kv
+        assert kv is not None and size > 0
+        # the engine runs ctx x slots positions: the KV term is four requests' worth, the rest is unchanged
+        assert m.memory_of(four) == estimate(size, kv, 4 * 4096) == m.memory_of(one) + kv_cache_bytes(kv, 3 * 4096)
+        assert m.memory_of(one) == estimate(size, kv, 4096)
+        assert m.memory_of(four, 8192) == estimate(size, kv, 4 * 8192)  # a request's larger num_ctx, every slot
+        # 512 MiB holds SmolLM2 with one slot of 4096 (~376 MiB) but not with four (~646 MiB): the budget sees it
+        assert m.memory_of(one) < 512 * MiB < m.memory_of(four)
+        assert m._plan("runtime:one") == Decision(start=True)
+        assert m._plan("runtime:four") == Decision(start=True, over_budget=True)  # alone it runs, with a warning
+        await m.close()

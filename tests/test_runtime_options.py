@@ -191,7 +191,8 @@ async def test_a_configured_model_with_a_projector_beside_it_loads_it(smol: Path
         params = engine_params(argv)
         assert params.mmproj.path == str(proj) and params.model.path == str(gguf)
         assert params.n_batch == 256 and params.cache_type_k == xllamacpp.ggml_type.GGML_TYPE_Q8_0
-        assert params.n_ctx == 512 and params.n_ubatch == engine.EMBED_BATCH  # ollamux's own stay
+        # ollamux's own stay: 512 for each of the 4 default slots, and the embedding batch
+        assert params.n_ctx == 4 * 512 and params.n_ubatch == engine.EMBED_BATCH
         blind = m.models["runtime:blind"]
         assert blind.mmproj is None and "--mmproj" not in m._argv(blind, 1, 512)
         assert "vision" not in m.probed[("runtime:blind", "blind")]["capabilities"]

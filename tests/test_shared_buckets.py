@@ -14,7 +14,7 @@ from ollamux.config import ConfigError, parse_settings
 from ollamux.config.settings import SharedStateSettings
 from ollamux.errors import RateLimited
 from ollamux.guard.ratelimit import Bucket, RateLimiter, bucket_shape
-from ollamux.guard.shared_limits import BucketScripts
+from ollamux.guard.shared_limits import BucketScripts, SharedLimiter
 from ollamux.shared_state import SharedState
 
 from .redis_server import RedisServer, redis_server
@@ -168,6 +168,122 @@ def test_redis_clock_is_used_without_a_time(redis: RedisServer) -> None:
     out, _ = asyncio.run(run())
     assert [k for k, _ in out] == ["", "", "requests"]
     assert 59 < out[2][1] <= 60
+
+
+# ------------------------------------------------------------------------- one round trip per request
+def test_a_charge_sent_with_the_next_check_gives_the_levels_of_charge_then_check(redis: RedisServer) -> None:
+    """The charge a request leaves may ride in its caller's next check: the same levels, the same refusal
+    and wait as the charge sent on its own first."""
+    tokens = bucket_shape(600.0, 20)
+    requests = bucket_shape(60.0, 3)
+    steps = [(0.0, 0), (0.1, 14), (0.2, 14), (0.3, 0), (5.0, 1000), (200.0, 3)]
+
+    async def run() -> list[tuple[tuple[str, float], tuple[str, float]]]:
+        shared = SharedState(SharedStateSettings(redis_url=redis.url, shown_url=redis.url))
+        await shared.start()
+        scripts = BucketScripts(shared)
+        seen: list[tuple[tuple[str, float], tuple[str, float]]] = []
+        try:
+            for now, owed in steps:
+                if owed:
+                    await scripts.charge("apart:t", tokens, owed, now=now)
+                apart = await scripts.admit(("apart:r", "apart:t"), requests, tokens, now=now)
+                folded = await scripts.admit(
+                    ("fold:r", "fold:t"), requests, tokens, now=now, charge=owed if owed else None
+                )
+                assert folded == apart, now
+                for bucket in ("r", "t"):
+                    assert await shared.client.hgetall(f"fold:{bucket}") == await shared.client.hgetall(
+                        f"apart:{bucket}"
+                    )
+                seen.append((apart, folded))
+        finally:
+            await shared.close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert [a[0] for a, _ in seen] == ["", "", "tokens", "tokens", "tokens", ""]  # the debts refuse, then are paid
+
+
+def _limiter(redis: RedisServer) -> tuple[SharedState, SharedLimiter]:
+    shared = SharedState(SharedStateSettings(redis_url=redis.url, shown_url=redis.url))
+    local = RateLimiter((None, 1.0, None, 20), {})  # 20 tokens, then one a minute
+    return shared, SharedLimiter(local, shared)
+
+
+def test_a_debt_refuses_the_callers_next_request_at_once(redis: RedisServer) -> None:
+    """However the charge travels (with the next check, or on its own), it is counted before that check."""
+
+    async def run() -> None:
+        shared, limiter = _limiter(redis)
+        await shared.start()
+        try:
+            await limiter.admit("key:a", "key 'a'")
+            limiter.charge_tokens("key:a", 30)  # -> -10
+            with pytest.raises(RateLimited) as refused:
+                await limiter.admit("key:a", "key 'a'")
+            assert " tokens per minute" in refused.value.message and _wait_of(refused.value) > 500
+            assert float((await shared.client.hget("ollamux:rl:{key:a}:tokens", "level")) or 0) == -10.0
+        finally:
+            await shared.close()
+
+    asyncio.run(run())
+
+
+def test_a_charge_with_no_next_request_still_reaches_redis(redis: RedisServer) -> None:
+    """A caller that sends nothing more: its charge goes out on its own (another instance must see the
+    debt), and one charged just before shutdown is sent by close()."""
+
+    async def run() -> tuple[float, float]:
+        shared, limiter = _limiter(redis)
+        await shared.start()
+        level: float | None = None
+        try:
+            limiter.charge_tokens("key:b", 25)
+            for _ in range(600):  # polls until it is there (no timing asserted: ~5 ms here, 30 s allowed)
+                raw = await shared.client.hget("ollamux:rl:{key:b}:tokens", "level")
+                if raw is not None:
+                    level = float(raw)
+                    break
+                await asyncio.sleep(0.05)
+            limiter.charge_tokens("key:c", 7)
+        finally:
+            await shared.close()
+        assert level is not None
+        again = SharedState(SharedStateSettings(redis_url=redis.url, shown_url=redis.url))
+        await again.start()
+        try:
+            last = await again.client.hget("ollamux:rl:{key:c}:tokens", "level")
+        finally:
+            await again.close()
+        assert last is not None
+        return level, float(last)
+
+    assert asyncio.run(run()) == (-5.0, 13.0)
+
+
+def test_checks_go_on_after_redis_lost_its_scripts_and_restarted(redis: RedisServer) -> None:
+    """SCRIPT FLUSH, then a restart: the kept connection is dead and the scripts are gone; the next check
+    still answers, on a fresh connection and with the script sent again, without failing."""
+
+    async def run() -> list[tuple[str, float]]:
+        shared = SharedState(SharedStateSettings(redis_url=redis.url, shown_url=redis.url))
+        await shared.start()
+        scripts = BucketScripts(shared)
+        shape = bucket_shape(1.0, 2)
+        out = [await scripts.admit(("s:r", "s:t"), shape, None)]
+        await shared.client.script_flush()
+        out.append(await scripts.admit(("s:r", "s:t"), shape, None))
+        redis.stop()
+        redis.start()  # empty again: a full bucket
+        out += [await scripts.admit(("s:r", "s:t"), shape, None) for _ in range(3)]
+        await scripts.charge("s:t", bucket_shape(60.0, 10), 4)
+        assert float(await shared.client.hget("s:t", "level") or 0) == 6.0
+        await shared.close()
+        return out
+
+    out = asyncio.run(run())
+    assert [k for k, _ in out] == ["", "", "", "", "requests"]
 
 
 # -------------------------------------------------------------------------------------------- config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Any
 
 import pytest
@@ -290,3 +291,31 @@ def test_batch_generate_and_raw_kinds() -> None:
     fast, _ = _batched(raw, [raw], "raw")
     assert "".join(o["response"] for o in fast) == "r0r1r2r3r4r5"
     assert _strip_times(fast) == _strip_times(_one_by_one(raw, "raw")[0])
+
+
+_CREATED_AT = re.compile(rb'"created_at":"[^"]*"')
+
+
+def test_batch_lines_are_byte_for_byte_the_event_by_event_lines() -> None:
+    # the fast path reuses the upstream's bytes of a string without escapes: they must be what orjson writes
+    clean = ["plain", "é€ü", "🙂 emoji", "\u2028sep", "\u2029", "\x7f", "a/b", "<>&'", "\u0085next", "x" * 300]
+    escaped = ['with "quote"', "back\\slash", "line\n", "tab\t", ""]  # escapes upstream: re-encoded instead
+    rng = random.Random(3)
+    for _ in range(30):
+        texts = rng.sample(clean + escaped, len(clean + escaped))
+        for kind in ("chat", "generate"):
+            # odd events are sent as UTF-8, even ones with \u escapes (json's ensure_ascii)
+            events = [_llama_cpp(i, t) for i, t in enumerate(texts)]
+            slow_tr = OpenAIToOllamaStream("m:latest", kind, Timing(start_ns=0))
+            slow = b"".join(line for ev in events for line in slow_tr.feed_event(ev))
+            # one read per event (one string per batch), and all in one read (a batch with escapes somewhere)
+            for reads in ([sse(e) for e in events], [sse(*events)]):
+                tr = OpenAIToOllamaStream("m:latest", kind, Timing(start_ns=0))
+                fast = b"".join(tr.feed(r) for r in reads)
+                assert _CREATED_AT.sub(b"", fast) == _CREATED_AT.sub(b"", slow)
+                assert tr.text_parts == [t for t in texts if t]
+        clean_events = [_llama_cpp(2 * i + 1, t) for i, t in enumerate(clean)]  # one batch without escapes
+        tr = OpenAIToOllamaStream("m:latest", "chat", Timing(start_ns=0))
+        slow_tr = OpenAIToOllamaStream("m:latest", "chat", Timing(start_ns=0))
+        slow = b"".join(line for ev in clean_events for line in slow_tr.feed_event(ev))
+        assert _CREATED_AT.sub(b"", tr.feed(sse(*clean_events))) == _CREATED_AT.sub(b"", slow)

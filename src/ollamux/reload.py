@@ -2,12 +2,12 @@
 on the objects they started with.
 
 `reload(state, new)` swaps, in one step on the event loop (no await in between), the registry's config
-models, aliases and default, the backends, the guard's keys and limits, and `state.settings`. A request
-that already resolved its model holds its `Route`, and a stream holds its upstream response and backend,
-so nothing it uses changes under it; backends that were replaced or removed are closed once no request is
-left on them (they share the app's one HTTP client, which stays). Managed models: unchanged ones keep
-running, changed ones restart with their new spec once idle, removed ones stop once idle
-(`ModelManager.reconfigure`).
+models, aliases and default, the backends, the guard's keys, limits and trusted proxies, and
+`state.settings`. A request that already resolved its model holds its `Route`, and a stream holds its
+upstream response and backend, so nothing it uses changes under it; backends that were replaced or removed
+are closed once no request is left on them (they share the app's one HTTP client, which stays). Managed
+models: unchanged ones keep running, changed ones restart with their new spec once idle, removed ones stop
+once idle (`ModelManager.reconfigure`).
 
 What was bound or opened at start-up cannot change in place (the listening socket, the TLS context, the
 request log, the metrics registry, the tracer, the shared-state pool, the models folder and the process

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import BadRequest, OllamuxError
+from ..guard.client_addr import client_of
 from ..guard.core import client_request_id, printable
 from ..observe import CURRENT_REQUEST_ID, RequestRecord
 from ..state import STATE, AppState
@@ -126,7 +127,7 @@ def admin_endpoint(handler: AdminHandler) -> Callable[[web.Request], Awaitable[w
                 status,
                 (time.perf_counter() - t0) * 1000,
                 f": {error}" if error else "",
-                extra={"request_id": rid, "client": request.remote},
+                extra={"request_id": rid, "client": client_of(request)},
             )
             CURRENT_REQUEST_ID.reset(token)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -28,14 +28,18 @@ from ..pipeline.pivot import serve_via_pivot
 from ..pipeline.warmup import ANTHROPIC_PING, warm_up
 from ..registry import Route
 from ..state import AppState
-from ..streams.pivot_to_anthropic import PivotToAnthropicStream, anthropic_error_frame
 from ..streams.translator import StreamTranslator
-from ..translate import anthropic as ta
 from ..translate.model_params import apply_to_anthropic
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
 from ..translate.to_openai import one_system_message
 from .common import client_auth, endpoint, identity_headers, json_response, resolve_model
+
+# The Messages translators (translate.anthropic, streams.pivot_to_anthropic) are imported by the functions
+# that use them, not here: a server whose clients never call this API does not carry them (with the
+# Responses API's pair, ~1.3 MB of RSS in every server)
+if TYPE_CHECKING:
+    from ..translate import anthropic as ta
 
 __all__ = ["add_routes"]
 
@@ -48,15 +52,21 @@ class _MessagesFront:
     kind: PivotKind = "chat"
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
+        from ..translate import anthropic as ta
+
         return one_system_message(ta.to_pivot(self.body, route.upstream, dialect=backend.settings.dialect))
 
     def answer(self, opened: Opened) -> Answer:
         return Answer(model=self.meta.model, id=self.meta.id, created=0, include_usage=True)
 
     def to_client(self, pivot: dict[str, Any], opened: Opened) -> Any:
+        from ..translate import anthropic as ta
+
         return ta.from_pivot(pivot, self.meta)
 
     def client_stream(self, opened: Opened) -> StreamTranslator:
+        from ..streams.pivot_to_anthropic import PivotToAnthropicStream
+
         return PivotToAnthropicStream(self.meta, max_event_bytes=opened.backend.settings.max_event_bytes)
 
 
@@ -68,6 +78,9 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
 
 
 async def messages(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    from ..streams.pivot_to_anthropic import anthropic_error_frame
+    from ..translate import anthropic as ta
+
     raw = await request.read()
     body = loads_object(raw)
     route = _begin(state, rec, body)
@@ -88,6 +101,8 @@ async def messages(request: web.Request, state: AppState, rec: RequestRecord) ->
 
 
 async def count_tokens(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    from ..translate import anthropic as ta
+
     raw = await request.read()
     body = loads_object(raw)
     route = _begin(state, rec, body)

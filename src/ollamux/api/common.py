@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .. import guard
 from ..errors import ModelNotFound, OllamuxError
+from ..guard.client_addr import client_of
 from ..guard.core import KEY_NAME, STREAMED_UPLOADS, client_request_id
 from ..observe import CURRENT_REQUEST_ID, ApiName, RequestRecord
 from ..pipeline import PREPARED, stream_headers
@@ -59,7 +60,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         rid = client_request_id(request.headers)  # a hostile id must not break headers or the log
-        rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=request.remote)
+        rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=client_of(request))
         rec.key_name = request.get(KEY_NAME)  # set by the guard middleware: the key's name, never the key
         resource = request.match_info.route.resource
         rec.route_name = resource.canonical if resource is not None else None

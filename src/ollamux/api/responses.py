@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,14 +29,18 @@ from ..pipeline.warmup import warm_up
 from ..registry import Route
 from ..state import AppState
 from ..store.responses import ResponseStore, StoredResponse
-from ..streams.pivot_to_responses import PivotToResponsesStream
 from ..streams.translator import StreamTranslator
-from ..translate import responses as tr
 from ..translate.model_params import apply_to_responses
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
 from ..translate.to_openai import one_system_message
 from .common import client_auth, endpoint, identity_headers, json_response, resolve_model
+
+# The Responses translators (translate.responses, streams.pivot_to_responses) are imported by the functions
+# that use them, not here: a server whose clients never call this API does not carry them (see api/anthropic)
+if TYPE_CHECKING:
+    from ..streams.pivot_to_responses import PivotToResponsesStream
+    from ..translate import responses as tr
 
 __all__ = ["add_routes"]
 
@@ -64,6 +68,8 @@ class _ResponsesFront:
     response: dict[str, Any] | None = None
 
     def pivot(self, route: Route, backend: HTTPBackend) -> dict[str, Any]:
+        from ..translate import responses as tr
+
         dialect = backend.settings.dialect
         self.pivot_request = tr.to_pivot(self.body, route.upstream, dialect=dialect, history=self.history)
         return one_system_message(self.pivot_request)  # the stored conversation keeps the request's own order
@@ -72,10 +78,14 @@ class _ResponsesFront:
         return Answer(model=self.meta.model, id=self.meta.id, created=self.meta.created_at, include_usage=True)
 
     def to_client(self, pivot: dict[str, Any], opened: Opened) -> Any:
+        from ..translate import responses as tr
+
         self.response = tr.from_pivot(pivot, self.body, self.meta)
         return self.response
 
     def client_stream(self, opened: Opened) -> StreamTranslator:
+        from ..streams.pivot_to_responses import PivotToResponsesStream
+
         max_event = opened.backend.settings.max_event_bytes
         self.translator = PivotToResponsesStream(self.body, self.meta, max_event_bytes=max_event)
         return self.translator
@@ -85,6 +95,9 @@ class _ResponsesFront:
 
 
 async def create(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
+    from ..streams.pivot_to_responses import PivotToResponsesStream
+    from ..translate import responses as tr
+
     raw = await request.read()
     body = loads_object(raw)
     model = body.get("model")

@@ -274,6 +274,10 @@ class UpstreamResponse:
         finally:
             self.release()
 
+    def at_eof(self) -> bool:
+        """Whether the body's last byte has been read: no more chunk will come."""
+        return self.resp.content.at_eof()
+
     def release(self) -> None:
         """Give the connection back (or drop it mid-body, which cancels the request upstream)."""
         if not self._released:

@@ -12,13 +12,14 @@ import argparse
 import base64
 import shutil
 import sys
-from typing import Any, Protocol
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .client import ClientError, _guarded, _json, _stream, print_show
 from .run_session import Effect, MultiLine, Session, find_image_paths, format_stats, handle_command, parse_think
 from .wordwrap import StreamWrapper
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["register"]
 
@@ -36,7 +37,11 @@ class Terminal:
     def __init__(self) -> None:
         self.out = sys.stdout
         self.tty = sys.stdout.isatty()
-        self.console = Console(stderr=True)
+        # imported here, not at the top: `ollamux serve` imports this module to register the command, and
+        # rich costs it ~1.5 MB of RSS it never uses
+        from rich.console import Console
+
+        self.console: Console = Console(stderr=True)
 
     def spinner(self) -> Spinner:
         """A spinner on stderr until the first token (rich's status); nothing when stderr is no terminal."""

@@ -20,7 +20,9 @@ from ..names import normalize_name
 from .node import Node
 from .parse_guard import parse_auth, parse_limits
 from .parse_log_url import parse_log_url
+from .parse_parallel import parse_parallel
 from .parse_params import PARAMS_KEYS, parse_params
+from .parse_proxies import PROXY_KEYS, parse_proxies
 from .parse_shared_state import parse_shared_state
 from .parse_tls import TLS_KEYS, parse_tls
 from .parse_tracing import parse_tracing
@@ -79,6 +81,8 @@ def parse_settings(raw: Any, environ: Mapping[str, str], *, base_dir: Path | Non
     server = _parse_server(root.child("server"))
     tls_cert, tls_key = parse_tls(root.child("server"), base_dir)
     server = replace(server, tls_cert=tls_cert, tls_key=tls_key)
+    trusted_proxies, forwarded_header = parse_proxies(root.child("server"))
+    server = replace(server, trusted_proxies=trusted_proxies, forwarded_header=forwarded_header)
     backends: dict[str, BackendSettings] = {}
     for name, node in root.child("backends").items():
         backends[name] = _parse_backend(name, node)
@@ -127,7 +131,19 @@ def _check_model_names(models: list[ModelSettings]) -> None:
 
 
 def _parse_server(node: Node) -> ServerSettings:
-    node.only({"host", "port", "version", "max_body_bytes", "cors_origins", "shutdown_grace", "instance_id", *TLS_KEYS})
+    node.only(
+        {
+            "host",
+            "port",
+            "version",
+            "max_body_bytes",
+            "cors_origins",
+            "shutdown_grace",
+            "instance_id",
+            *TLS_KEYS,
+            *PROXY_KEYS,
+        }
+    )
     d = ServerSettings()
     version = node.opt_str("version") or d.version
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
@@ -315,7 +331,7 @@ def _parse_runtime_spec(node: Node, base_dir: Path | None) -> RuntimeSpec:
         startup_timeout=node.opt_float("startup_timeout", d.startup_timeout, lo=1) or d.startup_timeout,
         env=tuple((str(k), str(v)) for k, v in node.str_map("env").items()),
         threads=node.opt_int("threads", None, lo=1) if node.has("threads") else None,
-        parallel=node.opt_int("parallel", 1, lo=1),
+        parallel=node.opt_int("parallel", None, lo=1) if node.has("parallel") else None,
         restart=_parse_restart(node, d.restart),
         native_apis=parse_native_apis(node) if node.has("apis") else None,
         rerank=node.opt_bool("rerank", False),
@@ -426,7 +442,7 @@ _MIN_MEMORY_BUDGET = 64 * 1024 * 1024
 def _parse_runtime(node: Node, base_dir: Path | None) -> RuntimeSettings:
     node.only(
         {"max_running", "models_dir", "log_dir", "ctx", "ttl", "threads", "hf_endpoint", "options", "preload", "pin"}
-        | {"groups", "memory_budget"}
+        | {"groups", "memory_budget", "parallel"}
     )
     d = RuntimeSettings()
     models_dir = node.opt_str("models_dir")
@@ -441,6 +457,7 @@ def _parse_runtime(node: Node, base_dir: Path | None) -> RuntimeSettings:
         ctx=node.opt_int("ctx", d.ctx, lo=256),
         ttl=node.opt_float("ttl", d.ttl) or 0.0,
         threads=node.opt_int("threads", None, lo=1) if node.has("threads") else None,
+        parallel=parse_parallel(node),
         options=_parse_engine_options(node),
         preload=node.str_list("preload"),
         pin=node.str_list("pin"),

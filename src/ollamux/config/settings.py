@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ BackendType = Literal["openai", "ollama"]
 # through the chat-completions pivot): `apis: [responses, messages]` in the config
 NativeApi = Literal["responses", "anthropic"]
 RestartMode = Literal["on-failure", "never"]
+# the header a trusted proxy writes the client's address into (`server.forwarded_header`)
+ForwardedHeader = Literal["x-forwarded-for", "forwarded"]
 
 
 class ConfigError(ValueError):
@@ -93,7 +96,9 @@ class RuntimeSpec:
     startup_timeout: float = 120.0
     env: tuple[tuple[str, str], ...] = ()
     threads: int | None = None
-    parallel: int = 1
+    # requests served at once (llama.cpp's slots); None: runtime.parallel for a chat model (4 unless set),
+    # 1 for an embedding or rerank model (runtime/slots.py decides)
+    parallel: int | None = None
     # on-failure: a process that crashes while ready is restarted in the background (with backoff);
     # never: it stays failed until a request starts it
     restart: RestartMode = "on-failure"
@@ -188,6 +193,10 @@ class ServerSettings:
     # HTTPS: both or neither (config/parse_tls.py); loaded into the server's SSLContext by ollamux/tls.py
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # reverse proxies whose X-Forwarded-For (or Forwarded) names the client (config/parse_proxies.py,
+    # guard/client_addr.py); empty: every client is its peer address and those headers are ignored
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    forwarded_header: ForwardedHeader = "x-forwarded-for"
 
 
 @dataclass(frozen=True)
@@ -211,6 +220,8 @@ class RuntimeSettings:
     ctx: int = 4096
     ttl: float = 300.0
     threads: int | None = None
+    # slots of every chat model without its own runtime.parallel (config, else OLLAMA_NUM_PARALLEL); None: 4
+    parallel: int | None = None
     # llama.cpp server options of the models_dir models (a config model's own runtime.options replace them)
     options: tuple[tuple[str, bool | int | float | str], ...] = ()
     preload: tuple[str, ...] = ()  # models started at start-up, in the background, before any request

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import HttpVersion11, web
-from aiohttp.web_urldispatcher import _default_expect_handler
+from aiohttp.web_urldispatcher import MatchInfoError, UrlMappingMatchInfo, _default_expect_handler
 
 from ..config import Settings
 from ..errors import ModelNotFound, OllamuxError
@@ -64,7 +64,10 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
         await _default_expect_handler(request)  # writes "100 Continue"
         return None
     refusal = OllamuxError("only 'Expect: 100-continue' is supported", status=417)
-    return guard_core.reject_outside(request, refusal, request.app[GUARD].observers)
+    guard = request.app[GUARD]
+    if guard.proxies is not None:  # this runs before the middleware, which would name the client
+        guard.proxies.resolve(request)
+    return guard_core.reject_outside(request, refusal, guard.observers)
 
 
 async def _safe_expect_handlers(app: web.Application) -> None:
@@ -72,6 +75,17 @@ async def _safe_expect_handlers(app: web.Application) -> None:
         # a private attribute, but the only way to reach routes added without an expect_handler
         if getattr(route, "_expect_handler", None) is _default_expect_handler:
             route._expect_handler = _expect
+    # A path no route matches gets a fresh SystemRoute per request, with aiohttp's handler again (the fuzz
+    # suite found the 500 there): every resolve's answer gets ours, so no path is left with the crash.
+    resolve = app.router.resolve
+
+    async def resolve_safely(request: web.Request) -> UrlMappingMatchInfo:
+        info = await resolve(request)
+        if isinstance(info, MatchInfoError):
+            info.route._expect_handler = _expect
+        return info
+
+    app.router.resolve = resolve_safely  # type: ignore[method-assign]
 
 
 def handler_args(settings: Settings) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from ..observe import ApiName, Observers, RequestRecord, new_request_id
 from ..registry import Registry, Route
 from ..translate.model_ref import UPSTREAM_PREFIX, form_boundary, form_field, split_model_path
 from .auth import KeyRing
+from .client_addr import TrustedProxies, client_of
 from .cors import Cors
 from .hostguard import HostGuard, is_loopback_bind
 from .limits import json_depth_exceeds
@@ -135,8 +136,10 @@ def _is_json_body(request: web.Request) -> bool:
     path = request.path
     if path.startswith(UPSTREAM_PREFIX):
         return False
+    if path not in _UPLOAD_PATHS:  # the usual request: no Content-Type to read
+        return True
     ct = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    return not (path in _UPLOAD_PATHS and ct.startswith(_DATA_TYPES))
+    return not ct.startswith(_DATA_TYPES)
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -168,6 +171,7 @@ class Guard:
         guard_hosts = lim.host_guard if lim.host_guard is not None else is_loopback_bind(settings.server.host)
         self.hosts = HostGuard(lim.allowed_hosts) if guard_hosts else None
         self.cors = Cors(settings.server.cors_origins)
+        self.proxies = TrustedProxies.of(settings)  # None: no forwarding header is read
         per_key = {
             f"key:{k.name}": (
                 k.requests_per_minute if k.requests_per_minute is not None else lim.requests_per_minute,
@@ -194,6 +198,8 @@ class Guard:
     # ------------------------------------------------------------------------------------ middleware
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.proxies is not None:
+            self.proxies.resolve(request)  # first: even a refusal's log row names the client behind the proxy
         if request.version not in _VERSIONS:
             return self.reject_version(request)
         headers = request.headers
@@ -240,7 +246,8 @@ class Guard:
                     request[KEY_NAME] = name
                     caller, label = f"key:{name}", f"key '{name}'"
                 else:
-                    caller, label = f"ip:{request.remote}", f"client {request.remote}"
+                    client = client_of(request)
+                    caller, label = f"ip:{client}", f"client {client}"
                 if self.rate_limited:
                     if self.shared_rates is None:
                         self.rates.admit(caller, label)  # in-process: no await on the usual path
@@ -437,7 +444,7 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
             printable(request.path),
             exc.status,
             exc.message,
-            extra={"request_id": rid, "client": request.remote},
+            extra={"request_id": rid, "client": client_of(request)},
         )
     elif observers is not None:
         rec = RequestRecord(
@@ -445,7 +452,7 @@ def reject_outside(request: web.Request, exc: OllamuxError, observers: Observers
             api=api,
             route=request.path,
             method=request.method,
-            client=request.remote,
+            client=client_of(request),
             key_name=request.get(KEY_NAME),
             status=exc.status,
             error=exc.message,

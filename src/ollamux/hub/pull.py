@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import filelock
 
 from ..errors import OllamuxError
 from ..runtime.models_dir import repo_folder
@@ -123,6 +122,10 @@ class HubPull:
         self.catalogue = catalogue
 
     async def events(self) -> AsyncGenerator[dict[str, Any], None]:
+        # imported on the first pull, not at start: filelock (with the decimal module it loads) is ~1.3 MB of
+        # RSS in every server, and most never pull
+        import filelock
+
         lock = filelock.AsyncFileLock(str(self.plan.folder / LOCK_NAME))
         try:
             await lock.acquire(timeout=0)

@@ -58,8 +58,9 @@ async def context_limit(state: AppState, route: Route, num_ctx: int | None) -> i
         model = runtime.models.get(route.backend)
         if model is None or model.spec.gguf is None:
             return None  # a `cmd:` server: its context and batch are its own
-        # the context acquire() makes sure the process has (it may run with more: this is a lower bound)
-        return min(EMBED_BATCH, model.ctx_for(num_ctx) // max(model.spec.parallel, 1))
+        # the context acquire() makes sure the process has for every slot (runtime/slots.py); it may run
+        # with more: this is a lower bound
+        return min(EMBED_BATCH, model.ctx_for(num_ctx))
     backend = state.backend_for(route)
     if not isinstance(backend, HTTPBackend) or backend.api != "openai" or backend.settings.dialect == "openai":
         return None  # an Ollama server truncates itself; OpenAI's API has no tokenizer

@@ -255,6 +255,7 @@ class Catalogue:
                 model.max_ctx, model.size = d.info.context_length or None, d.info.size
                 model.n_layers = _block_count(d.info)
                 model.kv = kv_shape(d.info.kv, d.info.architecture)
+                model.embedding_only = d.info.capabilities == ("embedding",)
                 key = (model.entry.backend, model.entry.upstream)
                 # on top of what is there: compute_config_digests may have added the digest already
                 self.probed[key] = {**self.probed.get(key, {}), **d.meta}
@@ -285,6 +286,7 @@ class Catalogue:
             size = d.info.size if d.info else 0
             n_layers = _block_count(d.info) if d.info else None
             kv = kv_shape(d.info.kv, d.info.architecture) if d.info else None
+            embedding_only = d.info.capabilities == ("embedding",) if d.info else False
             if model is None:
                 self.models[backend] = ManagedModel(
                     backend=backend,
@@ -296,11 +298,12 @@ class Catalogue:
                     mmproj=d.mmproj,
                     n_layers=n_layers,
                     kv=kv,
+                    embedding_only=embedding_only,
                 )
             else:
                 model.entry, model.spec, model.gguf, model.mmproj = entry, spec, f.path, d.mmproj
                 model.max_ctx, model.size, model.removed = max_ctx, size, False
-                model.n_layers, model.kv = n_layers, kv
+                model.n_layers, model.kv, model.embedding_only = n_layers, kv, embedding_only
             # each version of a file is hashed once: a file that cannot be hashed does not loop forever
             if d.digest_stamp is not None and d.digest_stamp not in self._hashing:
                 self._hashing.add(d.digest_stamp)

@@ -34,7 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--ctx", "-c", type=int, default=4096, help="context length (tokens, all slots together)")
     p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: llama.cpp's choice)")
-    p.add_argument("--parallel", "-np", type=int, default=1, help="requests served at once (slots)")
+    p.add_argument(
+        "--parallel",
+        "-np",
+        type=int,
+        default=1,
+        help="requests served at once (slots); more than 1: one unified KV cache, --ctx / N positions per slot",
+    )
     p.add_argument("--alias", default=None, help="the model name /v1/models reports")
     p.add_argument(
         "--rerank",
@@ -62,6 +68,13 @@ def build_params(args: argparse.Namespace) -> Any:
     params.port = args.port
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
+    if args.parallel > 1 and hasattr(params, "kv_unified_per_slot"):
+        # One KV cache for all slots, as `llama-server -np auto` runs, each slot capped at its share so that
+        # N requests of that length always fit together (runtime/slots.py has why). A binding without the
+        # cap keeps llama.cpp's split cache, which gives each slot exactly its share. The engine option
+        # `kv_unified: false` splits it too.
+        params.kv_unified = True
+        params.kv_unified_per_slot = max(args.ctx // args.parallel, 1)
     params.n_ubatch = EMBED_BATCH
     if args.threads:
         params.cpuparams.n_threads = args.threads

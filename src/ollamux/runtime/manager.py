@@ -47,6 +47,7 @@ from .memory import estimate
 from .model import LoadingModel, ManagedModel, ModelStatus, RunningModel
 from .policy import Candidate, Decision, Group, Shortfall, companions, plan_start
 from .process import ChildProcess, free_port, tail
+from .slots import slots_for
 from .state import Event, Phase, RestartPolicy
 from .vram import gpu_available, offloaded_bytes
 
@@ -224,11 +225,16 @@ class ModelManager:
             )
         return out
 
+    def slots_of(self, m: ManagedModel) -> int:
+        """The requests `m` serves at once (`slots.slots_for`: its own parallel, runtime.parallel, or 4)."""
+        return slots_for(m.spec, self.settings.parallel, embedding_only=m.embedding_only)
+
     def memory_of(self, m: ManagedModel, ctx: int | None = None) -> int:
         """The estimated resident bytes of `m` running with context `ctx` per slot (None: the one it runs or
-        last ran with, else the one it would start with): `memory.estimate`, what the budget counts."""
+        last ran with, else the one it would start with): `memory.estimate`, what the budget counts. Every
+        slot holds `ctx` positions of KV cache, as the engine is started (slots.py has why)."""
         ctx = ctx or m.state.ctx or m.ctx_for(None)
-        return estimate(m.size, m.kv, ctx * m.spec.parallel, dict(m.spec.options))
+        return estimate(m.size, m.kv, ctx * self.slots_of(m), dict(m.spec.options))
 
     def _candidates(self) -> Iterable[Candidate]:
         return [
@@ -558,8 +564,9 @@ class ModelManager:
 
             return [fill(a) for a in spec.cmd]
         assert spec.gguf is not None
-        # llama.cpp divides n_ctx among its slots; `ctx` is what one request gets (Ollama's num_ctx, which
-        # it multiplies by OLLAMA_NUM_PARALLEL the same way), so the engine is given ctx for every slot
+        # `ctx` is what one request gets (Ollama's num_ctx, which it multiplies by OLLAMA_NUM_PARALLEL the
+        # same way): the engine is given ctx for every slot, and caps each slot at its share (slots.py)
+        slots = self.slots_of(m)
         argv = [
             self.python,
             "-m",
@@ -569,9 +576,9 @@ class ModelManager:
             "--port",
             str(port),
             "--ctx",
-            str(ctx * spec.parallel),
+            str(ctx * slots),
             "--parallel",
-            str(spec.parallel),
+            str(slots),
             "--alias",
             m.name,
         ]

@@ -8,8 +8,8 @@
   `2 * block_count * ctx_total * n_embd_gqa * bytes per element`, where n_embd_gqa is
   `attention.key_length` (else embedding_length / head_count) * head_count_kv, from the GGUF header;
   the element is f16 (2 bytes) unless the model's engine options set `cache_type_k`/`cache_type_v`
-  (q8_0 ~ 1.0625 bytes: blocks of 32 values in 34 bytes). ctx_total is ctx * parallel, as the manager
-  starts the engine;
+  (q8_0 ~ 1.0625 bytes: blocks of 32 values in 34 bytes). ctx_total is ctx * slots, as the manager
+  starts the engine (one unified cache of that many cells, or a split one: the same bytes; slots.py);
 - OVERHEAD: compute buffers, the tokenizer, the Python interpreter the engine runs in, llama.cpp's own heap.
 
 Calibration (2026-12-01, this CPU build of xllamacpp): SmolLM2-135M-Instruct Q4_1 (98,362,432 bytes; 30
@@ -19,7 +19,10 @@ engine from /proc/<pid>/status after one short chat:
     ctx  512: 198,416 kB  (RssFile 122,436 kB, RssAnon 75,980 kB); file + KV = 105.1 MiB, rest 88.7 MiB
     ctx 4096: 278,832 kB  (RssFile 122,324 kB, RssAnon 156,508 kB); file + KV = 183.8 MiB, rest 88.5 MiB
 
-The step between the two (78.5 MiB measured, 78.75 MiB predicted for 3,584 positions) confirms the KV term;
+    ctx 512 x 4 slots (one unified cache of 2,048 cells, 512 a slot): 234,292 kB (RssFile 122,552 kB,
+    RssAnon 111,740 kB) after two chats; file + KV = 138.8 MiB, rest 90.0 MiB
+
+The step between the first two (78.5 MiB measured, 78.75 MiB predicted for 3,584 positions) confirms the KV term;
 the constant rest, ~89 MiB here, is the overhead. Compute buffers grow with the model's width and vocabulary
 (a 7B model's are a few hundred MiB at llama.cpp's default batch), so OVERHEAD is set above the measurement.
 """

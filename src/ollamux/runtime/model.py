@@ -76,6 +76,7 @@ class ManagedModel:
     max_ctx: int | None = None  # the context the model was trained for: never start with more
     n_layers: int | None = None  # its repeating layers (GGUF block_count): what n_gpu_layers counts
     kv: KVShape | None = None  # its KV cache's shape (GGUF header): what the memory estimate counts per position
+    embedding_only: bool = False  # its GGUF is an embedding model's (no chat): one slot by default (slots.py)
     size: int = 0
     state: ModelState = field(default_factory=ModelState)
     proc: ChildProcess | None = None

@@ -42,7 +42,8 @@ class SQLiteSink:
         self._reap()
         try:
             child = subprocess.Popen(
-                [sys.executable, _CHILD_SCRIPT],
+                # -I -S: the standard library only (no site-packages, no PYTHON* variables), ~0.3 MB less RSS
+                [sys.executable, "-I", "-S", _CHILD_SCRIPT],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 # its own session: a Ctrl-C in the terminal reaches the server, which then stops the child
