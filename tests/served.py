@@ -21,7 +21,9 @@ from .servers import free_port
 
 
 class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, config: Path, stderr: Path) -> None:
+    """A running `ollamux serve` (this module's and test_cli_serve.py's): its URL, its stderr, its config."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, stderr: Path, config: Path | None = None) -> None:
         self.proc = proc
         self.url = url
         self.config = config
@@ -43,6 +45,7 @@ class Served:
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Replace the config file (same port), as an operator edits it before `kill -HUP`."""
+        assert self.config is not None, "started without a config file"
         port = int(self.url.rsplit(":", 1)[1])
         self.config.write_text(yaml.safe_dump(_with_port(config, port)))
 
@@ -70,7 +73,7 @@ def serve_config(tmp: Path, config: dict[str, Any], *, verify: ssl.SSLContext | 
             stderr=err,
             env=clean_env(tmp),
         )
-    served = Served(proc, f"{scheme}://127.0.0.1:{port}", cfg, err_path)
+    served = Served(proc, f"{scheme}://127.0.0.1:{port}", err_path, cfg)
     try:
         deadline = time.monotonic() + 30
         while True:

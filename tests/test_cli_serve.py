@@ -29,6 +29,7 @@ from ollamux.cli.serve import bind_address, settings_from_args
 from ollamux.config import ConfigError
 from ollamux.server import DescriptorAlarm
 
+from .served import Served
 from .servers import free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and sets rlimits")
@@ -43,27 +44,6 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 def _with_nofile(soft: int, hard: int) -> list[str]:
     """A command prefix that runs the rest under these open-files limits, as a login shell would set them."""
     return ["bash", "-c", f'ulimit -Sn {soft} && ulimit -Hn {hard} && exec "$@"', "bash"]
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, stderr: Path) -> None:
-        self.proc = proc
-        self.url = url
-        self.stderr = stderr
-
-    def log(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-    def lines(self, needle: str) -> list[str]:
-        return [line for line in self.log().splitlines() if needle in line]
-
-    def wait_for_line(self, needle: str, count: int = 1, timeout: float = 15) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while len(found := self.lines(needle)) < count:
-            assert self.proc.poll() is None, f"ollamux exited with {self.proc.returncode}:\n{self.log()}"
-            assert time.monotonic() < deadline, f"no {count} lines with {needle!r} in:\n{self.log()}"
-            time.sleep(0.1)
-        return found
 
 
 @contextmanager

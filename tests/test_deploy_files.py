@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import importlib
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -30,8 +25,10 @@ from aiohttp import web
 from ollamux.config import ConfigError, parse_settings
 from ollamux.config.settings import DEFAULT_PUBLIC_PATHS
 
+from .compose_nginx import compose_nginx
+from .compose_nginx import scaleout as scaleout_module
 from .conftest import ProxyFactory
-from .servers import LoopThread, free_port
+from .servers import LoopThread
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -270,18 +267,9 @@ def test_compose_nginx_balances_the_instances_and_does_not_buffer_streams() -> N
     assert d["listen"] == ["8080"] and "8080:8080" in _compose()["services"]["nginx"]["ports"]
 
 
-def _scaleout() -> ModuleType:
-    """bench/scaleout.py, whose lb_conf renders the compose nginx.conf for loopback (as the load test runs it)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        return importlib.import_module("scaleout")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-
-
 @needs_nginx
 def test_compose_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
-    scaleout = _scaleout()
+    scaleout = scaleout_module()
     conf = tmp_path / "lb.conf"
     conf.write_text(scaleout.lb_conf((COMPOSE / "nginx.conf").read_text(), tmp_path, 18080, [1, 2, 3]))
     r = subprocess.run(
@@ -336,29 +324,11 @@ def balancer(loop_thread: LoopThread, start_proxy: ProxyFactory, tmp_path: Path)
         "request_log": {"enabled": False},
     }
     ports = [int(start_proxy(config).rsplit(":", 1)[1]) for _ in range(3)]
-    listen = free_port()
-    conf = tmp_path / "lb.conf"
-    conf.write_text(_scaleout().lb_conf((COMPOSE / "nginx.conf").read_text(), tmp_path, listen, ports))
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                break
-            except OSError:
-                assert nginx.poll() is None and time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
-        yield fake, f"http://127.0.0.1:{listen}"
+        with compose_nginx(tmp_path, ports) as url:
+            yield fake, url
     finally:
         loop_thread.loop.call_soon_threadsafe(fake.gate.set)
-        nginx.terminate()
-        nginx.wait(10)
         loop_thread.stop_app(runner)
 
 

@@ -8,14 +8,8 @@ guard still refuses a foreign Host whatever a proxy says.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
@@ -30,9 +24,10 @@ from ollamux.guard.client_addr import MAX_HOPS, TrustedProxies, client_address, 
 from ollamux.reload import reload, restart_only
 from ollamux.state import STATE
 
+from .compose_nginx import NGINX, compose_nginx
 from .conftest import ProxyFactory, basic_config
 from .fakes.openai_upstream import FakeOpenAI
-from .servers import LoopThread, free_port, log_row
+from .servers import LoopThread, log_row
 from .test_guard_auth import ALICE, keyed_config
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -373,8 +368,6 @@ def test_keys_still_name_the_caller_behind_a_proxy(
 
 
 # ------------------------------------------------------------------------- live, through the shipped nginx
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-COMPOSE_NGINX = Path(__file__).resolve().parent.parent / "deploy" / "compose" / "nginx.conf"
 
 
 @pytest.fixture
@@ -383,34 +376,9 @@ def nginx_in_front(fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactor
     that trusts nginx's address, 127.0.0.1, with one request per client and minute."""
     if not Path(NGINX).exists():
         pytest.skip("nginx is not installed (scripts/debian_tools.sh)")
-    sys.path.insert(0, str(COMPOSE_NGINX.parents[2] / "bench"))
-    try:
-        scaleout = importlib.import_module("scaleout")
-    finally:
-        sys.path.pop(0)
     port = int(start_proxy(_limited(fake_openai[1], trusted_proxies=["127.0.0.1"])).rsplit(":", 1)[1])
-    listen = free_port()
-    conf = tmp_path / "lb.conf"
-    conf.write_text(scaleout.lb_conf(COMPOSE_NGINX.read_text(), tmp_path, listen, [port] * 3))
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", listen), timeout=1).close()
-                break
-            except OSError:
-                assert nginx.poll() is None and time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{listen}"
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
+    with compose_nginx(tmp_path, [port] * 3) as url:
+        yield url
 
 
 def test_clients_behind_the_shipped_nginx_are_told_apart(nginx_in_front: str, tmp_path: Path) -> None:
