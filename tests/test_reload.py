@@ -170,6 +170,7 @@ def test_a_broken_config_on_sighup_keeps_the_running_one(fake_openai: tuple[Fake
         )
         assert ok.status_code == 200 and ok.json()["message"]["content"] == "Hello from the fake!"
         # a file that is not even YAML: the same, and the next good one is taken
+        assert served.config is not None
         served.config.write_text("models: [unclosed\n")
         served.proc.send_signal(signal.SIGHUP)
         served.wait_for_line("config reload failed", count=2)
