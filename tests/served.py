@@ -74,12 +74,21 @@ def serve_config(tmp: Path, config: dict[str, Any], *, verify: ssl.SSLContext | 
             env=clean_env(tmp),
         )
     served = Served(proc, f"{scheme}://127.0.0.1:{port}", err_path, cfg)
+    with running(served, "/health", verify=verify):
+        yield served
+
+
+@contextmanager
+def running(served: Served, ready_path: str, *, verify: ssl.SSLContext | bool = True) -> Iterator[Served]:
+    """Wait until `served` answers 200 at `ready_path` (it must not exit first), then, on leaving, stop it with
+    SIGTERM as a service manager does (SIGKILL if it takes more than 30 s)."""
+    proc = served.proc
     try:
         deadline = time.monotonic() + 30
         while True:
             assert proc.poll() is None, f"ollamux exited with {proc.returncode}:\n{served.log()}"
             try:
-                if httpx.get(served.url + "/health", timeout=1, verify=verify).status_code == 200:
+                if httpx.get(served.url + ready_path, timeout=1, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -11,7 +11,6 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from ollamux.cli.serve import bind_address, settings_from_args
 from ollamux.config import ConfigError
 from ollamux.server import DescriptorAlarm
 
-from .served import Served
+from .served import Served, running
 from .servers import free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and sets rlimits")
@@ -58,25 +57,8 @@ def serve(tmp: Path, *args: str, env: dict[str, str], port: int, prefix: Sequenc
             env=env,
         )
     served = Served(proc, f"http://127.0.0.1:{port}", err_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"ollamux exited with {proc.returncode}:\n{served.log()}"
-            try:
-                if httpx.get(served.url + "/api/version", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"ollamux did not start:\n{served.log()}"
-            time.sleep(0.05)
+    with running(served, "/api/version"):
         yield served
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _idle_connections(stack: ExitStack, port: int, n: int) -> None:
