@@ -28,7 +28,7 @@ from ..pipeline.pivot import serve_via_pivot
 from ..pipeline.warmup import ANTHROPIC_PING, warm_up
 from ..registry import Route
 from ..state import AppState
-from ..streams.translator import StreamTranslator
+from ..streams.translator import StreamTranslator, anthropic_sse_error
 from ..translate.model_params import apply_to_anthropic
 from ..translate.passthrough import replace_model_in_body
 from ..translate.to_ollama import go_type, stream_flag
@@ -78,14 +78,13 @@ def _begin(state: AppState, rec: RequestRecord, body: dict[str, Any]) -> Route:
 
 
 async def messages(request: web.Request, state: AppState, rec: RequestRecord) -> web.StreamResponse:
-    from ..streams.pivot_to_anthropic import anthropic_error_frame
     from ..translate import anthropic as ta
 
     raw = await request.read()
     body = loads_object(raw)
     route = _begin(state, rec, body)
     if stream_flag(body):  # a model starting: the stream opens at once, Anthropic's pings keep it alive
-        await warm_up(request, state, rec, route, error_frame=anthropic_error_frame, heartbeat=ANTHROPIC_PING)
+        await warm_up(request, state, rec, route, error_frame=anthropic_sse_error, heartbeat=ANTHROPIC_PING)
     if state.backend_for(route).speaks("anthropic"):
         return await _native(request, state, rec, route, "/messages", raw, body)
     front = _MessagesFront(

@@ -150,7 +150,7 @@ async def _native(
     async with open_upstream(
         state, route, payload, rec=rec, raise_for_status=False, headers=headers, client_auth=client_auth(request, state)
     ) as opened:
-        return await relay_passthrough(request, rec, opened.response)
+        return await relay_passthrough(request, rec, opened.response, api="responses")
 
 
 def _responses(state: AppState) -> ResponseStore:

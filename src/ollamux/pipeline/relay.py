@@ -27,7 +27,7 @@ from ..backends.http import UpstreamResponse, error_message_from_body
 from ..errors import OllamuxError, UpstreamError
 from ..observe import ApiName, RequestRecord
 from ..streams.pivot_collect import PivotCollector
-from ..streams.translator import SSEPassthrough, StreamTranslator, usage_from_bytes
+from ..streams.translator import SSEPassthrough, StreamTranslator, sse_error_for, usage_from_bytes
 
 __all__ = [
     "FINISHED",
@@ -268,7 +268,9 @@ async def relay_passthrough(
             rec.prompt_tokens, rec.completion_tokens = counts
         return web.Response(body=data, status=status, headers=headers)
     # a stream (or a big answer) as it arrives: only the backend's echoed secrets are masked
-    translator = SSEPassthrough(up.headers.get("Content-Type", "text/event-stream"), redact.data if redact else None)
+    translator = SSEPassthrough(
+        up.headers.get("Content-Type", "text/event-stream"), redact.data if redact else None, sse_error_for(api)
+    )
     return await relay_stream(request, rec, up, translator, expect=None, status=status, headers=headers)
 
 

@@ -25,11 +25,12 @@ from ..errors import OllamuxError, UpstreamError
 from ..translate.anthropic import MessageMeta, message_usage, stop_reason, tool_use_id
 from .codecs import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 from .pivot_chunk import read_chunk
+from .translator import anthropic_sse_error
 
 if TYPE_CHECKING:
     from ..observe import RequestRecord
 
-__all__ = ["PivotToAnthropicStream", "anthropic_error_frame"]
+__all__ = ["PivotToAnthropicStream"]
 
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
@@ -43,12 +44,6 @@ _CLOSED = 2
 
 def _frame(event: bytes, obj: Any) -> bytes:
     return b"event: " + event + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
-
-
-def anthropic_error_frame(err: OllamuxError) -> bytes:
-    """A failure after the first byte as Anthropic writes it mid-stream: `event: error` with the error
-    envelope. The SDK's `Stream.__stream__` (`_streaming.py`) raises an APIStatusError carrying it."""
-    return _frame(b"error", err.anthropic_payload())
 
 
 def _is_json(data: bytes) -> bool:
@@ -127,7 +122,7 @@ class PivotToAnthropicStream:
 
     def error_frame(self, err: OllamuxError) -> bytes:
         # the frames made before the failure (same read) still go out, then the error
-        return self._take() + anthropic_error_frame(err)
+        return self._take() + anthropic_sse_error(err)
 
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self.first_token_ns

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from ..errors import OllamuxError
+from ..errors import OllamuxError, openai_error_type
 from .rewrite import ModelLineRewriter
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ __all__ = [
     "ndjson_error",
     "ollama_counts",
     "sse_error",
+    "sse_error_for",
     "usage_from_bytes",
 ]
 
@@ -56,6 +57,31 @@ class StreamTranslator(Protocol):
 def sse_error(err: OllamuxError) -> bytes:
     """A failure after the first byte, as the one frame the openai SDKs turn into an APIError."""
     return b"data: " + orjson.dumps(err.openai_payload()) + b"\n\n"
+
+
+def anthropic_sse_error(err: OllamuxError) -> bytes:
+    """A failure after the first byte as Anthropic writes it mid-stream: `event: error` with the error
+    envelope. The SDK's `Stream.__stream__` (`_streaming.py`) raises an APIStatusError carrying it; a bare
+    `data:` frame it would skip, and the stream would end as if cut (`stream ended without message_start`)."""
+    return b"event: error\ndata: " + orjson.dumps(err.anthropic_payload()) + b"\n\n"
+
+
+def responses_sse_error(err: OllamuxError) -> bytes:
+    """A failure after the first byte of a Responses stream: OpenAI's `error` event (`ResponseErrorEvent`),
+    with the chat API's `error` object too, which is what makes the SDK raise (see pivot_to_responses)."""
+    event = {"type": "error", "code": err.code or openai_error_type(err.status), "message": err.message}
+    payload = err.openai_payload()["error"]
+    return b"event: error\ndata: " + orjson.dumps({**event, "param": err.param, "error": payload}) + b"\n\n"
+
+
+def sse_error_for(api: str) -> Callable[[OllamuxError], bytes]:
+    """The mid-stream error frame of the API the client speaks: a stream relayed untouched still ends, on a
+    failure, in a frame the client's own SDK reads as one (each front's translator renders its own)."""
+    if api == "anthropic":
+        return anthropic_sse_error
+    if api == "responses":
+        return responses_sse_error
+    return sse_error
 
 
 def ndjson_error(err: OllamuxError) -> bytes:
@@ -106,11 +132,17 @@ class SSEPassthrough:
     """An OpenAI stream relayed as it came: the bytes untouched (but for a backend's echoed secrets), usage
     read from the last frames."""
 
-    __slots__ = ("_first_ns", "_last", "_prev", "_redact", "content_type")
+    __slots__ = ("_error_frame", "_first_ns", "_last", "_prev", "_redact", "content_type")
 
-    def __init__(self, content_type: str, redact: Redact | None = None) -> None:
+    def __init__(
+        self,
+        content_type: str,
+        redact: Redact | None = None,
+        error_frame: Callable[[OllamuxError], bytes] = sse_error,
+    ) -> None:
         self.content_type = content_type
         self._redact = redact
+        self._error_frame = error_frame
         self._prev = self._last = b""
         self._first_ns: int | None = None
 
@@ -126,7 +158,7 @@ class SSEPassthrough:
         return b""
 
     def error_frame(self, err: OllamuxError) -> bytes:
-        return sse_error(err)
+        return self._error_frame(err)
 
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self._first_ns
