@@ -108,10 +108,13 @@ class OllamaToOpenAIStream:
         out.clear()
         return frames
 
-    def error_frame(self, err: OllamuxError) -> bytes:
+    def pending(self) -> bytes:
         made = b"".join(self._pending)
         self._pending.clear()
-        return made + sse_error(err)
+        return made
+
+    def error_frame(self, err: OllamuxError) -> bytes:
+        return self.pending() + sse_error(err)
 
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = rec.first_token_ns or self._first_ns

@@ -16,7 +16,7 @@ import orjson
 
 from ..errors import OllamuxError, UpstreamError
 from ..jsonutil import dumps_line, escape_line_breakers, now_rfc3339
-from ..translate.checks import json_type, opt_field
+from ..translate.checks import json_type, opt_field, upstream_error_message
 from ..translate.from_openai import Timing, done_reason, final_metrics
 from ..translate.logprobs import ollama_logprobs
 from ..translate.tools import arguments_to_object
@@ -26,7 +26,7 @@ from .translator import ndjson_error
 if TYPE_CHECKING:
     from ..observe import RequestRecord
 
-__all__ = ["OpenAIToOllamaStream", "upstream_error_message"]
+__all__ = ["OpenAIToOllamaStream"]
 
 Kind = Literal["chat", "generate", "raw"]
 
@@ -37,13 +37,6 @@ _PLAIN_DELTA = frozenset({"content", "role"})
 _TEMPLATE_MAX = 4096
 _STR = {str}  # what every decoded token of a batch must be
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-
-
-def upstream_error_message(err: Any) -> str:
-    if isinstance(err, dict):
-        msg = err.get("message")
-        return str(msg) if msg else orjson.dumps(err).decode()
-    return str(err)
 
 
 class _Call:
@@ -117,10 +110,13 @@ class OpenAIToOllamaStream:
         lines.clear()
         return out
 
+    def pending(self) -> bytes:
+        made, self._lines = b"".join(self._lines), []
+        return made
+
     def error_frame(self, err: OllamuxError) -> bytes:
         # the lines made before the failure (same read) still go out, then the error
-        made, self._lines = b"".join(self._lines), []
-        return made + ndjson_error(err)
+        return self.pending() + ndjson_error(err)
 
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self.timing.first_token_ns

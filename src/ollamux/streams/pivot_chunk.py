@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError
-from ..translate.checks import json_type, opt_field
-from .openai_to_ollama import upstream_error_message
+from ..translate.checks import json_type, opt_field, upstream_error_message
 
 __all__ = ["PivotChunk", "read_chunk"]
 

@@ -120,6 +120,9 @@ class PivotToAnthropicStream:
             self._end()
         return self._take()
 
+    def pending(self) -> bytes:
+        return self._take()
+
     def error_frame(self, err: OllamuxError) -> bytes:
         # the frames made before the failure (same read) still go out, then the error
         return self._take() + anthropic_sse_error(err)

@@ -117,6 +117,9 @@ class PivotToResponsesStream:
             self._final()
         return self._take()
 
+    def pending(self) -> bytes:
+        return self._take()
+
     def error_frame(self, err: OllamuxError) -> bytes:
         """`response.failed`, then the `error` event, after the frames made before the failure.
 

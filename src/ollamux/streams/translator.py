@@ -45,8 +45,15 @@ class StreamTranslator(Protocol):
         """What is left once the upstream ended (the final object, `[DONE]`); raises if it ended early."""
         ...
 
+    def pending(self) -> bytes:
+        """What the last `feed` (or `finish`) made before it raised, taken once: `error_frame` sends it
+        ahead of the error, and a `Chain` passes its first's on through its second, so the tokens that
+        came in the same read as a failure still reach the client."""
+        ...
+
     def error_frame(self, err: OllamuxError) -> bytes:
-        """The one final frame that tells the client, in its own format, that the stream failed."""
+        """`pending()`, then the one final frame that tells the client, in its own format, that the
+        stream failed."""
         ...
 
     def report(self, rec: RequestRecord) -> None:
@@ -157,6 +164,9 @@ class SSEPassthrough:
     def finish(self) -> bytes:
         return b""
 
+    def pending(self) -> bytes:
+        return b""  # every read goes out as it came
+
     def error_frame(self, err: OllamuxError) -> bytes:
         return self._error_frame(err)
 
@@ -216,6 +226,9 @@ class NDJSONPassthrough:
             self._last = rest
         return rest
 
+    def pending(self) -> bytes:
+        return b""  # every read goes out as it came
+
     def error_frame(self, err: OllamuxError) -> bytes:
         return ndjson_error(err)
 
@@ -247,8 +260,19 @@ class Chain:
         out = self.second.feed(self.first.finish())
         return out + self.second.finish()
 
+    def pending(self) -> bytes:
+        # one of the two raised: if `first`, what it made never reached `second`, and goes through it now
+        made = self.second.pending()
+        mid = self.first.pending()
+        if mid:
+            try:
+                made += self.second.feed(mid)
+            except Exception:  # the failure's own error frame follows; keep what `second` made of it
+                made += self.second.pending()
+        return made
+
     def error_frame(self, err: OllamuxError) -> bytes:
-        return self.second.error_frame(err)
+        return self.pending() + self.second.error_frame(err)
 
     def report(self, rec: RequestRecord) -> None:
         self.first.report(rec)

@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import BadRequest, UpstreamError
-from .checks import json_type, opt_field
+from ..errors import BadRequest
+from .checks import json_type
 from .images import to_bare_base64, to_data_url
+from .pivot_answer import read_answer
 from .to_openai import Dialect, sampling_params, think_params
 from .tools import arguments_to_object, arguments_to_string, synth_call_id
 
@@ -476,36 +477,18 @@ def tool_use_id(meta: MessageMeta, n: int) -> str:
     return f"toolu_{meta.id.removeprefix('msg_')}_{n}"
 
 
-def from_pivot(pivot: Mapping[str, Any], meta: MessageMeta) -> dict[str, Any]:
+def from_pivot(pivot: Any, meta: MessageMeta) -> dict[str, Any]:
     """A chat completion as a Message (`anthropic.types.Message`). Tool arguments that are not a JSON object
     are kept, not lost: broken JSON under "arguments", another JSON value under "value" (`arguments_to_object`)."""
-    obj = pivot if isinstance(pivot, dict) else dict(pivot)
-    choices = opt_field(obj, "choices", list, "a chat completion") or []
-    choice = choices[0] if choices else {}
-    if not isinstance(choice, dict):
-        raise UpstreamError(f"backend sent a chat completion whose choice is {json_type(choice)}", status=502)
-    message = opt_field(choice, "message", dict, "a choice") or {}
-    reasoning = opt_field(message, "reasoning_content", str, "a message") or opt_field(
-        message, "reasoning", str, "a message"
-    )
+    answer = read_answer(pivot)
     content: list[dict[str, Any]] = []
-    if reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, list):  # content parts, from a backend that answers in them
-        text = _texts_of(text)
-    elif text is not None and not isinstance(text, str):
-        raise UpstreamError(f"backend sent a message whose 'content' is {json_type(text)}", status=502)
-    if text:
-        content.append({"type": "text", "text": text})
-    calls = opt_field(message, "tool_calls", list, "a message") or []
-    n = 0
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict):
-            continue
-        call_id = call.get("id")
-        name = fn.get("name")
+    if answer.reasoning:
+        content.append({"type": "thinking", "thinking": answer.reasoning, "signature": ""})
+    if answer.text:
+        content.append({"type": "text", "text": answer.text})
+    for n, call in enumerate(answer.tool_calls):
+        fn = call["function"]
+        call_id, name = call.get("id"), fn.get("name")
         content.append(
             {
                 "type": "tool_use",
@@ -514,16 +497,15 @@ def from_pivot(pivot: Mapping[str, Any], meta: MessageMeta) -> dict[str, Any]:
                 "input": arguments_to_object(fn.get("arguments")),
             }
         )
-        n += 1
     return {
         "id": meta.id,
         "type": "message",
         "role": "assistant",
         "model": meta.model,
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), n > 0),
+        "stop_reason": stop_reason(answer.finish_reason, bool(answer.tool_calls)),
         "stop_sequence": None,
-        "usage": message_usage(obj.get("usage")),
+        "usage": message_usage(answer.usage),
     }
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar, overload
 
+import orjson
+
 from ..errors import UpstreamError
 
-__all__ = ["json_type", "opt_field"]
+__all__ = ["json_type", "opt_field", "upstream_error_message"]
 
 T = TypeVar("T")
 
@@ -48,3 +50,11 @@ def opt_field(obj: dict[str, Any], key: str, kind: Any, where: str) -> Any:
         f"backend sent {where} whose '{key}' is {json_type(value)}, not {_NAMES.get(want, want.__name__)}",
         status=502,
     )
+
+
+def upstream_error_message(err: Any) -> str:
+    """The message of an error object a backend sent where an answer was due (`{"error": ...}`)."""
+    if isinstance(err, dict):
+        msg = err.get("message")
+        return str(msg) if msg else orjson.dumps(err).decode()
+    return str(err)

@@ -10,6 +10,7 @@ from ..errors import BadRequest, UpstreamError
 from ..jsonutil import now_rfc3339
 from .checks import opt_field
 from .logprobs import ollama_logprobs
+from .pivot_answer import read_answer
 from .tools import arguments_to_object
 
 __all__ = [
@@ -99,27 +100,16 @@ def ollama_tool_calls(calls: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _first_choice(resp: Any) -> dict[str, Any]:
-    if not isinstance(resp, dict):
-        raise UpstreamError("backend answered with a body that is not a JSON object", status=502)
-    choices = resp.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise UpstreamError("backend answered without choices", status=502)
-    return choices[0]
-
-
 def chat_response(
     resp: Any, model: str, timing: Timing, end_ns: int, *, think: Any = None, top_logprobs: int | None = None
 ) -> dict[str, Any]:
     """A whole chat answer; with `top_logprobs` (logprobs asked for), Ollama's `logprobs` after
     `done_reason`, in api/types.go ChatResponse's field order."""
-    choice = _first_choice(resp)
-    msg = opt_field(choice, "message", dict, "a choice") or {}
-    message: dict[str, Any] = {"role": "assistant", "content": opt_field(msg, "content", str, "a message") or ""}
-    thinking = _reasoning(msg)
-    if thinking and think is not False:
-        message["thinking"] = thinking
-    calls = ollama_tool_calls(opt_field(msg, "tool_calls", list, "a message"))
+    answer = read_answer(resp)
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.reasoning and think is not False:
+        message["thinking"] = answer.reasoning
+    calls = ollama_tool_calls(answer.tool_calls)
     if calls:
         message["tool_calls"] = calls
     out: dict[str, Any] = {
@@ -127,24 +117,14 @@ def chat_response(
         "created_at": now_rfc3339(),
         "message": message,
         "done": True,
-        "done_reason": done_reason(choice.get("finish_reason")),
+        "done_reason": done_reason(answer.finish_reason),
     }
     if top_logprobs is not None:
-        lps = ollama_logprobs(choice.get("logprobs"), top_logprobs)
+        lps = ollama_logprobs(answer.choice.get("logprobs"), top_logprobs)
         if lps:
             out["logprobs"] = lps
-    out.update(_metrics(resp, timing, end_ns))
+    out.update(final_metrics(answer.usage, answer.timings, timing, end_ns))
     return out
-
-
-def _reasoning(msg: dict[str, Any]) -> str | None:
-    return opt_field(msg, "reasoning_content", str, "a message") or opt_field(msg, "reasoning", str, "a message")
-
-
-def _metrics(resp: dict[str, Any], timing: Timing, end_ns: int) -> dict[str, int]:
-    usage = opt_field(resp, "usage", dict, "an answer")
-    timings = opt_field(resp, "timings", dict, "an answer")
-    return final_metrics(usage, timings, timing, end_ns)
 
 
 def generate_response(
@@ -157,22 +137,17 @@ def generate_response(
     think: Any = None,
     top_logprobs: int | None = None,
 ) -> dict[str, Any]:
-    """A whole generate answer; `logprobs` last, as in api/types.go GenerateResponse."""
-    choice = _first_choice(resp)
-    out: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
-    if raw:
-        out["response"] = opt_field(choice, "text", str, "a choice") or ""
-    else:
-        msg = opt_field(choice, "message", dict, "a choice") or {}
-        out["response"] = opt_field(msg, "content", str, "a message") or ""
-        thinking = _reasoning(msg)
-        if thinking and think is not False:
-            out["thinking"] = thinking
+    """A whole generate answer (a raw one from a text completion); `logprobs` last, as in api/types.go
+    GenerateResponse."""
+    answer = read_answer(resp, completion=raw)
+    out: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": answer.text}
+    if answer.reasoning and think is not False:
+        out["thinking"] = answer.reasoning
     out["done"] = True
-    out["done_reason"] = done_reason(choice.get("finish_reason"))
-    out.update(_metrics(resp, timing, end_ns))
+    out["done_reason"] = done_reason(answer.finish_reason)
+    out.update(final_metrics(answer.usage, answer.timings, timing, end_ns))
     if top_logprobs is not None:
-        lps = ollama_logprobs(choice.get("logprobs"), top_logprobs)
+        lps = ollama_logprobs(answer.choice.get("logprobs"), top_logprobs)
         if lps:
             out["logprobs"] = lps
     return out

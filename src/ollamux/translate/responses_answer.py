@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UpstreamError
-from .checks import opt_field
+from .pivot_answer import read_answer
 from .responses_request import instructions_of, parse_text_format
 from .responses_tools import client_names, collect_tools, parse_tool_choice
 from .tools import arguments_to_string
@@ -197,24 +196,10 @@ def function_call_item(
     return item
 
 
-def from_pivot(pivot: Mapping[str, Any], request: Mapping[str, Any], meta: ResponseMeta) -> dict[str, Any]:
+def from_pivot(pivot: Any, request: Mapping[str, Any], meta: ResponseMeta) -> dict[str, Any]:
     """A chat completion (the backend's JSON answer) as the Response object the Responses API returns."""
-    pivot = dict(pivot)
-    if pivot.get("error") is not None:
-        err = pivot["error"]
-        msg = err.get("message") if isinstance(err, dict) else err
-        raise UpstreamError(str(msg or "backend returned an error"), status=502)
-    choices = opt_field(pivot, "choices", list, "a chat completion")
-    if not choices or not isinstance(choices[0], dict):
-        raise UpstreamError("backend sent a chat completion without a choice", status=502)
-    choice = choices[0]
-    message = opt_field(choice, "message", dict, "a chat completion choice") or {}
-    reasoning = opt_field(message, "reasoning_content", str, "a message") or opt_field(
-        message, "reasoning", str, "a message"
-    )
-    text = opt_field(message, "content", str, "a message") or ""
-    refusal = opt_field(message, "refusal", str, "a message")
-    calls = opt_field(message, "tool_calls", list, "a message") or []
+    answer = read_answer(pivot)
+    reasoning, text, refusal, calls = answer.reasoning, answer.text, answer.refusal, answer.tool_calls
     names = client_names(request)
 
     output: list[dict[str, Any]] = []
@@ -224,16 +209,14 @@ def from_pivot(pivot: Mapping[str, Any], request: Mapping[str, Any], meta: Respo
     if text or refusal:
         output.append(_message_item(meta, len(output), text, refusal))
     for j, call in enumerate(calls):
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict):
-            raise UpstreamError(f"backend sent a tool call without a function (tool_calls[{j}])", status=502)
+        fn = call["function"]
         cid, name = call.get("id"), fn.get("name")
         call_id = cid if isinstance(cid, str) and cid else item_id(meta, "call", j)
         name = name if isinstance(name, str) else ""
         args = arguments_to_string(fn.get("arguments"))
         output.append(function_call_item(meta, len(output), call_id, name, args, names, "completed"))
 
-    incomplete = incomplete_reason(choice.get("finish_reason"))
+    incomplete = incomplete_reason(answer.finish_reason)
     if incomplete and output:
         output[-1]["status"] = "incomplete"  # the item the cut interrupted
     return response_object(
@@ -241,7 +224,7 @@ def from_pivot(pivot: Mapping[str, Any], request: Mapping[str, Any], meta: Respo
         request_echo(request),
         status="incomplete" if incomplete else "completed",
         output=output,
-        usage=usage_object(pivot.get("usage")),
+        usage=usage_object(answer.usage),
         incomplete=incomplete,
     )
 
