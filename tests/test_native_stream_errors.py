@@ -34,11 +34,29 @@ RESPONSE_CREATED = (
 )
 
 
+SECRET = "sk-native-SECRET-789"
+
+
 def _failing_app() -> web.Application:
     """Each answer sends its first event (or none, for `cut-early`), then fails as the model name says."""
 
     async def stream(request: web.Request, first: bytes) -> web.StreamResponse:
         body = await request.json()
+        if body["model"] == "secret":  # a backend that echoes the key it was sent, as some gateways do
+            said = f"invalid key {request.headers.get('Authorization')}"
+            return web.json_response(
+                {"type": "error", "error": {"type": "authentication_error", "message": said}}, status=401
+            )
+        if body["model"] == "secret-midstream":
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(first)
+            said = f"invalid key {request.headers.get('Authorization')}"
+            await resp.write(
+                b"event: error\ndata: " + json.dumps({"type": "error", "error": {"message": said}}).encode() + b"\n\n"
+            )
+            await resp.write_eof()
+            return resp
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         how = body["model"]
@@ -71,11 +89,20 @@ def upstream(loop_thread: LoopThread) -> Iterator[str]:
 
 @pytest.fixture
 def proxy(upstream: str, start_proxy: ProxyFactory) -> str:
-    backend = {"url": upstream + "/v1", "apis": ["responses", "messages"], "idle_timeout": 0.5, "retries": 0}
+    backend = {
+        "url": upstream + "/v1",
+        "apis": ["responses", "messages"],
+        "idle_timeout": 0.5,
+        "retries": 0,
+        "api_key": SECRET,
+    }
     return start_proxy(
         {
             "backends": {"native": backend},
-            "models": {name: {"backend": "native", "upstream": name} for name in ("cut", "cut-early", "stall")},
+            "models": {
+                name: {"backend": "native", "upstream": name}
+                for name in ("cut", "cut-early", "stall", "secret", "secret-midstream")
+            },
         }
     )
 
@@ -109,3 +136,19 @@ def test_responses_stream_failure_raises_in_the_openai_sdk(proxy: str, how: str)
     assert name == b"event: error"
     error = json.loads(data.removeprefix(b"data: "))
     assert error["type"] == "error" and error["code"] == "api_error" and "native" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+@pytest.mark.parametrize("model", ["secret", "secret-midstream"])
+def test_a_key_echoed_by_a_native_backend_never_reaches_the_client(proxy: str, path: str, model: str) -> None:
+    body = {
+        "model": model,
+        "max_tokens": 8,
+        "stream": True,
+        "input": "hi",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    r = httpx.post(proxy + path, json=body)
+    assert r.status_code == (401 if model == "secret" else 200)
+    assert "invalid key" in r.text  # what went wrong still reaches the client
+    assert "SECRET-789" not in r.text and "SECRET-789" not in str(r.headers)

@@ -23,6 +23,7 @@ from ..guard.client_addr import client_of
 from ..guard.core import client_request_id, printable
 from ..observe import CURRENT_REQUEST_ID, RequestRecord
 from ..state import STATE, AppState
+from ..store.times import parse_time
 
 __all__ = [
     "ADMIN",
@@ -33,6 +34,7 @@ __all__ = [
     "json_ok",
     "query_float",
     "query_int",
+    "query_time",
     "start_stream",
 ]
 
@@ -176,3 +178,18 @@ def query_float(query: Mapping[str, str], name: str) -> float | None:
         return float(raw)
     except ValueError:
         raise BadRequest(f"query parameter '{name}' must be a number, not '{printable(raw, 50)}'") from None
+
+
+def query_time(query: Mapping[str, str], name: str) -> float | None:
+    """Unix seconds, an age (`15m`: that long ago) or an ISO 8601 time (`store.times.parse_time`, what
+    `ollamux logs --since` takes); None when absent."""
+    raw = query.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_time(raw)
+    except ValueError:
+        raise BadRequest(
+            f"query parameter '{name}' must be unix seconds, an age (30s, 15m, 2h, 7d) or an ISO 8601 time, "
+            f"not '{printable(raw, 50)}'"
+        ) from None

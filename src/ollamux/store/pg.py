@@ -1,9 +1,10 @@
 """PostgreSQL for the request log and the responses store: connecting, the schema and its migrations, and
 keeping the URL's password out of every message.
 
-The schema is SQLite's (`schema.py`), column for column and migration for migration, in PostgreSQL's types;
-`seq` is an identity column, so rows of many instances get one order. Migrations run under an advisory
-lock: several instances starting at once against a fresh database apply each one once.
+The schema is SQLite's, built from the one column table in `schema.py` (column for column and migration for
+migration) in PostgreSQL's types; `seq` is an identity column, so rows of many instances get one order.
+Migrations run under an advisory lock: several instances starting at once against a fresh database apply each
+one once.
 """
 
 from __future__ import annotations
@@ -14,47 +15,12 @@ from typing import Any
 import psycopg
 
 from ..backends.redact import Redactor
-from .schema import COLUMNS
+from .schema import COLUMNS, POSTGRES, migrations
 
 __all__ = ["COPY_REQUESTS", "MIGRATIONS", "PgTarget", "connect", "migrate", "schema_lock"]
 
-# append only, numbered as schema.py's: version N means the same columns in both
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """
-        CREATE TABLE requests (
-            seq               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            id                TEXT NOT NULL,
-            ts                DOUBLE PRECISION NOT NULL,
-            api               TEXT NOT NULL,
-            method            TEXT NOT NULL,
-            route             TEXT NOT NULL,
-            model_requested   TEXT,
-            model_served      TEXT,
-            backend           TEXT,
-            upstream_url      TEXT,
-            status            INTEGER NOT NULL,
-            streamed          SMALLINT NOT NULL,
-            abandoned         SMALLINT NOT NULL,
-            latency_ms        DOUBLE PRECISION NOT NULL,
-            ttft_ms           DOUBLE PRECISION,
-            prompt_tokens     BIGINT,
-            completion_tokens BIGINT,
-            tokens_per_s      DOUBLE PRECISION,
-            error             TEXT,
-            client            TEXT,
-            key_name          TEXT,
-            request_body      TEXT,
-            response_text     TEXT
-        )
-            """,
-            "CREATE INDEX requests_ts ON requests (ts)",
-        ),
-    ),
-    (2, ("ALTER TABLE requests ADD COLUMN instance TEXT",)),
-)
+# schema.py's migrations in PostgreSQL's types, from the same column table: version N means the same columns
+MIGRATIONS = migrations(POSTGRES)
 
 COPY_REQUESTS = f"COPY requests ({', '.join(COLUMNS)}) FROM STDIN"
 

@@ -1,4 +1,8 @@
-"""The request log's SQLite schema: numbered migrations, applied once each, recorded in `schema_migrations`."""
+"""The request log's schema: its columns, once, in both dialects; SQLite's migrations built from them, applied
+once each and recorded in `schema_migrations` (PostgreSQL's, `pg.py`, are built from the same table).
+
+Standard library only: the SQLite writer process loads this file by path, without the ollamux package.
+"""
 
 from __future__ import annotations
 
@@ -6,77 +10,93 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "connect", "migrate"]
+__all__ = [
+    "COLUMNS",
+    "MIGRATIONS",
+    "POSTGRES",
+    "REQUEST_COLUMNS",
+    "SCHEMA_VERSION",
+    "SQLITE",
+    "connect",
+    "migrate",
+    "migrations",
+]
 
-# Append only: a database written by an older ollamux is brought forward by the migrations it lacks.
-# Each migration is a list of statements (not one script: sqlite3's executescript would commit midway).
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """
-        CREATE TABLE requests (
-            seq               INTEGER PRIMARY KEY,  -- insertion order: retention by count and `logs --follow`
-            id                TEXT NOT NULL,        -- the x-request-id (a client may reuse one: not unique)
-            ts                REAL NOT NULL,        -- unix seconds when the request arrived
-            api               TEXT NOT NULL,        -- ollama | openai | responses | anthropic
-            method            TEXT NOT NULL,
-            route             TEXT NOT NULL,
-            model_requested   TEXT,
-            model_served      TEXT,
-            backend           TEXT,
-            upstream_url      TEXT,
-            status            INTEGER NOT NULL,
-            streamed          INTEGER NOT NULL,
-            abandoned         INTEGER NOT NULL,
-            latency_ms        REAL NOT NULL,
-            ttft_ms           REAL,
-            prompt_tokens     INTEGER,
-            completion_tokens INTEGER,
-            tokens_per_s      REAL,
-            error             TEXT,
-            client            TEXT,
-            key_name          TEXT,                 -- the API key's configured name, never the key
-            request_body      TEXT,                 -- only with request_log.capture_bodies, capped
-            response_text     TEXT                  -- idem
-        )
-            """,
-            # one index only, as each one costs every insert: model filters scan (fine up to millions of rows)
-            "CREATE INDEX requests_ts ON requests (ts)",
-        ),
-    ),
+# Which type a `REQUEST_COLUMNS` entry gives: its index in the entry.
+SQLITE, POSTGRES = 1, 2
+
+# The `requests` table: (name, SQLite type, PostgreSQL type, the migration that added it), in table order.
+# Append only: a column is one line here and its value in `writer.record_row`; the migration a later one
+# names adds it to existing databases (so it must allow NULL: older rows have none). What a migration
+# created is never changed, or a database made before would differ from one made after.
+REQUEST_COLUMNS: tuple[tuple[str, str, str, int], ...] = (
+    # insertion order: retention by count and `logs --follow`; PostgreSQL's identity gives many instances one
+    ("seq", "INTEGER PRIMARY KEY", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", 1),
+    ("id", "TEXT NOT NULL", "TEXT NOT NULL", 1),  # the x-request-id (a client may reuse one: not unique)
+    ("ts", "REAL NOT NULL", "DOUBLE PRECISION NOT NULL", 1),  # unix seconds when the request arrived
+    ("api", "TEXT NOT NULL", "TEXT NOT NULL", 1),  # ollama | openai | responses | anthropic
+    ("method", "TEXT NOT NULL", "TEXT NOT NULL", 1),
+    ("route", "TEXT NOT NULL", "TEXT NOT NULL", 1),
+    ("model_requested", "TEXT", "TEXT", 1),
+    ("model_served", "TEXT", "TEXT", 1),
+    ("backend", "TEXT", "TEXT", 1),
+    ("upstream_url", "TEXT", "TEXT", 1),
+    ("status", "INTEGER NOT NULL", "INTEGER NOT NULL", 1),
+    ("streamed", "INTEGER NOT NULL", "SMALLINT NOT NULL", 1),
+    ("abandoned", "INTEGER NOT NULL", "SMALLINT NOT NULL", 1),
+    ("latency_ms", "REAL NOT NULL", "DOUBLE PRECISION NOT NULL", 1),
+    ("ttft_ms", "REAL", "DOUBLE PRECISION", 1),
+    ("prompt_tokens", "INTEGER", "BIGINT", 1),
+    ("completion_tokens", "INTEGER", "BIGINT", 1),
+    ("tokens_per_s", "REAL", "DOUBLE PRECISION", 1),
+    ("error", "TEXT", "TEXT", 1),
+    ("client", "TEXT", "TEXT", 1),
+    ("key_name", "TEXT", "TEXT", 1),  # the API key's configured name, never the key
+    ("request_body", "TEXT", "TEXT", 1),  # only with request_log.capture_bodies, capped
+    ("response_text", "TEXT", "TEXT", 1),  # idem
     # which ollamux wrote the row (server.instance_id), so one shared log tells many instances apart; older
     # rows keep NULL
-    (2, ("ALTER TABLE requests ADD COLUMN instance TEXT",)),
+    ("instance", "TEXT", "TEXT", 2),
 )
+
+# What a migration does besides creating or adding columns, the same in both dialects.
+_OTHER: dict[int, tuple[str, ...]] = {
+    # one index only, as each one costs every insert: model filters scan (fine up to millions of rows)
+    1: ("CREATE INDEX requests_ts ON requests (ts)",),
+}
+
+
+def migrations(
+    dialect: int, columns: tuple[tuple[str, str, str, int], ...] = REQUEST_COLUMNS
+) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """The numbered migrations of `columns` in one dialect (`SQLITE` or `POSTGRES`): version 1 creates the
+    table, a later one adds the columns that name it; version N means the same columns in both dialects.
+    Each is a list of statements (not one script: sqlite3's executescript would commit midway)."""
+    if dialect not in (SQLITE, POSTGRES):
+        raise ValueError(f"no such dialect: {dialect!r}")
+    out: list[tuple[int, tuple[str, ...]]] = []
+    for version in sorted({c[3] for c in columns} | set(_OTHER)):
+        cols = [(c[0], c[1] if dialect == SQLITE else c[2]) for c in columns if c[3] == version]
+        if version == 1:
+            body = ",\n".join(f"    {name} {kind}" for name, kind in cols)
+            statements = [f"CREATE TABLE requests (\n{body}\n)"]
+        else:
+            for name, kind in cols:
+                if "NOT NULL" in kind or "PRIMARY KEY" in kind:
+                    raise ValueError(f"request log column {name!r}, added by migration {version}, must allow NULL")
+            statements = [f"ALTER TABLE requests ADD COLUMN {name} {kind}" for name, kind in cols]
+        out.append((version, (*statements, *_OTHER.get(version, ()))))
+    return tuple(out)
+
+
+# Append only (through REQUEST_COLUMNS and _OTHER): a database written by an older ollamux is brought forward
+# by the migrations it lacks.
+MIGRATIONS = migrations(SQLITE)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-# The columns the writer fills, in order (seq is assigned by SQLite).
-COLUMNS: tuple[str, ...] = (
-    "id",
-    "ts",
-    "api",
-    "method",
-    "route",
-    "model_requested",
-    "model_served",
-    "backend",
-    "upstream_url",
-    "status",
-    "streamed",
-    "abandoned",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_per_s",
-    "error",
-    "client",
-    "key_name",
-    "request_body",
-    "response_text",
-    "instance",
-)
+# The columns the writer fills, in order (seq is assigned by the database): what the sinks insert and the
+# readers select after seq.
+COLUMNS: tuple[str, ...] = tuple(c[0] for c in REQUEST_COLUMNS if c[0] != "seq")
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
