@@ -24,7 +24,7 @@ from .observe import Observers
 from .registry import Registry
 from .runtime import start_runtime
 from .state import SETTINGS, STATE, AppState
-from .store.responses import open_responses
+from .store.opening import open_responses
 from .tracing import open_tracer
 
 __all__ = ["create_app"]

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from .reader import Filters, LogReader, open_reader, percentile
+from .opening import open_reader
+from .reader import Filters, LogReader, percentile
 from .schema import SCHEMA_VERSION, connect, migrate
 from .writer import RequestLog, instance_name, record_row
 

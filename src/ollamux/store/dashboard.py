@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .reader import Filters, LogReader, open_reader
+from .opening import open_reader
+from .reader import Filters, LogReader
 from .schema import COLUMNS
 from .series import SERIES_COLUMNS, Window
 

@@ -1,7 +1,7 @@
 """Reading the request log: filtered queries, follow-from-a-position, and per-model statistics.
 
 The SQL is written once, in SQLite's dialect with `?` placeholders, and kept to what PostgreSQL reads the
-same way; `pg_reader.py` runs it there (placeholders become `%s`). `open_reader` picks the reader the
+same way; `pg_reader.py` runs it there (placeholders become `%s`). `opening.open_reader` picks the reader the
 settings name.
 """
 
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from .schema import COLUMNS, connect
 
 if TYPE_CHECKING:
-    from ..config import RequestLogSettings
+    pass
 
-__all__ = ["Filters", "LogReader", "open_reader", "percentile"]
+__all__ = ["Filters", "LogReader", "percentile"]
 
 _FIELDS = ("seq", *COLUMNS)  # a row as the reader returns it: the writer's columns after seq
 
@@ -173,14 +173,3 @@ class LogReader:
                 }
             )
         return out
-
-
-def open_reader(settings: RequestLogSettings) -> LogReader:
-    """The reader of the log these settings write: PostgreSQL with `url`, else the file at `path`
-    (`FileNotFoundError` when there is none yet; `ConnectionError` with a masked message when the database
-    cannot be reached)."""
-    if settings.url is not None:
-        from .pg_reader import PostgresLogReader  # psycopg is optional: only the postgres extra has it
-
-        return PostgresLogReader(settings.url, settings.shown_url)
-    return LogReader(settings.path)

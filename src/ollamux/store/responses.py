@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 if TYPE_CHECKING:
-    from ..config import RequestLogSettings
+    pass
 
 __all__ = [
     "MemoryResponses",
@@ -29,7 +29,6 @@ __all__ = [
     "SQLiteResponses",
     "StoredResponse",
     "WrittenInBackground",
-    "open_responses",
 ]
 
 
@@ -193,14 +192,3 @@ class SQLiteResponses(WrittenInBackground):
     def _close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def open_responses(settings: RequestLogSettings) -> ResponseStore:
-    """Beside the request log when it is on (its database or its file), else in memory."""
-    if not settings.enabled:
-        return MemoryResponses()
-    if settings.url is not None:
-        from .pg_responses import PostgresResponses  # psycopg is optional: only the postgres extra has it
-
-        return PostgresResponses(settings.url, settings.shown_url, settings.retention_days)
-    return SQLiteResponses(settings.path, settings.retention_days)
