@@ -24,6 +24,7 @@ from ollamux.config import ConfigError, parse_settings
 from ollamux.state import STATE, AppState
 
 from .conftest import basic_config
+from .dashboard_helpers import seed_history
 from .fakes.openai_upstream import FakeOpenAI
 from .servers import LoopThread, free_port, start_serve
 
@@ -223,6 +224,65 @@ def test_the_stream_delivers_a_request_made_after_it_opened(app: App) -> None:
     t.join(15)
     assert [row["id"] for row in got] == ["stream-me"]
     assert got[0]["route"] == "/api/chat" and got[0]["status"] == 200
+
+
+def _sse_events(r: httpx.Response) -> Iterator[tuple[str | None, str, Any]]:
+    """A text/event-stream's events as (id, event, parsed data), comments skipped."""
+    eid, event, data = None, "message", ""
+    for line in r.iter_lines():
+        if not line:
+            if data:
+                yield eid, event, orjson.loads(data)
+            eid, event, data = None, "message", ""
+        elif line.startswith("id: "):
+            eid = line[4:]
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data += line[6:]
+
+
+def test_the_stream_resumes_after_a_seq_with_what_it_missed_first(app: App) -> None:
+    _traffic(app)
+    app.flush()
+    rows = app.get("/admin/requests").json()["rows"][::-1]  # oldest first: ollama chat, openai chat, 404
+    first = rows[0]["seq"]
+    with httpx.stream("GET", app.url + f"/admin/requests/stream?after={first}", timeout=20) as r:
+        assert r.status_code == 200
+        events = _sse_events(r)
+        # what was written after `first`, oldest first, each event's id its row's seq: a reconnecting
+        # client resumes from the last id it saw and gets neither a gap nor a twin
+        assert [next(events), next(events)] == [(str(row["seq"]), "request", row) for row in rows[1:]]
+        # then the stream goes on live
+        r = app.post("/api/generate", json={"model": "fake-model", "prompt": "hi", "stream": False})
+        assert r.status_code == 200
+        eid, event, row = next(events)
+        assert (event, row["route"]) == ("request", "/api/generate") and int(eid or 0) == row["seq"] > first
+    # the header a reconnecting EventSource sends resumes the same way, and the filters still apply
+    headers = {"Last-Event-ID": str(first)}
+    with httpx.stream("GET", app.url + "/admin/requests/stream?api=ollama", headers=headers, timeout=20) as r:
+        eid, _, row = next(_sse_events(r))
+        assert (row["id"], eid) == (rows[2]["id"], str(rows[2]["seq"]))  # the 404; the OpenAI row is filtered out
+    assert "must be from 0" in _error(app.get("/admin/requests/stream?after=-1"), 400)
+    for bad in ("yesterday", "-3", "²"):
+        r = app.get("/admin/requests/stream", headers={"Last-Event-ID": bad.encode()})
+        assert "Last-Event-ID" in _error(r, 400)
+
+
+def test_a_resumed_stream_sends_a_backlog_longer_than_one_read_whole(
+    fake_openai: tuple[FakeOpenAI, str], start: Callable[[dict[str, Any]], App], tmp_path: Path
+) -> None:
+    seed_history(tmp_path / "requests.sqlite", minutes=100)  # 600 rows, more than the stream reads at once
+    app = start(basic_config(fake_openai[1]))
+    assert app.get("/admin/requests?limit=1").json()["last_seq"] == 600
+    seqs = []
+    with httpx.stream("GET", app.url + "/admin/requests/stream?after=0", timeout=20) as r:
+        for eid, _, row in _sse_events(r):
+            assert eid == str(row["seq"])
+            seqs.append(row["seq"])
+            if len(seqs) == 600:
+                break
+    assert seqs == list(range(1, 601))
 
 
 def test_request_detail_has_the_bodies_when_they_are_captured(

@@ -2,17 +2,21 @@
 
 What a user relies on: after real requests through both APIs (the `ollama` and `openai` clients) the
 overview's charts have points and its tables name the models and backends; the requests table lists them
-and shows a new one without a reload; the Load and Unload buttons change `/api/ps`; a managed model's log
-streams new lines into the page; the playground streams a reply token by token and Stop aborts it; with
-keys on, the page shows nothing but the key prompt until it has an admin key. Every page at a desktop and
-a phone width, without sideways scrolling; with OLLAMUX_SCREENSHOTS=1 those views are written to
-docs/screenshots/ (the README's pictures).
+and shows a new one without a reload, over the live event stream (not a poll), reopened with new filters,
+back by itself after its connection is cut, without losing a row or showing one twice, and narrowed by
+`until`; the Load and Unload buttons change `/api/ps`; a managed model's log streams new lines into the
+page; the playground streams a reply token by token and Stop aborts it; with keys on, the page shows
+nothing but the key prompt until it has an admin key. Every page at a desktop and a phone width, without
+sideways scrolling; with OLLAMUX_SCREENSHOTS=1 those views are written to docs/screenshots/ (the README's
+pictures).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,13 +41,16 @@ from .dashboard_helpers import (
 from .fakes.fake_hub import FakeHub, HubFile, gguf_bytes
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
+from .fakes.tcp_relay import TcpRelay
 from .runtime_helpers import Proxy, start_proxy
 from .servers import LoopThread
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is missing: scripts/debian_tools.sh installs Debian's chromium", allow_module_level=True)
 
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .dashboard_pages import Pages
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,34 +111,6 @@ def dash(
     wait_until(lambda: len(admin_get(p.url, "/admin/requests")["rows"]) >= 5, "the five requests in the log")
     yield p
     p.close()
-
-
-class Pages:
-    """Browser pages (each in its own context: its own session storage) that fail the test on a script error."""
-
-    def __init__(self, browser: Browser) -> None:
-        self.browser = browser
-        self.errors: list[str] = []
-        self.contexts: list[Any] = []
-
-    def open(self, url: str, tab: str = "overview", viewport: dict[str, int] = DESKTOP) -> Page:
-        ctx = self.browser.new_context(viewport=viewport)  # type: ignore[arg-type]
-        self.contexts.append(ctx)
-        page = ctx.new_page()
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
-        page.on("console", self._console)
-        page.goto(f"{url}/ui#{tab}")
-        return page
-
-    def _console(self, msg: ConsoleMessage) -> None:
-        # a refused fetch (401/403) is logged by Chromium itself; those are the auth test's point
-        if msg.type == "error" and not any(f"status of {c}" in msg.text for c in (401, 403)):
-            self.errors.append(f"console: {msg.text} ({msg.location.get('url')})")
-
-    def close(self) -> None:
-        for ctx in self.contexts:
-            ctx.close()
 
 
 @pytest.fixture
@@ -196,6 +175,22 @@ def test_overview_filters_narrow_the_charts(dash: Proxy, pages: Pages) -> None:
 
 
 # ------------------------------------------------------------------------------------------ requests
+def _chat(url: str, rid: str, model: str = "fake-model") -> None:
+    """One request through the OpenAI API, as its client sends it, with the request id the test looks for."""
+    with openai.OpenAI(base_url=url + "/v1", api_key="sk", max_retries=0, timeout=20) as oai:
+        oai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "live"}], extra_headers={"x-request-id": rid}
+        )
+
+
+def _row(page: Page, rid: str) -> Any:
+    return page.locator(f'#request-log tbody tr[data-id="{rid}"]')
+
+
+def _shown_seqs(page: Page) -> list[int]:
+    return [int(s) for s in page.locator("#request-log tbody tr").evaluate_all("rs => rs.map(r => r.dataset.seq)")]
+
+
 def test_requests_table_lists_them_and_shows_a_new_one_live(dash: Proxy, pages: Pages) -> None:
     page = pages.open(dash.url, "requests")
     rows = page.locator("#request-log tbody tr")
@@ -204,37 +199,131 @@ def test_requests_table_lists_them_and_shows_a_new_one_live(dash: Proxy, pages: 
     failed = page.locator("#request-log tbody tr.err")  # drawn as an error: the model whose backend said 500
     expect(failed).to_have_count(1)
     expect(failed).to_contain_text("broken")
+    expect(page.locator("#rq-live")).to_have_text("live")
     before = rows.count()
-    # made while the page is open: it appears without a reload
-    with openai.OpenAI(base_url=dash.url + "/v1", api_key="sk", max_retries=0, timeout=20) as oai:
-        oai.chat.completions.create(
-            model="fake-model",
-            messages=[{"role": "user", "content": "live"}],
-            extra_headers={"x-request-id": "ui-live-1"},
-        )
-    live = page.locator('#request-log tbody tr[data-id="ui-live-1"]')
+    # made while the page is open: it appears without a reload, brought by the event stream, not a poll
+    _chat(dash.url, "ui-live-1")
+    live = _row(page, "ui-live-1")
     expect(live).to_have_count(1)
     assert rows.count() == before + 1
+    assert len(pages.streams()) == 1 and pages.polls() == []
     live.click()
     detail = page.locator("#request-detail")
     expect(detail).to_be_visible()
     expect(detail).to_contain_text("ui-live-1")
     expect(detail).to_contain_text("fake-model")
     expect(detail).to_contain_text("completion tokens")
+    # another tab: the hidden table's stream is closed, not left open
+    with page.expect_event("requestfailed", lambda r: "/admin/requests/stream" in r.url) as closed:
+        page.goto(f"{dash.url}/ui#overview")
+    assert closed.value.failure == "net::ERR_ABORTED" and closed.value.url == pages.streams()[0]
 
 
 def test_requests_filters(dash: Proxy, pages: Pages) -> None:
     page = pages.open(dash.url, "requests")
     rows = page.locator("#request-log tbody tr")
     expect(rows.filter(has_text="qwen3")).to_have_count(1)
+    expect(page.locator("#rq-live")).to_have_text("live")
     page.locator("label", has_text="Status").locator("select").select_option("error")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("broken")
+    # the stream of all rows was closed, one of the failed ones opened: a new failure shows up live,
+    # an answered request made before it does not
+    expect(page.locator("#rq-live")).to_have_text("live")
+    first, second = pages.streams()
+    assert first in pages.aborted and "status=error" in second and "status" not in first
+    _chat(dash.url, "ui-filtered-ok")
+    with pytest.raises(openai.InternalServerError):
+        _chat(dash.url, "ui-filtered-failed", model="broken")
+    expect(_row(page, "ui-filtered-failed")).to_have_count(1)
+    expect(rows).to_have_count(2)
+    expect(_row(page, "ui-filtered-ok")).to_have_count(0)
     page.locator("label", has_text="Status").locator("select").select_option("")
     page.locator("label", has_text="API").locator("select").select_option("ollama")
     expect(rows).to_have_count(2)  # the chat and the generate of the ollama client
     for text in rows.all_inner_texts():
         assert "ollama" in text
+    assert pages.polls() == []
+
+
+def test_requests_until_leaves_out_what_came_after(dash: Proxy, pages: Pages) -> None:
+    page = pages.open(dash.url, "requests")
+    rows = page.locator("#request-log tbody tr")
+    expect(page.locator("#rq-live")).to_have_text("live")
+    cut = time.time()
+    _chat(dash.url, "ui-after-until")
+    expect(_row(page, "ui-after-until")).to_have_count(1)
+    older = rows.count() - 1
+    until = page.locator("#rq-until")
+    # an ISO time, as `ollamux logs --until` takes it: the rows up to then, the later one left out
+    until.fill(datetime.datetime.fromtimestamp(cut, datetime.UTC).isoformat())
+    until.press("Enter")
+    expect(rows).to_have_count(older)
+    expect(_row(page, "ui-after-until")).to_have_count(0)
+    expect(page.locator("#rq-live")).to_have_text("live")
+    assert "until=" in pages.streams()[-1]  # the stream that follows is narrowed the same way
+    # what the server cannot read, it says why, in the page
+    pages.allow("status of 400")
+    until.fill("the day after")
+    until.press("Enter")
+    expect(page.locator(".banner")).to_contain_text("'until' must be unix seconds, an age")
+    expect(rows).to_have_count(0)
+    until.fill("")
+    until.press("Enter")
+    expect(_row(page, "ui-after-until")).to_have_count(1)
+    expect(rows).to_have_count(older + 1)
+    expect(page.locator(".banner")).to_be_hidden()
+
+
+def test_a_cut_stream_reconnects_and_catches_up_without_a_gap_or_a_twin(
+    loop_thread: LoopThread, dash: Proxy, pages: Pages
+) -> None:
+    """The page through a relay that drops its connections (a restart, a proxy's timeout): the stream comes
+    back by itself, and what was written while it was away is in the table once."""
+    relay = TcpRelay(loop_thread, int(dash.url.rsplit(":", 1)[1])).start()
+    # Chromium logs the cut stream itself (its chunked body never ended); any other error still fails the test
+    pages.allow("net::ERR_INCOMPLETE_CHUNKED_ENCODING")
+    try:
+        page = pages.open(relay.url, "requests")
+        expect(page.locator("#rq-live")).to_have_text("live")
+        expect(page.locator("#request-log tbody tr").first).to_be_visible()
+        relay.cut()
+        expect(page.locator("#rq-live")).to_have_text("reconnecting")
+        wait_until(lambda: relay.parked, "the page's reconnect, held by the relay")
+        # written while the page cannot hear of it
+        _chat(dash.url, "ui-gap-1")
+        wait_until(lambda: _row_seq(dash.url, "ui-gap-1"), "the row in the log")
+        relay.release()
+        expect(_row(page, "ui-gap-1")).to_have_count(1)
+        expect(page.locator("#rq-live")).to_have_text("live")
+        logged = _logged_seqs(dash.url)
+        assert _shown_seqs(page) == logged  # every row of the log once: none lost, none twice
+        # the reopened stream asked for what came after the last row the page had, not for a poll
+        first, second = pages.streams()
+        before_gap = max(seq for seq in logged if seq < _row_seq(dash.url, "ui-gap-1"))
+        assert "after=" in first and f"after={before_gap}" in second and pages.polls() == []
+    finally:
+        relay.close()
+
+
+def test_where_the_stream_cannot_be_opened_the_table_polls(dash: Proxy, pages: Pages) -> None:
+    """A proxy in front that does not pass the stream (here the browser answers it 404 itself): the table
+    still grows, by the poll of `?after=`, and the page does not keep asking for the stream."""
+    pages.allow("status of 404")
+    page = pages.open(dash.url, "requests", refuse="**/admin/requests/stream*")
+    expect(page.locator("#rq-live")).to_have_text("polling")
+    _chat(dash.url, "ui-polled-1")
+    expect(_row(page, "ui-polled-1")).to_have_count(1)
+    assert len(pages.streams()) == 1 and pages.polls()
+
+
+def _logged_seqs(url: str) -> list[int]:
+    return [r["seq"] for r in admin_get(url, "/admin/requests?limit=1000")["rows"]]
+
+
+def _row_seq(url: str, rid: str) -> int:
+    """The seq of request `rid` in the log, 0 while it is not there yet."""
+    return next((r["seq"] for r in admin_get(url, "/admin/requests?limit=1000")["rows"] if r["id"] == rid), 0)
 
 
 # -------------------------------------------------------------------------------------------- models

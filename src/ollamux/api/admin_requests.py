@@ -3,13 +3,13 @@
 Every query runs in a worker thread on its own read-only connection (WAL: the writer never waits for it).
 The live stream polls the log twice a second: the writer commits its batches at most once a second
 anyway, so hooking its batches would save little and tie the stream to the SQLite writer's internals.
+Each event's `id:` is its row's seq, so a client that lost the stream reopens it from the last one it saw
+(`after=SEQ`, or the `Last-Event-ID` header an EventSource sends by itself) and misses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -23,36 +23,14 @@ from ..guard.core import printable
 from ..state import AppState
 from ..store import Filters
 from ..store.dashboard import reader_or_none, request_by_id, rows_after, rows_newest
-from .admin_common import ADMIN, json_ok, query_int, start_stream
+from .admin_common import ADMIN, json_ok, query_int, query_time, start_stream
 
 __all__ = ["filters_from", "request_detail", "requests", "requests_stream"]
 
 POLL_INTERVAL = 0.5  # seconds between the live stream's looks at the log
+BATCH = 500  # rows a look reads at most; a full batch means more are waiting, read at once
 PING_INTERVAL = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
-_AGE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 T = TypeVar("T")
-
-
-def _time(query: Mapping[str, str], name: str) -> float | None:
-    """Unix seconds, an age (`15m`: that long ago) or an ISO 8601 time, as `ollamux logs --since` takes."""
-    raw = query.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    m = _AGE.fullmatch(raw)
-    if m:
-        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return datetime.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise BadRequest(
-            f"query parameter '{name}' must be unix seconds, an age (30s, 15m, 2h, 7d) or an ISO 8601 time, "
-            f"not '{printable(raw, 50)}'"
-        ) from None
 
 
 def filters_from(query: Mapping[str, str]) -> Filters:
@@ -61,8 +39,8 @@ def filters_from(query: Mapping[str, str]) -> Filters:
         model=query.get("model") or None,
         status=query.get("status") or None,
         api=query.get("api") or None,
-        since=_time(query, "since"),
-        until=_time(query, "until"),
+        since=query_time(query, "since"),
+        until=query_time(query, "until"),
     )
     try:
         filters.where()
@@ -95,11 +73,14 @@ def _read_page(settings: RequestLogSettings, filters: Filters, after: int | None
         return {"rows": [], "last_seq": after or 0}
     with reader:
         if after is None:
+            # the position first: a row committed between the two reads is then in `rows` (and in `last`
+            # through them), never after `last` but missing from the page
+            top = reader.max_seq()
             rows = rows_newest(reader, filters, limit)
         else:
+            top = after
             rows = rows_after(reader, after, filters, limit)
-        last = reader.max_seq() if after is None else max([after, *(r["seq"] for r in rows)])
-    return {"rows": rows, "last_seq": last}
+    return {"rows": rows, "last_seq": max([top, *(r["seq"] for r in rows)])}
 
 
 async def requests(request: web.Request, state: AppState) -> web.StreamResponse:
@@ -131,36 +112,62 @@ async def request_detail(request: web.Request, state: AppState) -> web.StreamRes
     return json_ok(row)
 
 
+def _resume_from(request: web.Request) -> int | None:
+    """The seq a stream picks up after: `after=SEQ`, else the `Last-Event-ID` header; None for "from now"."""
+    if request.query.get("after", "").strip():
+        return query_int(request.query, "after", 0, 0, 2**62)
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 2**62:  # not "²", which isdigit() lets by
+        raise BadRequest(
+            f"header 'Last-Event-ID' must be the id (a seq) of a request event, not '{printable(raw, 50)}'"
+        )
+    return int(raw)
+
+
+def _event(row: dict[str, Any]) -> bytes:
+    return b"id: %d\nevent: request\ndata: %s\n\n" % (row["seq"], orjson.dumps(row))
+
+
 async def requests_stream(request: web.Request, state: AppState) -> web.StreamResponse:
-    """`text/event-stream`: one `request` event per row written after the stream opened, until the client
-    goes (or the server stops)."""
+    """`text/event-stream`: one `request` event (`id:` its seq) per row written after the stream opened, or
+    after `after=SEQ` / `Last-Event-ID` (those first, oldest first), until the client goes or the server stops."""
     filters = filters_from(request.query)
+    resume = _resume_from(request)
     settings = _log_settings(state)
     closing = request.app[ADMIN].closing
     reader = await _in_thread(reader_or_none, settings)
     try:
-        last = await _in_thread(reader.max_seq) if reader is not None else 0
+        if resume is not None:
+            last = resume
+        else:
+            last = await _in_thread(reader.max_seq) if reader is not None else 0
         resp = await start_stream(request, "text/event-stream; charset=utf-8")
         await resp.write(b": connected\n\n")
         pinged = time.monotonic()
+        behind = resume is not None  # what a resumed stream missed goes out at once, not after a pause
         while not closing.is_set():
-            try:
-                await asyncio.wait_for(closing.wait(), POLL_INTERVAL)
-                break
-            except TimeoutError:
-                pass
+            if not behind:
+                try:
+                    await asyncio.wait_for(closing.wait(), POLL_INTERVAL)
+                    break
+                except TimeoutError:
+                    pass
             if reader is None:
+                behind = False
                 reader = await _in_thread(reader_or_none, settings)  # the writer made the file since
                 continue
             try:
-                rows = await asyncio.to_thread(rows_after, reader, last, filters, 500)
+                rows = await asyncio.to_thread(rows_after, reader, last, filters, BATCH)
             except Exception as exc:  # the file went away or broke: say so in the stream, then end it
                 err = ServiceUnavailable(f"cannot read the request log: {exc}")
                 await resp.write(b"event: error\ndata: " + err.openai_body() + b"\n\n")
                 break
+            behind = len(rows) == BATCH
             for row in rows:
                 last = max(last, row["seq"])
-                await resp.write(b"event: request\ndata: " + orjson.dumps(row) + b"\n\n")
+                await resp.write(_event(row))
             now = time.monotonic()
             if rows:
                 pinged = now

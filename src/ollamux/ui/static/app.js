@@ -1,6 +1,7 @@
 // The dashboard's behaviour: one Alpine component ("dash") that fetches the admin API and the model APIs.
 // Alpine does the DOM, uPlot the charts, eventsource-parser the SSE; what is left here is fetching,
-// polling and formatting. Every fetch carries the admin key (sessionStorage, Bearer header): no cookies.
+// following streams and formatting. Every fetch carries the admin key (sessionStorage, Bearer header): no
+// cookies, and so no EventSource either (it cannot send a header): streams are read with fetch().
 import { createParser } from "./vendor/eventsource-parser/index.js";
 
 const KEY = "ollamux.adminKey";
@@ -11,26 +12,56 @@ const TABS = [
   { id: "backends", label: "Backends" },
   { id: "playground", label: "Playground" },
 ];
-// one uPlot chart per entry: [field of overview.series, legend label]
+
+// ------------------------------------------------------------------------------------------ formatting
+const num = (v) => (v === null || v === undefined ? "-" : Number(v).toLocaleString());
+const dec = (v) => (v === null || v === undefined ? "-" : Number(v).toFixed(1));
+const ms = (v) =>
+  v === null || v === undefined ? "-" : v >= 10000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`;
+const pct = (v) => (v === null || v === undefined ? "-" : `${(v * 100).toFixed(1)}%`);
+function duration(s) {
+  if (s === null || s === undefined) return "-";
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : `${m}m ${Math.floor(s % 60)}s`;
+}
+
+// The overview, one line an item: a new card or chart is one more entry here, index.html draws them all.
+// Cards: a label and what it shows of /admin/overview's answer (d).
+const CARDS = [
+  { label: "requests", value: (d) => num(d.totals?.requests) },
+  { label: "errors", value: (d) => pct(d.totals?.error_rate) },
+  { label: "p50 / p95", value: (d) => `${ms(d.totals?.p50_ms)} / ${ms(d.totals?.p95_ms)}` },
+  { label: "TTFT p50", value: (d) => ms(d.totals?.ttft_p50_ms) },
+  { label: "tokens in / out", value: (d) => `${num(d.totals?.prompt_tokens)} / ${num(d.totals?.completion_tokens)}` },
+  { label: "in flight", id: "in-flight", value: (d) => num(d.live?.in_flight) },
+  { label: "uptime", value: (d) => duration(d.live?.uptime_s) },
+];
+// Charts (uPlot): a title, the unit of its values, and its lines as [key of the answer's series, legend
+// label]; `scale` multiplies what is drawn (a rate drawn in %).
 const CHARTS = [
-  { id: "rps", title: "Requests per second", series: [["rps", "req/s"]] },
-  { id: "errors", title: "Error rate (%)", series: [["error_rate", "errors %"]], scale: 100 },
-  { id: "latency", title: "Latency (ms)", series: [["p50_ms", "p50"], ["p95_ms", "p95"]] },
-  { id: "ttft", title: "Time to first token p50 (ms)", series: [["ttft_p50_ms", "p50"]] },
-  { id: "tps", title: "Tokens per second", series: [["tokens_per_s", "tok/s"]] },
+  { id: "rps", title: "Requests", unit: "per second", series: [["rps", "req/s"]] },
+  { id: "errors", title: "Error rate", unit: "%", series: [["error_rate", "errors %"]], scale: 100 },
+  { id: "latency", title: "Latency", unit: "ms", series: [["p50_ms", "p50"], ["p95_ms", "p95"]] },
+  { id: "ttft", title: "Time to first token p50", unit: "ms", series: [["ttft_p50_ms", "p50"]] },
+  { id: "tps", title: "Tokens", unit: "per second", series: [["tokens_per_s", "tok/s"]] },
 ];
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706"];
 const MAX_ROWS = 500; // the requests table keeps the newest ones
+const FIRST_ROWS = 200; // rows the requests table starts with, before the live stream adds the new ones
 const MAX_LOG = 200_000; // characters of a model's log kept in the page
-// How often each tab's data is fetched while it is shown, in ticks of one second.
+// How often each tab's data is fetched while it is shown, in ticks of one second. The requests tab follows
+// a stream instead: its 1 is the poll that stands in where the stream cannot be opened (followRequests).
 const EVERY = { overview: 5, requests: 1, models: 3, backends: 3, playground: 0 };
 
 // Outside Alpine's reactive state: uPlot instances and stream controllers must not be wrapped in proxies.
 // The charts are on window for the browser tests, which read the data each one was given.
 const charts = (window.ollamuxCharts = {});
-const streams = { log: null, chat: null, pull: null };
+const streams = { log: null, chat: null, pull: null, requests: null };
 
 class AuthError extends Error {}
+class HttpError extends Error {} // the server (or a proxy in front) answered, and not 2xx
+
+const sleep = (millis) => new Promise((resolve) => setTimeout(resolve, millis));
 
 async function errorText(r) {
   const text = await r.text();
@@ -45,6 +76,7 @@ async function errorText(r) {
 function dash() {
   return {
     TABS,
+    CARDS,
     CHARTS,
     tab: "overview",
     key: sessionStorage.getItem(KEY) || "",
@@ -57,8 +89,10 @@ function dash() {
     ticks: 0,
     busy: {},
     ov: { window: 3600, model: "", backend: "", data: {} },
-    // gen: bumped when the filters change, so an answer to a query made before is dropped, not merged
-    rq: { model: "", status: "", api: "", since: "", rows: [], lastSeq: null, detail: null, gen: 0 },
+    // gen: bumped when the filters change or the tab is left, so an answer to a query made before (and
+    // the stream opened for it) is dropped, not merged. live: the stream's state, shown beside the filters
+    rq: { model: "", status: "", api: "", since: "", until: "", rows: [], lastSeq: null, detail: null, gen: 0,
+          live: "" },
     md: { models: [], pullName: "", pullStatus: "", pullTotal: 0, pullDone: 0, pulling: false,
           logModel: "", logText: "", logLive: false },
     bk: { backends: [] },
@@ -68,6 +102,7 @@ function dash() {
       const route = () => {
         const t = location.hash.slice(1);
         this.tab = TABS.some((x) => x.id === t) ? t : "overview";
+        if (this.tab !== "requests") this.closeRequests(); // a hidden table follows no stream
         window.scrollTo(0, 0); // a new tab starts at its top, not where the last one was scrolled to
         if (this.authed) this.refresh(true);
       };
@@ -91,7 +126,7 @@ function dash() {
         this.lock(msg);
         throw new AuthError(msg);
       }
-      if (!r.ok) throw new Error(await errorText(r));
+      if (!r.ok) throw new HttpError(await errorText(r));
       return r;
     },
 
@@ -126,6 +161,7 @@ function dash() {
       this.authError = message;
       this.info = { auth: true };
       this.ov.data = {};
+      this.closeRequests();
       this.rq.rows = [];
       this.rq.detail = null;
       this.md.models = [];
@@ -157,14 +193,15 @@ function dash() {
     tick() {
       if (!this.authed) return;
       this.ticks += 1;
-      const every = EVERY[this.tab];
+      // the requests tab's stream brings its rows; its poll runs only where the stream could not be opened
+      const every = this.tab === "requests" && this.rq.live !== "polling" ? 0 : EVERY[this.tab];
       if (every && this.ticks % every === 0) this.refresh(false);
     },
 
     async refresh(first) {
       const load = {
         overview: () => Promise.all([this.loadOverview(), first && this.loadModels(), first && this.loadBackends()]),
-        requests: () => Promise.all([this.loadRequests(), first && this.loadModels()]),
+        requests: () => Promise.all([first ? this.openRequests() : this.pollRequests(), first && this.loadModels()]),
         models: () => this.loadModels(),
         backends: () => this.loadBackends(),
         playground: () => first && this.loadChatModels(),
@@ -228,23 +265,103 @@ function dash() {
     },
 
     // -------------------------------------------------------------------------------- requests
+    // The table: the newest rows (one GET), then each row written since, as the server writes it, over
+    // /admin/requests/stream. A dropped stream is reopened (after a pause that grows) from the last seq
+    // seen, and the server sends what was written meanwhile first: no row is lost, none comes twice.
     resetRequests() {
-      this.rq.gen += 1;
+      this.act(() => this.openRequests());
+    },
+
+    rqQuery(extra) {
+      const { model, status, api, since, until } = this.rq;
+      return this.query({ model, status, api, since, until, ...extra });
+    },
+
+    async openRequests() {
+      this.closeRequests();
+      const gen = this.rq.gen;
       this.rq.rows = [];
       this.rq.lastSeq = null;
       this.rq.detail = null;
-      this.loadRequests();
+      const page = await (await this.api(`admin/requests${this.rqQuery({ limit: FIRST_ROWS })}`)).json();
+      if (gen !== this.rq.gen) return; // the filters changed while this was asked: its rows are not theirs
+      this.rq.lastSeq = page.last_seq;
+      this.addRows(page.rows);
+      this.followRequests(gen);
     },
 
-    async loadRequests() {
-      const { model, status, api, since, gen } = this.rq;
-      const q = this.query({ model, status, api, since, after: this.rq.lastSeq, limit: 200 });
+    closeRequests() {
+      this.rq.gen += 1;
+      streams.requests?.abort();
+      streams.requests = null;
+      this.rq.live = "";
+    },
+
+    async followRequests(gen) {
+      const current = () => gen === this.rq.gen && this.authed;
+      let drops = 0;
+      while (current()) {
+        const ctrl = (streams.requests = new AbortController());
+        let opened = 0;
+        this.rq.live = drops ? "reconnecting" : "connecting";
+        try {
+          const r = await this.api(`admin/requests/stream${this.rqQuery({ after: this.rq.lastSeq })}`, {
+            signal: ctrl.signal,
+          });
+          if (!(r.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
+            ctrl.abort();
+            throw new HttpError(`/admin/requests/stream answered ${r.headers.get("Content-Type")}`);
+          }
+          opened = Date.now();
+          this.rq.live = "live";
+          if (drops) this.error = ""; // what the last stream said before it ended (an error event) is over
+          const parser = createParser({ onEvent: (ev) => this.requestEvent(ev, gen) });
+          await readText(r, (t) => parser.feed(t));
+        } catch (e) {
+          if (e.name === "AbortError" || e instanceof AuthError) return; // closed here, or the key was refused
+          if (!opened && !drops && e instanceof HttpError) {
+            // The stream cannot be opened at all (the rows' GET just worked, so the server is there: a proxy
+            // in front that does not pass it?): fall back to polling ?after= every second (tick -> refresh).
+            if (current()) this.rq.live = "polling";
+            return;
+          }
+        }
+        if (!current()) return;
+        // Dropped: the server stopped, a proxy cut it, the network went. A stream that had lived a while
+        // starts the pauses over; one that keeps failing waits longer each time (0.5 s doubling to 15 s).
+        drops = opened && Date.now() - opened > 10_000 ? 1 : drops + 1;
+        this.rq.live = "reconnecting";
+        await sleep(Math.min(15_000, 500 * 2 ** (drops - 1)));
+      }
+    },
+
+    requestEvent(ev, gen) {
+      if (gen !== this.rq.gen) return;
+      if (ev.event === "error") {
+        this.error = JSON.parse(ev.data).error.message; // the server could not read the log: it ends the stream
+        return;
+      }
+      if (ev.event !== "request") return;
+      const row = JSON.parse(ev.data);
+      this.rq.lastSeq = Math.max(this.rq.lastSeq ?? 0, row.seq);
+      this.addRows([row]);
+    },
+
+    // Only while the stream cannot be opened (rq.live "polling"): the rows written after the last seen.
+    async pollRequests() {
+      if (this.rq.live !== "polling") return;
+      const gen = this.rq.gen;
+      const q = this.rqQuery({ after: this.rq.lastSeq, limit: FIRST_ROWS });
       const page = await (await this.api(`admin/requests${q}`)).json();
-      if (gen !== this.rq.gen) return; // the filters changed while this was asked: its rows are not theirs
+      if (gen !== this.rq.gen) return;
       if (page.last_seq !== null && page.last_seq !== undefined) this.rq.lastSeq = page.last_seq;
-      if (!page.rows.length) return;
+      this.addRows(page.rows);
+    },
+
+    addRows(rows) {
       const seen = new Set(this.rq.rows.map((r) => r.seq));
-      const fresh = page.rows.filter((r) => !seen.has(r.seq));
+      const fresh = rows.filter((r) => !seen.has(r.seq));
+      if (!fresh.length) return;
       this.rq.rows = [...fresh, ...this.rq.rows].sort((a, b) => b.seq - a.seq).slice(0, MAX_ROWS);
     },
 
@@ -408,21 +525,17 @@ function dash() {
     },
 
     // ------------------------------------------------------------------------------ formatting
-    num: (v) => (v === null || v === undefined ? "-" : Number(v).toLocaleString()),
-    dec: (v) => (v === null || v === undefined ? "-" : Number(v).toFixed(1)),
-    ms: (v) => (v === null || v === undefined ? "-" : v >= 10000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`),
-    pct: (v) => (v === null || v === undefined ? "-" : `${(v * 100).toFixed(1)}%`),
+    num,
+    dec,
+    ms,
+    pct,
+    duration,
     clock: (ts) => new Date(ts * 1000).toLocaleTimeString(),
     bytes(v) {
       if (!v) return "-";
       const units = ["B", "KB", "MB", "GB", "TB"];
       const i = Math.min(Math.floor(Math.log(v) / Math.log(1024)), units.length - 1);
       return `${(v / 1024 ** i).toFixed(i ? 1 : 0)} ${units[i]}`;
-    },
-    duration(s) {
-      if (s === null || s === undefined) return "-";
-      const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
-      return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : `${m}m ${Math.floor(s % 60)}s`;
     },
     until(ts, pinned) {
       if (pinned) return "pinned";
