@@ -22,7 +22,8 @@ from ..errors import BadRequest, OllamuxError, ServiceUnavailable
 from ..guard.core import printable
 from ..state import AppState
 from ..store import Filters
-from ..store.dashboard import reader_or_none, request_by_id, rows_after, rows_newest
+from ..store.dashboard import ROW_FIELDS, reader_or_none, request_by_id, rows_after, rows_newest, shown_row
+from ..store.follow import Follower
 from .admin_common import ADMIN, json_ok, query_int, query_time, start_stream
 
 __all__ = ["filters_from", "request_detail", "requests", "requests_stream"]
@@ -146,6 +147,7 @@ async def requests_stream(request: web.Request, state: AppState) -> web.StreamRe
         resp = await start_stream(request, "text/event-stream; charset=utf-8")
         await resp.write(b": connected\n\n")
         pinged = time.monotonic()
+        follower = Follower(reader, filters, last, ROW_FIELDS, limit=BATCH) if reader is not None else None
         behind = resume is not None  # what a resumed stream missed goes out at once, not after a pause
         while not closing.is_set():
             if not behind:
@@ -154,20 +156,21 @@ async def requests_stream(request: web.Request, state: AppState) -> web.StreamRe
                     break
                 except TimeoutError:
                     pass
-            if reader is None:
+            if follower is None:
                 behind = False
                 reader = await _in_thread(reader_or_none, settings)  # the writer made the file since
+                if reader is not None:
+                    follower = Follower(reader, filters, last, ROW_FIELDS, limit=BATCH)
                 continue
             try:
-                rows = await asyncio.to_thread(rows_after, reader, last, filters, BATCH)
+                rows = await asyncio.to_thread(follower.poll)
             except Exception as exc:  # the file went away or broke: say so in the stream, then end it
                 err = ServiceUnavailable(f"cannot read the request log: {exc}")
                 await resp.write(b"event: error\ndata: " + err.openai_body() + b"\n\n")
                 break
-            behind = len(rows) == BATCH
+            behind = follower.full
             for row in rows:
-                last = max(last, row["seq"])
-                await resp.write(_event(row))
+                await resp.write(_event(shown_row(row)))
             now = time.monotonic()
             if rows:
                 pinged = now

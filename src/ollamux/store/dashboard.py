@@ -17,7 +17,15 @@ from .series import SERIES_COLUMNS, Window
 if TYPE_CHECKING:
     from ..config import RequestLogSettings
 
-__all__ = ["ROW_FIELDS", "reader_or_none", "request_by_id", "rows_after", "rows_newest", "window_rows"]
+__all__ = [
+    "ROW_FIELDS",
+    "reader_or_none",
+    "request_by_id",
+    "rows_after",
+    "rows_newest",
+    "shown_row",
+    "window_rows",
+]
 
 _BODIES = ("request_body", "response_text")
 ROW_FIELDS = ("seq", *(c for c in COLUMNS if c not in _BODIES))
@@ -32,7 +40,8 @@ def reader_or_none(settings: RequestLogSettings) -> LogReader | None:
         return None
 
 
-def _row(out: dict[str, Any]) -> dict[str, Any]:
+def shown_row(out: dict[str, Any]) -> dict[str, Any]:
+    """A row as the admin API shows it (flags as booleans)."""
     for flag in ("streamed", "abandoned"):
         if flag in out:
             out[flag] = bool(out[flag])
@@ -43,7 +52,7 @@ def rows_newest(reader: LogReader, filters: Filters, limit: int) -> list[dict[st
     """The newest `limit` matching rows, newest first."""
     where, args = filters.where()
     sql = f"SELECT {', '.join(ROW_FIELDS)} FROM requests{where} ORDER BY seq DESC LIMIT ?"
-    return [_row(r) for r in reader.query(sql, [*args, limit])]
+    return [shown_row(r) for r in reader.query(sql, [*args, limit])]
 
 
 def rows_after(reader: LogReader, seq: int, filters: Filters, limit: int) -> list[dict[str, Any]]:
@@ -51,7 +60,7 @@ def rows_after(reader: LogReader, seq: int, filters: Filters, limit: int) -> lis
     where, args = filters.where()
     where = (where + " AND seq > ?") if where else " WHERE seq > ?"
     sql = f"SELECT {', '.join(ROW_FIELDS)} FROM requests{where} ORDER BY seq LIMIT ?"
-    return [_row(r) for r in reader.query(sql, [*args, seq, limit])]
+    return [shown_row(r) for r in reader.query(sql, [*args, seq, limit])]
 
 
 def request_by_id(reader: LogReader, rid: str) -> dict[str, Any] | None:
@@ -60,7 +69,7 @@ def request_by_id(reader: LogReader, rid: str) -> dict[str, Any] | None:
     found = reader.query(sql, (rid,))
     if not found:
         return None
-    row = _row(found[0])
+    row = shown_row(found[0])
     row["response_body"] = row.pop("response_text")  # what the client got, as the admin API names it
     return row
 

@@ -12,12 +12,9 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .schema import COLUMNS, connect
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Filters", "LogReader", "percentile"]
 
