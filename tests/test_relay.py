@@ -576,6 +576,11 @@ def test_a_backend_key_echoed_by_the_upstream_is_masked_everywhere(
     passthrough = kind == call.api  # (c): the relay does not read the events, so it need not log this one
     if not (passthrough and model == "secret-midstream"):
         assert row["error"] and "invalid key" in row["error"], row
+    assert_no_secret_kept(p, ans, caplog)
+
+
+def assert_no_secret_kept(p: Relay, ans: RawAnswer, caplog: pytest.LogCaptureFixture) -> None:
+    """No backend secret in what the client got, the request log's files or the operator log."""
     places = {
         "the response head": ans.head,
         "the response body": ans.body,
