@@ -116,7 +116,11 @@ def test_start_up_banner_lists_models_or_warns(tmp_path: Path) -> None:
     lines = served_lines(settings, entries)
     assert lines[0] == f"models folder: {tmp_path}" and lines[1] == "serving 2 models:"
     assert lines[2].split() == ["smol:latest", "models", "folder"] and lines[3].split() == ["x:latest", "backend", "b"]
-    assert served_lines(Settings(), [])[-1].startswith("warning: no models to serve; run `ollamux pull")
+    # no models folder: a pull has nowhere to go, so it is not suggested (tests/test_new_user_cli.py)
+    assert (
+        served_lines(Settings(), [])[-1]
+        == "warning: no models to serve; name a backend (--backend URL or a config file)"
+    )
 
 
 def test_serve_prints_what_it_serves_after_registering_it(fake_ollama: tuple[FakeOllama, str], tmp_path: Path) -> None:

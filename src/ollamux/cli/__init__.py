@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ollamux", description="One server, two APIs (Ollama and OpenAI), many model backends."
+        prog="ollamux", description="One server for the Ollama, OpenAI and Anthropic APIs, many model backends."
     )
     parser.add_argument("-v", "--version", action="version", version=f"ollamux version {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -7,6 +7,7 @@ urllib: the commands are one request each (a stream read line by line), nothing 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -78,28 +79,78 @@ def _request(
             message = ""
         if isinstance(message, dict):
             message = message.get("message", "")
-        raise ClientError(message or raw.decode("utf-8", "replace").strip() or f"HTTP {exc.code}") from None
+        if not isinstance(message, str) or not message:
+            # no Ollama (or OpenAI) error in the body: an HTML page or a framework's "404: Not Found" says
+            # nothing to the user; the likely cause is OLLAMA_HOST naming some other server
+            raise _not_ollama(f"answered {method} {path} with HTTP {exc.code} {exc.reason}") from None
+        raise ClientError(message) from None
     except urllib.error.URLError as exc:
         raise ClientError(
             f"could not connect to an Ollama-API server at {ollama_host()} ({exc.reason}); "
             "is `ollamux serve` running? (set OLLAMA_HOST to reach another one)"
         ) from None
+    except (OSError, http.client.HTTPException) as exc:  # reset, timed out, or no HTTP answer at all
+        raise _not_ollama(f"did not answer {method} {path} ({exc or type(exc).__name__})") from None
+
+
+def _not_ollama(what: str) -> ClientError:
+    return ClientError(
+        f"the server at {ollama_host()} {what}: is it an Ollama-API server (`ollamux serve`, `ollama serve`)? "
+        "(set OLLAMA_HOST to reach another one)"
+    )
+
+
+def _lost(exc: Exception) -> ClientError:
+    return ClientError(
+        f"lost the connection to {ollama_host()} ({exc or type(exc).__name__}); is the server still running?"
+    )
 
 
 def _json(method: str, path: str, body: Any = None) -> Any:
     with _request(method, path, body, timeout=600) as resp:
-        return json.loads(resp.read() or b"{}")
+        try:
+            obj = json.loads(_read(resp) or b"{}")
+        except ValueError:
+            raise _not_ollama(f"answered {method} {path} with something that is not JSON") from None
+    if not isinstance(obj, dict):
+        raise _not_ollama(f"answered {method} {path} with JSON that is not an object")
+    return obj
+
+
+def _read(resp: Any) -> bytes:
+    try:
+        data: bytes = resp.read()
+        return data
+    except (OSError, http.client.HTTPException) as exc:  # the server went away half way
+        raise _lost(exc) from None
 
 
 def _stream(path: str, body: Any) -> Iterator[dict[str, Any]]:
+    """The objects of an NDJSON answer; one cut before its last object (`done: true`, or the `success` of a
+    pull or create) is an error: http.client reads a chunked stream that stops short as a clean end."""
+    last: dict[str, Any] | None = None
     with _request("POST", path, body) as resp:
-        for line in resp:
+        while True:
+            try:
+                line = resp.readline()
+            except (OSError, http.client.HTTPException) as exc:
+                raise _lost(exc) from None
+            if not line:
+                if last is None or not (last.get("done") is True or last.get("status") == "success"):
+                    raise _lost(ConnectionError("the answer stopped before its end"))
+                return
             line = line.strip()
             if not line:
                 continue
-            obj = json.loads(line)
-            if isinstance(obj, dict) and obj.get("error"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise _not_ollama(f"streamed a line that is not JSON to POST {path}") from None
+            if not isinstance(obj, dict):
+                raise _not_ollama(f"streamed JSON that is not an object to POST {path}")
+            if obj.get("error"):
                 raise ClientError(str(obj["error"]))
+            last = obj
             yield obj
 
 

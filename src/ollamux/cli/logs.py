@@ -18,6 +18,7 @@ import orjson
 from ..config import ConfigError, RequestLogSettings, load_settings
 from ..config.parse_log_url import shown_db_url
 from ..store import Filters, LogReader, open_reader
+from ..store.follow import Follower
 
 __all__ = ["follow", "parse_time", "register"]
 
@@ -91,7 +92,7 @@ def _line(row: dict[str, Any]) -> str:
     tps = f"{row['tokens_per_s']:.1f}tok/s" if row["tokens_per_s"] else ""
     parts = [
         ts,
-        row["id"][:12],
+        row["id"],  # whole: ids share a per-process prefix, and this is what /admin/requests/{id} takes
         f"{row['api']:<9}",
         f"{row['method']} {row['route']}",
         model,
@@ -168,15 +169,16 @@ def follow(
     interval: float = 0.5,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Print rows as they are written (polling: SQLite has no notifications across processes)."""
+    """Print rows as they are written (polling: SQLite has no notifications across processes), each once,
+    even when instances sharing a PostgreSQL log commit out of seq order (`store.follow`)."""
+    follower = Follower(reader, filters, after)
     while not should_stop():
-        rows = reader.after(after, filters)
+        rows = follower.poll()
         if rows:
             emit(rows)
-            after = rows[-1]["seq"]
-        else:
+        if not follower.full:
             time.sleep(interval)
-    return after
+    return follower.last
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -204,6 +206,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 1
     try:
         return _show(reader, filters, args)
+    except BrokenPipeError:  # `ollamux logs | head`: the reader has what it wanted (a ConnectionError too)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except (FileNotFoundError, ConnectionError) as exc:  # PostgreSQL: no table yet, or the server went away
         print(f"ollamux logs: {exc}", file=sys.stderr)
         return 1

@@ -77,7 +77,13 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     body: dict[str, Any] = {"model": args.model, **request.body, "stream": True}
     print("gathering model components", file=sys.stderr)
-    local = _local_file(str(body.get("from") or ""), modelfile.resolve().parent)
+    source = str(body.get("from") or "")
+    local = _local_file(source, modelfile.resolve().parent)
+    if local is None and (source.startswith((".", "/", "~")) or source.lower().endswith(".gguf")):
+        # a path, not a model name: the server's answer (it reads no paths) would hide the typo
+        where = Path(source).expanduser()
+        where = where if where.is_absolute() else modelfile.resolve().parent / where
+        raise ClientError(f"FROM {source}: no such file: {where}")
     if local is not None:
         body.pop("from")
         body["files"] = {local.name: _upload(local)}

@@ -8,6 +8,7 @@ ollama's: `pulling manifest`, a bar per file, `verifying sha256 digest`, `writin
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .client import _guarded, _stream
@@ -67,6 +68,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
     try:
         for obj in _stream("/api/pull", {"model": args.model, "stream": True}):
             view.show(obj)
+    except KeyboardInterrupt:
+        view.close()
+        # the server keeps what it downloaded (`<file>.partial`): say so, or the user starts over elsewhere
+        print(f"pull interrupted: `ollamux pull {args.model}` again continues where it stopped", file=sys.stderr)
+        return 130
     finally:
         view.close()
     return 0

@@ -15,7 +15,15 @@ import yaml
 from aiohttp import web
 
 from ..app import create_app
-from ..config import DEFAULT_PORT, BackendSettings, ConfigError, Settings, default_models_dir, load_settings
+from ..config import (
+    DEFAULT_PORT,
+    BackendSettings,
+    ConfigError,
+    Settings,
+    default_models_dir,
+    load_settings,
+    parse_settings,
+)
 from ..config.parse import parse_url
 from ..names import normalize_name
 from ..oplog import configure
@@ -33,19 +41,36 @@ __all__ = ["bind_address", "register", "settings_from_args"]
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the server")
-    p.add_argument("--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
+    p.add_argument("-c", "--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
     p.add_argument("--host", help="address to bind (default: config file, else $OLLAMA_HOST, else 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to bind (default: config file, else $OLLAMA_HOST, else 11434)")
+    p.add_argument("--port", type=_port, help="port to bind (default: config file, else $OLLAMA_HOST, else 11434)")
     p.add_argument(
         "--backend", metavar="URL", help="an OpenAI-compatible backend whose models are all served (no config needed)"
     )
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="operator log format on stderr")
-    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="operator log level",
+    )
     p.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("check", help="validate a config file and print the models it serves")
-    c.add_argument("--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
+    c.add_argument("-c", "--config", help="YAML config file (default: $OLLAMUX_CONFIG)")
     c.set_defaults(func=cmd_check)
+
+
+def _port(text: str) -> int:
+    """A port flag, refused by argparse when out of range (the socket's own error would blame something else)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 0 to 65535")
+    return port
 
 
 def bind_address(environ: Mapping[str, str]) -> tuple[str, int] | None:
@@ -89,7 +114,8 @@ def settings_from_args(
 ) -> Settings:
     """Settings for `serve`; the address from the flags, else the config file, else OLLAMA_HOST, else default."""
     path = config or environ.get("OLLAMUX_CONFIG")
-    settings = load_settings(path, environ) if path else Settings()
+    # no file is an empty one: defaults that come from the environment (HF_ENDPOINT, OLLAMA_NUM_PARALLEL) hold too
+    settings = load_settings(path, environ) if path else parse_settings({}, environ)
     if backend:
         url = parse_url("--backend", backend)
         name = "default"

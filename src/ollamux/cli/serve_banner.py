@@ -36,11 +36,7 @@ def served_lines(settings: Settings, entries: Sequence[ModelEntry]) -> list[str]
     for name, b in settings.backends.items():
         lines.append(f"backend {name}: {b.type} {', '.join(b.urls)}{' (models discovered)' if b.discover else ''}")
     if not entries:
-        where = f"put GGUF files in {folder}, " if folder is not None else ""
-        lines.append(
-            f"warning: no models to serve; {where}run `ollamux pull hf.co/OWNER/REPO`, "
-            "or name a backend (--backend URL or a config file)"
-        )
+        lines.append(f"warning: no models to serve; {_how_to_get_models(settings)}")
         return lines
     lines.append(f"serving {len(entries)} model{'s' if len(entries) != 1 else ''}:")
     width = min(max(len(e.name) for e in entries), 60)
@@ -49,6 +45,23 @@ def served_lines(settings: Settings, entries: Sequence[ModelEntry]) -> list[str]
     if len(entries) > SHOWN:
         lines.append(f"  ... and {len(entries) - SHOWN} more (`ollamux list`)")
     return lines
+
+
+def _how_to_get_models(settings: Settings) -> str:
+    # only advice that fits this server: a pull needs a models folder, and a named backend that lists
+    # nothing is most likely down (discovery serves its models as soon as it answers)
+    folder = settings.runtime.models_dir
+    hints = [f"put GGUF files in {folder} or run `ollamux pull hf.co/OWNER/REPO`"] if folder is not None else []
+    discovering = [name for name, b in settings.backends.items() if b.discover]
+    if discovering:
+        named = ", ".join(f"'{n}'" for n in discovering)
+        hints.append(
+            f"backend {named} listed none (see the warning above: is it running, and is its URL the API's root,"
+            " such as http://host:8080/v1? its models are served once it answers)"
+        )
+    else:
+        hints.append(f"{'or ' if hints else ''}name a backend (--backend URL or a config file)")
+    return "; ".join(hints)
 
 
 def dashboard_line(settings: Settings) -> str:

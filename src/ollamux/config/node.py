@@ -48,7 +48,12 @@ class Node:
     def only(self, allowed: set[str]) -> None:
         for k in self.data:
             if k not in allowed:
-                raise ConfigError(self.key(k), f"unknown key (known here: {', '.join(sorted(allowed))})")
+                import difflib  # only on this error path: the server never needs it
+
+                # a typo's likely meaning first: the list of known keys can be long
+                close = difflib.get_close_matches(str(k), sorted(allowed), n=1, cutoff=0.7)
+                guess = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(self.key(k), f"unknown key ({guess}known here: {', '.join(sorted(allowed))})")
 
     def child(self, name: str) -> Node:
         return Node(self.key(name), self.data.get(name), self.environ)

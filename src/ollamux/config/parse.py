@@ -53,6 +53,8 @@ def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str]) -> S
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # saved as Latin-1 or UTF-16, say: which byte, not a traceback
+        raise ConfigError("", f"{p} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -161,7 +163,9 @@ def _parse_server(node: Node) -> ServerSettings:
 
 def parse_url(key: str, value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
-        raise ConfigError(key, f"'{value}' is not an http:// or https:// URL")
+        # `127.0.0.1:8080/v1`, as OLLAMA_HOST is written, is the likeliest slip
+        guess = f" (did you mean 'http://{value}'?)" if "://" not in value and value and "@" not in value else ""
+        raise ConfigError(key, f"'{value}' is not an http:// or https:// URL{guess}")
     return value.rstrip("/")
 
 

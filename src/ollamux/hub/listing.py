@@ -52,7 +52,10 @@ def list_repo(repo_id: str, *, endpoint: str, timeout: float = 30.0) -> Listing:
     except HfHubHTTPError as exc:
         raise BackendUnavailable(f"pull model manifest: {endpoint} answered: {_first_line(exc)}") from None
     except Exception as exc:  # the library's HTTP client's own errors (connection, timeout, offline mode)
-        raise BackendUnavailable(f"pull model manifest: cannot reach {endpoint}: {_first_line(exc)}") from None
+        raise BackendUnavailable(
+            f"pull model manifest: cannot reach {endpoint}: {_first_line(exc)} "
+            "(offline, or behind a proxy? HTTPS_PROXY, or a mirror: runtime.hf_endpoint or HF_ENDPOINT)"
+        ) from None
     files = tuple(
         RepoFile(
             path=s.rfilename,

@@ -21,6 +21,7 @@ LATEST = "latest"
 _PART = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _SCHEMES = ("https://", "http://")
+_FILE_LINK = ("blob", "resolve")  # https://huggingface.co/{user}/{repo}/blob/{revision}/{file}
 
 
 class BadHubName(ValueError):
@@ -51,6 +52,14 @@ def parse_hub_ref(name: str) -> HubRef | None:
     path, colon, tag = rest.partition(":")
     parts = path.rstrip("/").split("/")
     usage = f"'{name}' is not a hub model name: hf.co/{{user}}/{{repo}}[:{{quantization}}]"
+    if not colon and len(parts) >= 5 and parts[2] in _FILE_LINK and parts[-1].lower().endswith(".gguf"):
+        # a file's link copied from the hub's page (.../blob/main/X-Q8_0.gguf): the model its label names
+        from ..runtime.models_dir import quant_label  # here: models_dir imports this module
+
+        label = quant_label(parts[-1])
+        if label is None:
+            raise BadHubName(f"{usage}; {parts[-1]} has no quantization label to pull it by")
+        parts, colon, tag = parts[:2], ":", label
     if len(parts) != 2 or not all(_PART.match(p) and "--" not in p and ".." not in p for p in parts):
         raise BadHubName(usage)
     if colon and not _TAG.match(tag):
