@@ -1,5 +1,5 @@
-"""Defects a new user meets by following the README, in modules other helpers own this session (runtime/,
-catalog.py, the rerank route): each is marked xfail(strict=True) with its repro until its owner fixes it.
+"""Defects a new user meets by following the README, each with its repro; those still open are marked
+xfail(strict=True) until fixed.
 Real processes and sockets: an ollamux app over a models folder holding the real SmolLM2 file."""
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ def folder_proxy(loop_thread: LoopThread, tmp_path: Path) -> Iterator[Proxy]:
     proxy.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="catalog.show_response puts the GGUF's trained context (8192) as num_ctx, not the ctx the model runs "
-    "with (runtime.ctx); `ollamux show` and the Modelfile it writes say PARAMETER num_ctx 8192",
-)
 def test_show_parameters_give_the_context_the_model_runs_with(folder_proxy: Proxy) -> None:
     """Repro: `ollamux serve` over a models folder with SmolLM2 (no config: ctx 4096), then `ollamux show
     smollm2-135m-instruct:q4_1`: Parameters say num_ctx 8192 while `ollamux ps` says CONTEXT 4096. A user
@@ -77,11 +72,6 @@ def test_engine_log_has_no_runpy_warning(tmp_path: Path) -> None:
     assert "RuntimeWarning" not in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a rerank request for a model ollamux runs without rerank relays llama.cpp's `Start it with "
-    "--reranking`, a flag an ollamux user cannot pass; the config key is `runtime: {rerank: true}`",
-)
 def test_rerank_on_a_chat_model_names_the_config_key(folder_proxy: Proxy) -> None:
     """Repro: the README's rerank snippet with `model` set to a models-folder chat model: 501
     `This server does not support reranking. Start it with --reranking`."""
@@ -113,11 +103,6 @@ def test_check_refuses_a_gguf_key_naming_a_file_that_is_not_gguf(
     assert "models.smol.runtime.gguf" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="discovery.py logs the backend's 404 text alone (`404 page not found`, `Not Found`): not the URL "
-    "it asked, which is what a user who left /v1 off --backend needs to see",
-)
 def test_a_discovery_404_names_the_url_asked(
     fake_openai: tuple[object, str], start_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

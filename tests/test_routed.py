@@ -565,10 +565,10 @@ def test_a_managed_model_in_rerank_mode(loop_thread: LoopThread, tmp_path: Path)
         assert out["usage"]["prompt_tokens"] > 0
         cmdline = Path(f"/proc/{p.pid('smol-rank:latest')}/cmdline").read_bytes().split(b"\0")
         assert b"--rerank" in cmdline
-        # the same file without rerank mode: llama.cpp's refusal, relayed as it came
+        # the same file without rerank mode: refused before it starts, naming the config key that does it
+        # (llama.cpp's own refusal says "start it with --reranking", a flag an ollamux user never passes)
         r = p.post("/v1/rerank", {"model": "smol", "query": "q", "documents": docs}, timeout=120)
-        assert r.status_code == 501, r.text
-        assert r.json()["error"]["message"] == "This server does not support reranking. Start it with `--reranking`"
+        assert r.status_code == 400 and "runtime: {rerank: true}" in r.json()["error"]["message"], r.text
         # llama.cpp's own routes at the engine's root, and /upstream/ to it
         tokens = p.post("/tokenize", {"model": "smol-rank", "content": "hello world"}).json()["tokens"]
         assert tokens and all(isinstance(t, int) for t in tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +407,13 @@ async def show(request: web.Request, state: AppState, rec: RequestRecord) -> web
     meta = meta_for(route.entry, probed, state.started_at)
     ua = request.headers.get("User-Agent", "")
     gguf = state.runtime.gguf_of(route.backend) if state.runtime is not None else None
+    managed = state.runtime.models.get(route.backend) if state.runtime is not None else None
+    if state.runtime is not None and managed is not None:
+        # `parameters` say the context the model runs with (or will start with), as `ollamux ps` does; a
+        # GGUF's trained context (8192 for SmolLM2) is its header's, in `model_info`. A Modelfile saved from
+        # this and created from must not run at the trained context's size (and memory).
+        now = [r.ctx for r in state.runtime.running() if r.entry.name == managed.entry.name]
+        meta = replace(meta, context_length=now[0] if now else managed.ctx_for(None), context_known=True)
     body = show_body(
         route.entry,
         meta,

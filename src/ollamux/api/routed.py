@@ -80,6 +80,21 @@ def _refuse_ollama(state: AppState, route: Route, what: str) -> None:
         )
 
 
+def _refuse_unranked(state: AppState, route: Route) -> None:
+    """A model ollamux runs ranks only when started for it: llama.cpp's own refusal would say "start it with
+    --reranking", a flag an ollamux user does not pass, so the config key that does it is named instead.
+    (A `cmd:` model's server is the user's own command: its answer is theirs to read.)"""
+    runtime = state.runtime
+    m = runtime.models.get(route.backend) if runtime is not None else None
+    if m is not None and m.spec.cmd is None and not m.spec.rerank:
+        raise BadRequest(
+            f"model '{route.requested}' is not run as a reranker: set `runtime: {{rerank: true}}` on a model "
+            "entry that names a reranker GGUF (its models.<name> in the config); one model serves either "
+            "rerank or chat and embeddings",
+            param="model",
+        )
+
+
 def _headers(request: web.Request, rec: RequestRecord, content_type: str | None) -> dict[str, str]:
     headers = upstream_headers(request, rec)
     # the answer goes back as the backend encoded it, so it may only use what the client reads
@@ -211,6 +226,8 @@ def _forward(client_path: str) -> Handler:
                 return replace_model_in_body(raw, body, r.upstream)
 
         _refuse_ollama(state, route, target.what or client_path)
+        if target.what == "rerank":
+            _refuse_unranked(state, route)
         return await _relay(request, state, rec, route, body_for, target.path, root=target.root, content_type=form_type)
 
     return handle

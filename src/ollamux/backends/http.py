@@ -23,7 +23,7 @@ import orjson
 from ..config import BackendSettings, Timeouts
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, OllamuxError, UpstreamError
 from .plan import Api, PivotKind, PivotPlan
-from .redact import Redactor
+from .redact import Redactor, mask_url
 
 if TYPE_CHECKING:
     from ..registry import ModelEntry, Route
@@ -512,6 +512,19 @@ class HTTPBackend:
     async def get_json(self, path: str) -> Any:
         up = await self.request("GET", path)
         return await up.json()
+
+    async def listing(self, path: str, seconds: float) -> Any:
+        """`get_json` for a model listing (discovery), its failure naming the URL asked: a base URL without
+        its `/v1` answers 404 "page not found", which says nothing until the user sees where it was."""
+        try:
+            async with asyncio.timeout(seconds):
+                return await self.get_json(path)
+        except OllamuxError as exc:
+            url = mask_url(self.redact.text(self.base_url().rstrip("/") + path))
+            if url not in exc.message:
+                exc.message = f"{exc.message} (GET {url})"
+                exc.args = (exc.message,)
+            raise
 
     def timeout_error(self, which: str, url: str) -> OllamuxError:
         """A 504 that names the backend, what it failed to do, and the config key of the limit that fired."""

@@ -81,7 +81,7 @@ class OllamaBackend(HTTPBackend):
         )
 
     async def discover(self) -> list[ModelEntry]:
-        payload = await asyncio.wait_for(self.get_json("/api/tags"), timeout=DISCOVER_TIMEOUT)
+        payload = await self.listing("/api/tags", DISCOVER_TIMEOUT)
         return tags_entries(self.name, payload)
 
     async def running(self) -> list[dict[str, Any]]:

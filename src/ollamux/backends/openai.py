@@ -6,7 +6,6 @@ llama-server's `GET /props` for a model's context, template and capabilities.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +31,7 @@ class OpenAIBackend(HTTPBackend):
     api: Api = "openai"
 
     async def discover(self) -> list[ModelEntry]:
-        payload = await asyncio.wait_for(self.get_json("/models"), timeout=DISCOVER_TIMEOUT)
+        payload = await self.listing("/models", DISCOVER_TIMEOUT)
         return openai_entries(self.name, payload)
 
     async def probe(self, upstream: str) -> Mapping[str, Any]:
