@@ -81,6 +81,11 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
     root.setLevel(lvl if isinstance(lvl, int) else logging.INFO)
     # aiohttp logs each failed connection at error level with a traceback; that is client noise
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # the hub library's HTTP client logs every request at info ("HTTP Request: GET ..."): a pull would fill
+    # the operator log with them; ollamux says what a pull does itself (--log-level debug shows them)
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for name in ("httpx", "httpx2", "huggingface_hub"):
+        logging.getLogger(name).setLevel(quiet)
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
         server_log.addFilter(MalformedRequestFilter())
