@@ -61,6 +61,9 @@ class RequestRecord:
     abandoned: bool = False
     request_body: bytes | None = None
     response_text: str | None = None
+    # what a stream without usage is charged by (guard.core, token limits): never logged as counts
+    body_bytes: int = 0  # the request body's size
+    frames: int = 0  # the stream's frames sent (SSE events, NDJSON lines)
 
     @property
     def latency_s(self) -> float:

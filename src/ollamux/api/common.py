@@ -62,6 +62,7 @@ def endpoint(api: ApiName, handler: Handler) -> Callable[[web.Request], Awaitabl
         rid = client_request_id(request.headers)  # a hostile id must not break headers or the log
         rec = RequestRecord(id=rid, api=api, route=request.path, method=request.method, client=client_of(request))
         rec.key_name = request.get(KEY_NAME)  # set by the guard middleware: the key's name, never the key
+        rec.body_bytes = request.content_length or 0
         resource = request.match_info.route.resource
         rec.route_name = resource.canonical if resource is not None else None
         rid_token = CURRENT_REQUEST_ID.set(rid)

@@ -60,6 +60,7 @@ CORS_ORIGIN = web.RequestKey("ollamux_cors_origin", str)  # an allowed Origin to
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # aiohttp's parser also takes HTTP/0.9 and HTTP/2.0 request lines, and would answer them as HTTP/1.x
 _VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+_BYTES_PER_TOKEN = 4  # a prompt's size in tokens, when no backend counted it (English text and JSON: ~4)
 # the routes that run a model: only these wait at a concurrency gate
 INFERENCE_PATHS = frozenset(
     {
@@ -391,8 +392,16 @@ class Guard:
         return None
 
     def request_finished(self, rec: RequestRecord) -> None:
-        """Charge the tokens a request used to its caller (tokens are known only at the end)."""
-        tokens = (rec.prompt_tokens or 0) + (rec.completion_tokens or 0)
+        """Charge the tokens a request used to its caller (tokens are known only at the end). A stream the
+        backend counted nothing for (no usage frame: not asked for, or the client left before it) is charged
+        an estimate, or token limits would not limit it: a frame a token, and a token per 4 bytes of body."""
+        prompt, completion = rec.prompt_tokens, rec.completion_tokens
+        if rec.streamed and rec.frames:
+            if completion is None:
+                completion = rec.frames
+            if prompt is None:
+                prompt = rec.body_bytes // _BYTES_PER_TOKEN
+        tokens = (prompt or 0) + (completion or 0)
         if tokens:
             caller = f"key:{rec.key_name}" if rec.key_name is not None else f"ip:{rec.client}"
             (self.shared_rates or self.rates).charge_tokens(caller, tokens)

@@ -156,6 +156,9 @@ async def relay_stream(
     # what the upstream's last read made, when nothing runs between it and the final frame: it goes out
     # with the final frame and the stream's end in one write (one send() instead of two or three)
     last = b""
+    # frames sent, counted by their ends: what the stream is charged by when no usage frame comes
+    # (guard.core's token limits); one C scan of each write
+    end = b"\n\n" if translator.content_type.startswith(SSE_CT) else b"\n"
     try:
         try:
             held = 0  # bytes the translator holds for an event not yet complete
@@ -164,6 +167,7 @@ async def relay_stream(
                 data = translator.feed(chunk) if held < HEAVY else await asyncio.to_thread(translator.feed, chunk)
                 if data:
                     held = 0
+                    rec.frames += data.count(end)
                     if before_finish is None and up.at_eof():
                         last = data
                     else:
@@ -188,6 +192,7 @@ async def relay_stream(
         except Exception:  # the log row is worth less than the answer
             log.exception("could not read the usage of a stream (request %s)", rec.id)
     request[FINISHED] = True
+    rec.frames += tail.count(end)
     await resp.write_eof(last + tail if last else tail)
     return resp
 

@@ -1,0 +1,73 @@
+"""Token limits charge every stream, not only those that end with a usage frame.
+
+A stream's token counts come from its last frames, and some never have them: an OpenAI client that does
+not ask for `stream_options.include_usage` gets none (ollamux relays its request as it came), and a client
+that hangs up mid-stream gets no last frame at all. Such a stream used to be charged nothing, so
+`tokens_per_minute` was no limit for them. It is now charged an estimate (the frames it was sent, and the
+request's size for the prompt) where the backend counted nothing. The log row keeps only what the backend
+counted."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+
+from .conftest import ProxyFactory, basic_config
+from .fakes.openai_upstream import FakeOpenAI
+from .servers import log_row
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _cfg(upstream: str, db: Path) -> dict[str, object]:
+    cfg = basic_config(upstream)
+    cfg["limits"] = {"tokens_per_minute": 1, "token_burst": 12}  # no refill to speak of within the test
+    cfg["request_log"] = {"path": str(db)}
+    return cfg
+
+
+def test_a_stream_without_usage_is_charged(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    db = tmp_path / "log.sqlite"
+    url = start_proxy(_cfg(fake_openai[1], db))
+    body = {"model": "fake-model", "messages": HI, "stream": True}  # no include_usage: no usage frame
+    statuses = []
+    with httpx.Client(timeout=10) as c:
+        for i in range(6):
+            r = c.post(url + "/v1/chat/completions", json=body, headers={"x-request-id": f"nousage-{i}"})
+            statuses.append(r.status_code)
+    assert statuses[0] == 200 and 429 in statuses, statuses  # the bucket emptied: streams cost tokens
+    row = log_row(db, "nousage-0")
+    assert row["completion_tokens"] is None and row["prompt_tokens"] is None  # the log: what was counted
+
+
+def test_a_stream_the_client_left_is_charged(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    fake = fake_openai[0]
+    db = tmp_path / "log.sqlite"
+    url = start_proxy(_cfg(fake_openai[1], db))
+    host, port = url.removeprefix("http://").split(":")
+    prompt = "tell me everything " * 20  # ~95 tokens' worth of prompt, by size
+    raw = (
+        b'{"model": "x-held", "stream": true, "stream_options": {"include_usage": true}, '
+        b'"messages": [{"role": "user", "content": "' + prompt.encode() + b'"}]}'
+    )
+    fake.held.clear()
+    fake.release_held.clear()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"x-request-id: left-1\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
+        )
+        assert fake.held.wait(10)  # the first token is out; the rest is held
+        s.recv(65536)
+    fake.release_held.set()  # the client is gone before the usage frame
+    row = log_row(db, "left-1")
+    assert row["abandoned"] == 1 and row["completion_tokens"] is None
+    with httpx.Client(timeout=10) as c:
+        r = c.post(url + "/v1/chat/completions", json={"model": "fake-model", "messages": HI})
+    assert r.status_code == 429, r.text  # the left stream's prompt and tokens emptied the bucket
