@@ -9,9 +9,10 @@ are closed once no request is left on them (they share the app's one HTTP client
 models: unchanged ones keep running, changed ones restart with their new spec once idle, removed ones stop
 once idle (`ModelManager.reconfigure`).
 
-What was bound or opened at start-up cannot change in place (the listening socket, the TLS context, the
-request log, the metrics registry, the tracer, the shared-state pool, the models folder and the process
-limits): a change there is logged as needing a restart, and the running value is kept.
+What was bound or opened at start-up cannot change in place (the listening socket, the TLS files' paths (a
+renewed certificate at the same paths is taken by tls.py on its own), the request log, the metrics registry,
+the tracer, the shared-state pool, the models folder and the process limits): a change there is logged as
+needing a restart, and the running value is kept.
 
 `reload_on_sighup(load)` is the cleanup context `ollamux serve` adds: SIGHUP re-reads the file through
 `load` (the same flags and environment as at start-up); a file that does not load is one error line
@@ -26,6 +27,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -183,13 +185,28 @@ class _Reloader:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def _load(self, source: str) -> Settings:
+        # an empty file on a reload is an editor caught between truncating and writing far more often than a
+        # wish to serve nothing: refused (a start-up with an empty file still serves the defaults)
+        path = Path(source)
+        try:
+            empty = path.is_file() and not path.read_bytes().strip()
+        except OSError:
+            empty = False  # the load says why it cannot read it
+        if empty:
+            raise ConfigError("", f"{source} is empty (saved half way?); write it whole and send SIGHUP again")
+        return self.load()
+
     async def run(self) -> None:
         async with self.lock:
             source = self.state.settings.source or "the config"
             try:
-                new = await asyncio.to_thread(self.load)  # a file read and a parse: off the loop
+                new = await asyncio.to_thread(self._load, source)  # a file read and a parse: off the loop
             except ConfigError as exc:
                 log.error("config reload failed, still serving the previous config: %s", exc)
+                return
+            except Exception:  # a bug in loading: said, never an unretrieved task exception; nothing swapped
+                log.exception("config reload failed, still serving the previous config")
                 return
             try:
                 done = await reload(self.state, new)

@@ -13,8 +13,8 @@ Only the rate limits live there (guard/shared_limits.py). Not shared, on purpose
 
 When Redis fails (connect error, timeout, READONLY, a wrong password), the first failure marks it down and
 logs one warning; requests stop asking it at once (no request waits on a dead Redis) and use this
-instance's own buckets, or are refused with `fail_closed`. A background task pings with backoff and,
-when Redis answers, marks it up and logs that once.
+instance's own buckets, or are refused with `fail_closed`. A background task probes it with backoff
+(PROBE_SCRIPT) and, when Redis takes the probe's write, marks it up and logs that once.
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ __all__ = ["SharedState", "open_shared_state"]
 
 log = logging.getLogger("ollamux")
 
-RECONNECT_FIRST = 0.25  # seconds before the first ping after a failure; doubles up to RECONNECT_MAX
+RECONNECT_FIRST = 0.25  # seconds before the first probe after a failure; doubles up to RECONNECT_MAX
 RECONNECT_MAX = 5.0
 IDLE_KEPT = 128  # connections kept open between commands: one per check in flight at once, as redis-py's pool
+# The health probe does what every limited request does, a script that writes a key under the prefix, not a
+# PING: a read-only replica (a failover that left the URL on one), a user whose ACL forbids scripts or the
+# prefix, answer PING and refuse every check, so a PING probe would mark them up and down again forever.
+PROBE_SCRIPT = "redis.call('SET', KEYS[1], '1', 'PX', 60000) return 1"
 
 Command = Sequence[str | bytes]
 
@@ -104,11 +108,10 @@ class SharedState:
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """One ping; down (with the reconnect task running) when it fails. Never fails the app's start:
+        """One probe; down (with the reconnect task running) when it fails. Never fails the app's start:
         with fail-open the instance serves on local limits meanwhile."""
         try:
-            async with asyncio.timeout(self.timeout):
-                await self.client.ping()
+            await self._probe()
         except self.failures as exc:
             self.failed(exc)
             return
@@ -185,7 +188,7 @@ class SharedState:
 
     # ------------------------------------------------------------------------------------ health
     def failed(self, exc: BaseException) -> None:
-        """A command failed: use local limits (or refuse) from now on, until a ping answers again."""
+        """A command failed: use local limits (or refuse) from now on, until a probe succeeds again."""
         if self._closing:
             return
         self.error = self.describe(exc)
@@ -207,8 +210,7 @@ class SharedState:
         while True:
             await asyncio.sleep(delay / 2 + random.random() * delay / 2)  # jitter: instances do not stampede
             try:
-                async with asyncio.timeout(self.timeout):
-                    await self.client.ping()
+                await self._probe()
             except self.failures as exc:
                 self.error = self.describe(exc)
                 delay = min(RECONNECT_MAX, delay * 2)
@@ -216,6 +218,14 @@ class SharedState:
             self.up, self.error, self.since = True, None, time.time()
             log.warning("shared limits: Redis at %s answers again; limits are shared again", self.settings.shown_url)
             return
+
+    async def _probe(self) -> None:
+        """Is Redis usable, as the hot path uses it (PROBE_SCRIPT); raises one of `failures` when not."""
+        async with asyncio.timeout(self.timeout):
+            # on the hot path's own connections (`call`): the ones every check then uses
+            reply = await self.call(["EVAL", PROBE_SCRIPT, "1", f"{self.prefix}probe"])
+        if isinstance(reply, Exception):
+            raise reply  # READONLY, NOPERM, NOSCRIPT-less servers: a reply that is an error
 
     def describe(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError) and not str(exc):
@@ -264,7 +274,7 @@ def _password_of(url: str) -> list[str]:
 
 
 async def open_shared_state(settings: SharedStateSettings, metrics: Metrics | None) -> SharedState:
-    """Build the app's SharedState and ping once (down is fine: it reconnects in the background)."""
+    """Build the app's SharedState and probe it once (down is fine: it reconnects in the background)."""
     shared = SharedState(settings)
     if metrics is not None:
         metrics.add_collector(shared.collect)

@@ -47,12 +47,14 @@ CLIENT_ADDR = web.RequestKey("ollamux_client_addr", str)  # set only when a trus
 # more trusted hops than any real chain of proxies has: not believed (the client stays the peer)
 MAX_HOPS = 30
 _OBFUSCATED_PORT = re.compile(r"_[A-Za-z0-9._-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 def parse_node(text: str) -> IPAddress | None:
     """One hop's address, as proxies write it: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
-    `[2001:db8::1]`, `[2001:db8::1]:4711` (a port, obfuscated or not, and a zone are dropped). None for anything else:
-    `unknown`, an obfuscated `_hidden`, a name, garbage."""
+    `[2001:db8::1]`, `[2001:db8::1]:4711` (a port, obfuscated or not, and a zone are dropped; an IPv4-mapped
+    `::ffff:192.0.2.1` is the IPv4 address). None for anything else: `unknown`, an obfuscated `_hidden`, a name,
+    a port that is not one, garbage."""
     t = text.strip()
     if t.startswith("["):
         end = t.find("]")
@@ -65,9 +67,13 @@ def parse_node(text: str) -> IPAddress | None:
             return None
     # an IPv6 zone (`fe80::1%eth0`) names an interface of the hop that wrote it, any text: not kept
     try:
-        return ipaddress.ip_address(t.split("%", 1)[0])
+        ip = ipaddress.ip_address(t.split("%", 1)[0])
     except ValueError:
         return None
+    # a dual-stack proxy writes an IPv4 client as ::ffff:a.b.c.d: the same client, so the same name (its
+    # bucket and log rows), the IPv4 one
+    mapped = ip.ipv4_mapped if isinstance(ip, IPv6Address) else None
+    return mapped if mapped is not None else ip
 
 
 def _port_ok(rest: str) -> bool:
@@ -75,7 +81,10 @@ def _port_ok(rest: str) -> bool:
     if not rest:
         return True
     port = rest[1:]
-    return rest[0] == ":" and ((port.isdigit() and len(port) <= 5) or bool(_OBFUSCATED_PORT.fullmatch(port)))
+    if rest[0] != ":":
+        return False
+    # ASCII digits only: str.isdigit() also takes other scripts' digits, which no proxy writes
+    return bool(_PORT.fullmatch(port) and int(port) <= 65535) or bool(_OBFUSCATED_PORT.fullmatch(port))
 
 
 def x_forwarded_for(values: Iterable[str]) -> list[str]:

@@ -9,6 +9,7 @@ one once.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,12 +18,14 @@ import psycopg
 from ..backends.redact import Redactor
 from .schema import COLUMNS, POSTGRES, migrations
 
-__all__ = ["COPY_REQUESTS", "MIGRATIONS", "PgTarget", "connect", "migrate", "schema_lock"]
+__all__ = ["COPY_REQUESTS", "MIGRATIONS", "PgTarget", "connect", "migrate", "missing", "schema_lock"]
 
 # schema.py's migrations in PostgreSQL's types, from the same column table: version N means the same columns
 MIGRATIONS = migrations(POSTGRES)
 
 COPY_REQUESTS = f"COPY requests ({', '.join(COLUMNS)}) FROM STDIN"
+
+log = logging.getLogger("ollamux.store")
 
 _LOCK_ID = 0x6F6C6C616D7578  # "ollamux": one advisory lock for every schema change
 
@@ -69,15 +72,28 @@ def schema_lock(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
 
 
+def missing(conn: psycopg.Connection[Any], table: str) -> bool:
+    """Whether `table` is absent (from the search path). Asked before any CREATE, never `CREATE ... IF NOT
+    EXISTS`: PostgreSQL checks the privilege to create before it looks, so a role that may only read and write
+    rows (its schema made by a migration role) would be refused a CREATE that had nothing to do."""
+    row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    return row is None or row[0] is None
+
+
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply the migrations this database lacks, in one transaction (PostgreSQL's DDL is transactional);
     return its schema version."""
     with conn.transaction():
         schema_lock(conn)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)"
-        )
+        if missing(conn, "schema_migrations"):
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)")
         done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+        if done and missing(conn, "requests"):
+            # the table was dropped under a database that remembers its migrations: without this, no
+            # restart would ever make it again and every write would fail
+            log.warning("request log: the table 'requests' is gone from the database; creating it again")
+            conn.execute("DELETE FROM schema_migrations")
+            done = set()
         for version, statements in MIGRATIONS:
             if version in done:
                 continue

@@ -8,6 +8,7 @@ fail after `timeout` with a message that names the database by its masked URL on
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,13 +16,15 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .pg import PgTarget, schema_lock
+from .pg import PgTarget, missing, schema_lock
 from .responses import StoredResponse, WrittenInBackground
 
 __all__ = ["PostgresResponses"]
 
+log = logging.getLogger("ollamux.store")
+
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
+CREATE TABLE responses (
     id           TEXT PRIMARY KEY,
     ts           DOUBLE PRECISION NOT NULL,
     key_name     TEXT,
@@ -49,6 +52,7 @@ class PostgresResponses(WrittenInBackground):
         self._puts = 0
         self._schema_ready = False
         self._timeout = timeout
+        self._away = False  # the last background write failed (said once, see _write)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
@@ -67,7 +71,8 @@ class PostgresResponses(WrittenInBackground):
                 if not self._schema_ready:
                     with conn.transaction():
                         schema_lock(conn)  # two instances starting at once: one CREATE at a time
-                        conn.execute(_SCHEMA)
+                        if missing(conn, "responses"):  # see pg.missing: no CREATE for a role that needs none
+                            conn.execute(_SCHEMA)
                     self._schema_ready = True
                 cur = conn.execute(sql, args)
                 # read inside the pool block: the connection goes back to the pool at its end
@@ -75,7 +80,28 @@ class PostgresResponses(WrittenInBackground):
         except PoolTimeout:
             raise StoreUnavailable(f"no connection to {self.target.shown} within {self._timeout:.0f} s") from None
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.errors.UndefinedTable):
+                self._schema_ready = False  # dropped while serving: the next call makes it again
             raise StoreUnavailable(f"{self.target.shown}: {self.target.error(exc)}") from None
+
+    async def _write(self, rid: str, stored: StoredResponse) -> None:
+        # a background write's failure is said here, once per outage: left in its task it would be one
+        # "Task exception was never retrieved" traceback per answer of the Responses API while the database
+        # is away. The client already has its answer; what is lost is continuing it later.
+        try:
+            await super()._write(rid, stored)
+        except StoreUnavailable as exc:
+            if not self._away:
+                self._away = True
+                log.warning(
+                    "responses store: %s; responses are not stored (previous_response_id cannot continue them) "
+                    "until it answers again",
+                    exc,
+                )
+            return
+        if self._away:
+            self._away = False
+            log.warning("responses store: %s stores responses again", self.target.shown)
 
     def _put(self, rid: str, stored: StoredResponse) -> None:
         row = (rid, time.time(), stored.key_name, orjson.dumps(stored.response), orjson.dumps(stored.conversation))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 
@@ -42,7 +42,15 @@ def _repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 # what one odd row causes (NUL in text, a lone surrogate, a count beyond 64 bits): not the database's fault
-_ROW_ERRORS = (psycopg.DataError, UnicodeEncodeError, OverflowError, ValueError)
+# what the database's state causes, for every batch alike, until an operator (or the reopen) mends it
+_DATABASE_STATE = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.ReadOnlySqlTransaction,
+)
+# (and a NULL where the schema wants a value: IntegrityError)
+_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, UnicodeEncodeError, OverflowError, ValueError)
 
 
 class PostgresSink:
@@ -74,8 +82,9 @@ class PostgresSink:
             self.schema_version = migrate(conn)
         except psycopg.Error as exc:
             conn.close()
-            # a connection lost mid-migration comes back; a refused CREATE (no privilege) will not
-            gone = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+            # a connection lost mid-migration comes back, and so may a privilege or a read-only primary (granted,
+            # failed over: _DATABASE_STATE); a migration the server rejects for what it says will not
+            gone = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | _DATABASE_STATE)
             raise SinkDown(
                 f"cannot create the request log in {self.target.shown}: {self.target.error(exc)}", transient=gone
             ) from None
@@ -100,7 +109,7 @@ class PostgresSink:
         except _ROW_ERRORS:
             pass
         except psycopg.Error as exc:
-            return self._failed(exc, len(rows))
+            self._failed(exc)
         # one odd row must not cost the batch: repaired, then row by row if the batch still fails
         repaired = [_repair(r) for r in rows]
         try:
@@ -109,7 +118,7 @@ class PostgresSink:
         except _ROW_ERRORS:
             pass
         except psycopg.Error as exc:
-            return self._failed(exc, len(rows))
+            self._failed(exc)
         written = dropped = 0
         for row in repaired:
             try:
@@ -118,6 +127,8 @@ class PostgresSink:
             except _ROW_ERRORS as exc:
                 log.error("request log: row %r dropped: %s", row[0], self.target.error(exc))
                 dropped += 1
+            except psycopg.Error as exc:
+                self._failed(exc)
         return written, dropped, None
 
     def _copy(self, rows: list[tuple[Any, ...]]) -> None:
@@ -128,7 +139,7 @@ class PostgresSink:
             for row in rows:
                 copy.write_row(row)
 
-    def _failed(self, exc: psycopg.Error, n: int) -> tuple[int, int, str | None]:
+    def _failed(self, exc: psycopg.Error) -> NoReturn:
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
             self._conn is not None and (self._conn.broken or self._conn.closed)
         ):
@@ -136,10 +147,13 @@ class PostgresSink:
             # commit, so the batch is kept for the next connection
             self.close()
             raise SinkDown(f"lost {self.target.shown}: {self.target.error(exc)}", transient=True) from None
-        # anything else (a dropped table, a revoked privilege) would fail the same way again
-        error = f"write failed: {self.target.error(exc)}"
-        log.error("request log: %s; %d rows dropped", error, n)
-        return 0, n, error
+        # the database refuses every batch for now: its table dropped (the reopen's migration makes it again,
+        # pg.migrate), a privilege revoked, a primary demoted to read-only in a failover. The sink is down,
+        # said once per reopen (with backoff), and the rows wait, bounded by queue_size, since the fault is in
+        # the database all instances share: readiness says degraded, not failed, or every instance would
+        # leave the load balancer at once over the log
+        shown = f"write failed in {self.target.shown}: {self.target.error(exc)}"
+        raise SinkDown(shown, transient=isinstance(exc, _DATABASE_STATE)) from None
 
     def retain(self) -> str | None:
         conn = self._conn

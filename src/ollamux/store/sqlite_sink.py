@@ -76,6 +76,10 @@ class SQLiteSink:
         if reply[0] != "ok":  # pragma: no cover - the protocol's own error: this batch is lost
             return 0, len(rows), str(reply[1])
         _, written, dropped, error, lines = reply
+        if error is not None and not written and dropped == len(rows):
+            # the whole batch refused (a dropped table, a read-only file): every batch would be, so the sink
+            # is down, said once by the writer, which backs off and reopens (and migrates) it
+            raise SinkDown(str(error), transient=False)
         for line in lines:
             log.error("%s", line)
         return int(written), int(dropped), error

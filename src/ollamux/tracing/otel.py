@@ -7,6 +7,8 @@ two apps in one process must not share an exporter) and its own W3C trace-contex
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections.abc import Mapping
 from contextvars import Token
 from typing import Any
@@ -27,7 +29,36 @@ from ..observe import RequestRecord
 from ..version import __version__
 from . import AttemptSpan, RequestSpan, mask_url
 
-__all__ = ["OtelTracer"]
+__all__ = ["CLOSE_WAIT", "OtelTracer"]
+
+log = logging.getLogger("ollamux")
+
+# seconds the spans still queued at shutdown may take to leave: a collector that hangs must not hold the stop
+# (the SDK's own shutdown waits up to 30 s, a whole Kubernetes grace period)
+CLOSE_WAIT = 5.0
+# where the SDK warns about the trace-context headers a client sent (too long, malformed, too many members):
+# the client decides what they say, so once for the operator, not once per request
+_HEADER_LOGGERS = ("opentelemetry.trace.propagation.tracecontext", "opentelemetry.trace.span")
+
+
+class _ClientHeaderNoise(logging.Filter):
+    """Drops the SDK's warnings about incoming trace-context headers, after saying the first one once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING:
+            return True
+        if not self.said:
+            self.said = True
+            log.warning(
+                "tracing: a client sent trace-context headers that are not valid (%s); such headers are ignored "
+                "(the request starts a new trace) and not logged again",
+                record.getMessage()[:200],
+            )
+        return False
 
 
 class _Request:
@@ -52,6 +83,10 @@ class OtelTracer:
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer("ollamux", __version__)
         self.propagator = TraceContextTextMapPropagator()
+        self.endpoint = mask_url(settings.otlp_endpoint)
+        self._noise = _ClientHeaderNoise()
+        for name in _HEADER_LOGGERS:
+            logging.getLogger(name).addFilter(self._noise)
 
     # ------------------------------------------------------------------------------------- requests
     def request_started(self, headers: Mapping[str, str], rec: RequestRecord) -> RequestSpan | None:
@@ -138,5 +173,34 @@ class OtelTracer:
         span.end()
 
     async def close(self) -> None:
-        # the batch processor exports from its own thread; its flush and shutdown block until done
-        await asyncio.to_thread(self.provider.shutdown)
+        for name in _HEADER_LOGGERS:
+            logging.getLogger(name).removeFilter(self._noise)
+        # the batch processor exports from its own thread, and its shutdown blocks until the last batch is
+        # taken or 30 s pass: run it on a daemon thread (not to_thread: the executor's threads are joined at
+        # exit) and wait CLOSE_WAIT at most
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def shutdown() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                try:
+                    loop.call_soon_threadsafe(finished)
+                except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+                    pass
+
+        threading.Thread(target=shutdown, name="ollamux-tracing-close", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), CLOSE_WAIT)
+        except TimeoutError:
+            log.warning(
+                "tracing: the collector at %s took no spans within %g s at shutdown; the spans still queued are "
+                "dropped",
+                self.endpoint,
+                CLOSE_WAIT,
+            )
