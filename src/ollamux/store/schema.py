@@ -123,6 +123,14 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Apply the migrations this database lacks; return its schema version."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
     done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+    if (
+        done
+        and conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'").fetchone() is None
+    ):
+        # the table was dropped after it was made (by hand, a clean-up): made again, not taken as done by the
+        # record of migrations that made it once (as store/pg.py does)
+        conn.execute("DELETE FROM schema_migrations")
+        done = set()
     for version, statements in MIGRATIONS:
         if version in done:
             continue

@@ -78,8 +78,9 @@ class SQLiteSink:
         _, written, dropped, error, lines = reply
         if error is not None and not written and dropped == len(rows):
             # the whole batch refused (a dropped table, a read-only file): every batch would be, so the sink
-            # is down, said once by the writer, which backs off and reopens (and migrates) it
-            raise SinkDown(str(error), transient=False)
+            # is down, said once by the writer, which backs off and reopens (and migrates: a dropped table is
+            # made again) it; the batch waits in the queue meanwhile, as with PostgreSQL
+            raise SinkDown(str(error), transient=True)
         for line in lines:
             log.error("%s", line)
         return int(written), int(dropped), error
