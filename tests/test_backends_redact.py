@@ -36,5 +36,7 @@ def test_mask_url_hides_a_urls_password_wherever_it_appears() -> None:
     assert mask_url("https://:tok-123@h/v1") == f"https://:{MASK}@h/v1"
     msg = "cannot connect to http://a:b-secret@c:1/v1/models: refused (mail admin@example.com)"
     assert mask_url(msg) == f"cannot connect to http://a:{MASK}@c:1/v1/models: refused (mail admin@example.com)"
-    plain = "http://user@host/v1"  # a user name without a password opens nothing
+    # a userinfo without ':' is often a token put there (https://TOKEN@host): masked whole
+    assert mask_url("https://ghp_tok3n@host/v1") == f"https://{MASK}@host/v1"
+    plain = "http://host/v1 (mail admin@example.com)"  # no credentials: the very same text
     assert mask_url(plain) is plain

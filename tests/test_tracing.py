@@ -17,7 +17,7 @@ import pytest
 
 from ollamux import create_app
 from ollamux.config import ConfigError, parse_settings
-from ollamux.tracing import mask_url
+from ollamux.masks import mask_url
 
 from .fakes.flaky_upstream import Flaky
 from .fakes.openai_upstream import FakeOpenAI
@@ -116,7 +116,7 @@ def test_a_retry_on_the_second_replica_is_two_attempt_spans(
     assert not second.error and second.attributes["http.response.status_code"] == 200
     assert {s.attributes["ollamux.fallback"] for s in attempts} == {False}
     # the replica that failed, with its credentials masked; the one that answered
-    assert first.attributes["url.full"] == f"http://***@127.0.0.1:{bad.port}/v1/chat/completions"
+    assert first.attributes["url.full"] == f"http://user:***@127.0.0.1:{bad.port}/v1/chat/completions"
     assert second.attributes["url.full"] == f"{good.url}/v1/chat/completions"
     assert all("hunter22" not in str(s) for s in rx.spans)
 
@@ -288,6 +288,6 @@ def test_tracing_config() -> None:
 
 
 def test_mask_url() -> None:
-    assert mask_url("http://u:p@h:1/v1") == "http://***@h:1/v1"
+    assert mask_url("http://u:p@h:1/v1") == "http://u:***@h:1/v1"  # the user name says which account
     assert mask_url("https://h/v1") == "https://h/v1"
     assert mask_url("http://tok@[::1]:8/x") == "http://***@[::1]:8/x"

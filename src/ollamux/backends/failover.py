@@ -26,10 +26,11 @@ from typing import Any
 import orjson
 
 from ..errors import BackendError, ModelNotFound, OllamuxError, UpstreamError
+from ..masks import mask_url
 from ..observe import RequestRecord
 from ..registry import Route
 from ..state import AppState
-from ..tracing import AttemptSpan, Tracer, mask_url
+from ..tracing import AttemptSpan, Tracer
 from .base import Lease, LeaseContext
 from .http import CircuitOpen, HTTPBackend, Replica, UpstreamResponse, retry_after_seconds
 

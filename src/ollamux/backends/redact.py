@@ -7,15 +7,13 @@ backend boundary towards a client, the operator log or the request log goes thro
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
+
+from ..masks import MASK, mask_url
 
 __all__ = ["MASK", "Redactor", "mask_url"]
 
-MASK = "***"
 _MIN_SECRET = 4  # shorter values ("1", "yes") would mask innocent text and hide nothing worth hiding
-# the password of a URL's userinfo, wherever a URL appears in a text
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]*@")
 
 
 class Redactor:
@@ -43,9 +41,3 @@ class Redactor:
             if s in value:
                 value = value.replace(s, MASK.encode())
         return value
-
-
-def mask_url(text: str) -> str:
-    """A URL, or a message holding URLs, fit to show: each password in one (`http://user:secret@host`)
-    masked; the user name stays, as it says which account without opening it."""
-    return _USERINFO.sub(rf"\1{MASK}@", text) if "@" in text else text

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlsplit
 
+from ..masks import mask_url
 from .node import Node
 from .settings import ConfigError, SharedStateSettings
 
-__all__ = ["mask_url", "parse_shared_state"]
+__all__ = ["parse_shared_state"]
 
 _SCHEMES = ("redis", "rediss")
 # what redis-py reads from a URL's query that an operator may need (a private CA for rediss://)
@@ -58,17 +59,3 @@ def parse_shared_state(node: Node) -> SharedStateSettings | None:
         key_prefix="ollamux:" if prefix is None else prefix,
         timeout=node.opt_float("timeout", 0.25, lo=0.001) or 0.25,
     )
-
-
-def mask_url(url: str) -> str:
-    """The URL with the password (and anything else before '@' but the user name) replaced by ***."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***" if "@" in url else url
-    authority, slash, tail = rest.partition("/")
-    creds, at, hostport = authority.rpartition("@")
-    if not at:
-        return url
-    # user:password keeps the user name; a lone word before '@' may be a password put there by mistake
-    shown_creds = f"{creds.split(':', 1)[0]}:***" if ":" in creds else "***"
-    return f"{scheme}://{shown_creds}@{hostport}{slash}{tail}"

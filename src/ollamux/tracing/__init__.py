@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from ..config.settings import ConfigError, TracingSettings
 
 if TYPE_CHECKING:
     from ..observe import RequestRecord
 
-__all__ = ["NO_TRACER", "AttemptSpan", "RequestSpan", "Tracer", "check_tracing", "mask_url", "open_tracer"]
+__all__ = ["NO_TRACER", "AttemptSpan", "RequestSpan", "Tracer", "check_tracing", "open_tracer"]
 
 
 class RequestSpan(Protocol):
@@ -117,15 +116,3 @@ def open_tracer(settings: TracingSettings | None) -> Tracer:
     from .otel import OtelTracer  # only now: tracing off never imports opentelemetry
 
     return OtelTracer(settings)
-
-
-def mask_url(url: str) -> str:
-    """A URL fit for a span: any user name and password it carries masked."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -25,9 +25,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..config.settings import TracingSettings
+from ..masks import mask_url
 from ..observe import RequestRecord
 from ..version import __version__
-from . import AttemptSpan, RequestSpan, mask_url
+from . import AttemptSpan, RequestSpan
 
 __all__ = ["CLOSE_WAIT", "OtelTracer"]
 
