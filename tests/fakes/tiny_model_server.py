@@ -5,7 +5,8 @@
 `GET /health` answers 200 once it listens, `POST /v1/chat/completions` a fixed answer. `--delay` sleeps
 before listening (a slow model load), `--crash` prints a few lines and exits 3 (a bad model file),
 `--record` appends "pid ctx" to FILE at start, so a test can count the processes started and their
-contexts. Plain asyncio rather than aiohttp: it is up in ~50 ms instead of ~300.
+contexts. `--stream-delay S` sends a streamed answer one event at a time (chunked), S seconds apart, so a
+test can act while streams are in flight. Plain asyncio rather than aiohttp: it is up in ~50 ms instead of ~300.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ def _events(chat: dict[str, object]) -> list[dict[str, object]]:
         {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
         {**head, "choices": [], "usage": chat["usage"]},
     ]
+
+
+async def _trickle(writer: asyncio.StreamWriter, chat: dict[str, object], delay: float) -> None:
+    """The streamed answer as HTTP chunks, one event each, `delay` seconds apart."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    frames = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in _events(chat)] + [_DONE]
+    for frame in frames:
+        writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+        await writer.drain()
+        await asyncio.sleep(delay)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -58,6 +71,9 @@ async def serve(args: argparse.Namespace) -> None:
                         ctype, body = "text/event-stream", None
                 elif path != "/health":
                     status, body = "404 Not Found", {"error": {"message": f"no route {path}"}}
+                if body is None and args.stream_delay > 0:
+                    await _trickle(writer, chat, args.stream_delay)
+                    continue
                 if body is None:
                     data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in _events(chat)) + _DONE
                     writer.write(
@@ -90,6 +106,7 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--crash", action="store_true")
     p.add_argument("--record")
+    p.add_argument("--stream-delay", type=float, default=0.0)
     args = p.parse_args()
     if args.record:
         with open(args.record, "a") as f:

@@ -65,7 +65,10 @@ async def warm_up(
     runtime = state.runtime
     if runtime is None or not runtime.manages(route.backend) or runtime.is_ready(route.backend):
         return
-    load = asyncio.ensure_future(runtime.load(route.backend, keep_alive=keep_alive, num_ctx=num_ctx))
+    # `warm`, not `load`: the model stays counted for this request (this task) until its own lease takes the
+    # count over, so a request waiting for the slot cannot evict it in between
+    owner = asyncio.current_task()
+    load = asyncio.ensure_future(runtime.warm(route.backend, owner, keep_alive=keep_alive, num_ctx=num_ctx))
     try:
         done, _ = await asyncio.wait({load}, timeout=FIRST_WAIT)
         if not done:

@@ -21,7 +21,7 @@ class ManagedLease:
     A plain class rather than an `asynccontextmanager`: no generator object per request.
     """
 
-    __slots__ = ("_held", "_keep_alive", "_manager", "_name", "_num_ctx")
+    __slots__ = ("_asked", "_held", "_keep_alive", "_manager", "_name", "_num_ctx")
 
     def __init__(self, manager: ModelManager, name: str, keep_alive: float | None, num_ctx: int | None) -> None:
         self._manager = manager
@@ -29,8 +29,10 @@ class ManagedLease:
         self._keep_alive = keep_alive
         self._num_ctx = num_ctx
         self._held = False
+        self._asked = 0
 
     async def __aenter__(self) -> Lease:
+        self._asked = self._manager.ask()  # before the wait: its keep_alive counts from its arrival
         lease = await self._manager.acquire(self._name, self._num_ctx)
         self._held = True
         return lease
@@ -39,7 +41,7 @@ class ManagedLease:
         # released once, and only if acquired: a failed start never counted a request on the model
         if self._held:
             self._held = False
-            self._manager.release(self._name, self._keep_alive)
+            self._manager.release(self._name, self._keep_alive, asked=self._asked)
 
 
 class ManagedBackend:

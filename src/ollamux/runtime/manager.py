@@ -81,6 +81,11 @@ class ModelManager:
         self.models: dict[str, ManagedModel] = self.catalogue.models  # one dict: the catalogue adds to it
         self.placement = Placement(self.models, self.settings, registry)
         self.supervisor = Supervisor(self.models, self.settings, client, self.placement, python=python)
+        self._asks = 0  # requests counted in arrival order (`ask`): whose keep_alive is the latest
+        # `warm`'s holds, by model and request task, until that request's own `acquire` takes them over
+        self._held: dict[tuple[str, asyncio.Task[Any]], Lease] = {}
+        # the requests waiting for a slot, by arrival number: a slot that frees is the earliest one's
+        self._slot_queue: dict[int, ManagedModel] = {}
 
     # the supervisor's knobs, set on the manager by the app (on_loaded) and by tests (the others)
     @property
@@ -213,15 +218,28 @@ class ModelManager:
 
         The lease's `load_ns` is how long this request waited for a process to start (its own start, or
         one it joined); 0 when the model was ready.
+
+        Waits are first come, first served, as Ollama's queue: a request waiting for a slot gets the next
+        free one before requests that arrived after it, and those for the busy model whose slot it waits
+        for queue behind it (uncounted, so that model drains and can be evicted); requests arriving after
+        one that needs a larger context queue behind it too, and the restart takes the largest.
         """
         m = self.model(backend)
+        if self._held and (held := self._take_over(m, num_ctx)) is not None:
+            return held
         t0 = time.monotonic_ns()
         started = False
         deadline = time.monotonic() + m.spec.startup_timeout
         st = m.state
         st.waiting += 1
+        wider: int | None = None  # the larger context this request waits to restart the model with
+        me = self.ask()  # its place in the queue for slots (Ollama serves them first come, first served)
+        queued = False  # behind a request for another model that waits for this one's slot: not counted
+        claim: ManagedModel | None = None  # the busy model whose slot this request waits for
         try:
             while True:
+                if queued:
+                    st.waiting, queued = st.waiting + 1, False
                 if self.supervisor.closing:
                     raise ServiceUnavailable("ollamux is shutting down", headers={"Retry-After": RETRY_AFTER})
                 if m.removed:
@@ -229,8 +247,20 @@ class ModelManager:
                 self.supervisor.reap(m)
                 want = m.ctx_for(num_ctx)
                 if st.phase is Phase.READY:
+                    if want > st.ctx and not m.stale and wider is None:
+                        # requests arriving from now on wait behind this one (as in Ollama's queue), else a
+                        # steady stream of them would keep the model busy until this one's wait ran out
+                        wider = want
+                        m.wider.append(want)
+                    # what serves every request waiting for a restart: the largest context any asked for
+                    want = max(want, *m.wider) if m.wider else want
                     if want <= st.ctx and not m.stale:
-                        break
+                        if not m.yielding or min(m.yielding) > me:
+                            break
+                        # not counted as waiting: the model drains, and the request ahead evicts it
+                        st.waiting, queued = st.waiting - 1, True
+                        await self._wait_change(m, deadline, "behind a request for another model that needs its slot")
+                        continue
                     if st.active == 0:  # restart with the larger context (or reloaded settings); nobody uses it
                         if m.stale:
                             log.info("model '%s': restarting with its reloaded runtime settings", m.name)
@@ -238,7 +268,13 @@ class ModelManager:
                             log.info("model '%s': restarting with context %d (was %d)", m.name, want, st.ctx)
                         await self.supervisor.stop(m)
                     else:
-                        await self._wait_change(m, deadline)
+                        again = "with its reloaded runtime settings" if m.stale else f"with context {want}"
+                        await self._wait_change(
+                            m,
+                            deadline,
+                            f"for its {st.active} running request(s) to end, to restart it {again} "
+                            f"(it runs with context {st.ctx})",
+                        )
                 elif st.phase is Phase.STARTING:
                     start = m.start_task
                     assert start is not None
@@ -255,7 +291,21 @@ class ModelManager:
                     assert m.stop_task is not None
                     await asyncio.shield(m.stop_task)
                 else:
+                    want = max(want, *m.wider) if m.wider else want  # a start serves the widest waiting request
+                    if (ahead := self._ahead_of(me, m)) is not None:
+                        await self._wait_change(
+                            m, deadline, f"behind a request for '{ahead.name}' (runtime.max_running)"
+                        )
+                        continue
                     decision = self.placement.plan(backend, want)
+                    if decision.start:
+                        self._slot_queue.pop(me, None)
+                    else:
+                        self._slot_queue[me] = m  # the next free slot is its, before later requests'
+                    if not decision.start and decision.evict is None and decision.short is None:
+                        claim = self._claim(me, claim, self.placement.drain_target(backend, want))
+                    else:
+                        claim = self._claim(me, claim, None)
                     if decision.start:
                         if decision.over_budget:
                             self.placement.warn_over_budget(m, want)
@@ -275,42 +325,121 @@ class ModelManager:
                         log.info("model '%s': stopping idle '%s' to make room", m.name, victim.name)
                         await self.supervisor.stop(victim)
                     else:
-                        await self._wait_change(m, deadline)
+                        await self._wait_change(
+                            m,
+                            deadline,
+                            f"for a free slot (runtime.max_running is {self.settings.max_running} and every "
+                            "running model is busy)",
+                        )
         finally:
-            st.waiting -= 1
+            if not queued:
+                st.waiting -= 1
+            self._claim(me, claim, None)
+            if self._slot_queue.pop(me, None) is not None:
+                self.supervisor.notify()  # the requests behind it look again
+            if wider is not None:
+                m.wider.remove(wider)
+                self.supervisor.notify()  # the requests that waited behind this one look again
         st.begin(time.monotonic())
         self.supervisor.disarm(m)
         assert m.http is not None
         return Lease(http=m.http, load_ns=time.monotonic_ns() - t0 if started else 0)
 
-    def release(self, backend: str, keep_alive: float | None) -> None:
-        """One request is done; its keep_alive (None: the model's ttl) decides when the model stops."""
+    def _ahead_of(self, me: int, m: ManagedModel) -> ManagedModel | None:
+        """The model of a request that came before `me` and waits for a slot, when it is another one's: the
+        free slot is its, first come, first served."""
+        for w, model in self._slot_queue.items():
+            if w < me and model is not m:
+                return model
+        return None
+
+    def _claim(self, me: int, old: ManagedModel | None, target: str | None) -> ManagedModel | None:
+        """Request `me` waits for the slot of `target` (None: for no slot any more): its newcomers queue behind it."""
+        new = self.models.get(target) if target is not None else None
+        if new is old:
+            return old
+        if old is not None:
+            old.yielding.remove(me)
+            self.supervisor.notify()  # its newcomers look again
+        if new is not None:
+            new.yielding.append(me)
+        return new
+
+    def ask(self) -> int:
+        """The arrival number of a request, taken before it waits for its model: pass it to `release`."""
+        self._asks += 1
+        return self._asks
+
+    def release(self, backend: str, keep_alive: float | None, *, asked: int | None = None) -> None:
+        """One request is done; the keep_alive (None: the model's ttl) of the latest request to arrive decides
+        when the model stops, as Ollama's session duration: a request that arrived before an unload (or before
+        another request's keep_alive) and ends after it does not undo it. `asked`: its `ask()` number (None:
+        it arrives now)."""
         m = self.models[backend]
         m.state.end(time.monotonic())
-        m.keep_alive = keep_alive
+        asked = self.ask() if asked is None else asked
+        if asked >= m.keep_alive_asked:
+            m.keep_alive, m.keep_alive_asked, m.unloading = keep_alive, asked, False
         self.supervisor.arm(m)
         self.supervisor.notify()
 
     async def load(self, backend: str, keep_alive: float | None = None, num_ctx: int | None = None) -> None:
         """Ollama's empty prompt: start the model (if needed) without asking it anything."""
+        asked = self.ask()
         await self.acquire(backend, num_ctx)
-        self.release(backend, keep_alive)
+        self.release(backend, keep_alive, asked=asked)
+
+    async def warm(
+        self,
+        backend: str,
+        owner: asyncio.Task[Any] | None,
+        keep_alive: float | None = None,
+        num_ctx: int | None = None,
+    ) -> None:
+        """Make the model ready for the request task `owner` serves, and keep it counted until that request's
+        own `acquire` (from `owner`) takes the count over: released in between, as `load` does, the model
+        would sit idle for a moment, and a request waiting for its slot would evict it just before the stream
+        it was loaded for begins. A count no `acquire` takes is released when `owner` ends."""
+        asked = self.ask()
+        lease = await self.acquire(backend, num_ctx)
+        if owner is None or (backend, owner) in self._held:
+            self.release(backend, keep_alive, asked=asked)
+            return
+        key = (backend, owner)
+        self._held[key] = lease
+
+        def done(_: object) -> None:
+            if self._held.pop(key, None) is not None:
+                self.release(backend, keep_alive, asked=asked)
+
+        owner.add_done_callback(done)
+
+    def _take_over(self, m: ManagedModel, num_ctx: int | None) -> Lease | None:
+        """The count `warm` holds for this task's request on `m`, when the model can serve it as it runs."""
+        task = asyncio.current_task()
+        held = self._held.pop((m.backend, task), None) if task is not None else None
+        if held is None:
+            return None
+        if self.is_ready(m.backend) and m.ctx_for(num_ctx) <= m.state.ctx and not m.stale:
+            return held  # the count carries over: this request's release ends it
+        self.release(m.backend, None, asked=0)  # asked 0: it never overrides a keep_alive
+        return None
 
     async def unload(self, backend: str) -> None:
-        """Ollama's keep_alive 0 with an empty prompt: stop now, or when the requests in flight end."""
+        """Ollama's keep_alive 0 with an empty prompt: stop now, or when the requests in flight (and those
+        waiting for its start) end; a request that arrives after it undoes it."""
         m = self.model(backend)
-        m.keep_alive = 0
+        m.keep_alive, m.keep_alive_asked, m.unloading = 0, self.ask(), True
         if m.state.busy:
             return
         await self.supervisor.stop(m)
 
-    async def _wait_change(self, m: ManagedModel, deadline: float) -> None:
+    async def _wait_change(self, m: ManagedModel, deadline: float, waiting_for: str) -> None:
+        """Until something changes; past `deadline`, the 503 says what the request was `waiting_for`."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ServiceUnavailable(
-                f"model '{m.name}' is waiting for a free slot (runtime.max_running is {self.settings.max_running} "
-                "and every running model is busy); try again later",
-                headers={"Retry-After": RETRY_AFTER},
+                f"model '{m.name}' is waiting {waiting_for}; try again later", headers={"Retry-After": RETRY_AFTER}
             )
         await self.supervisor.wait_change(remaining)
 

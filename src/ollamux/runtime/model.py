@@ -86,6 +86,15 @@ class ManagedModel:
     restart_task: asyncio.Task[None] | None = None  # the background recovery after a crash, while it runs
     restart_at: float | None = None  # unix time its next background restart is due
     keep_alive: float | None = None  # what the last request asked; None: the model's ttl
+    # the arrival number (`ModelManager.ask`) of the request whose keep_alive that is: a request that began
+    # earlier and ends later must not undo it (an unload mid-stream stops the model once the streams end)
+    keep_alive_asked: int = 0
+    # the contexts of the requests waiting to restart it with more than it runs: later requests queue behind
+    wider: list[int] = field(default_factory=list)
+    # the arrival numbers of requests for other models waiting for the slot this (busy) model holds: requests
+    # for it that arrive after them queue behind them, uncounted, so that it drains and can be evicted
+    yielding: list[int] = field(default_factory=list)
+    unloading: bool = False  # an unload waits for the requests in flight: even a pinned model stops then
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
     removed: bool = False  # its file left the models folder (or its config entry, on a reload)

@@ -8,6 +8,7 @@ now) and words what it says for the operator log and the 503 a request gets.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from ..config import RuntimeSettings
 from ..registry import Registry
@@ -77,6 +78,16 @@ class Placement:
         return plan_start(
             self.candidates(), self.settings.max_running, backend, self.groups(), budget=budget, need=need
         )
+
+    def drain_target(self, backend: str, ctx: int | None = None) -> str | None:
+        """The busy model a start of `backend` would evict were it idle (None: none would do): the one a
+        request waiting for a slot makes later requests queue behind it for, so that it drains."""
+        m = self.models[backend]
+        need = self.memory_of(m, ctx or m.ctx_for(None))
+        idle = [replace(c, busy=False) for c in self.candidates()]
+        budget = self.settings.memory_budget
+        decision = plan_start(idle, self.settings.max_running, backend, self.groups(), budget=budget, need=need)
+        return decision.evict
 
     def short_message(self, m: ManagedModel, short: Shortfall) -> str:
         held = ", ".join(f"'{self.models[b].name}' {gib(n)} ({why})" for b, n, why in short.in_use)

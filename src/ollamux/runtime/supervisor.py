@@ -117,16 +117,22 @@ class Supervisor:
             if proc.exited.done():
                 lines = tail(log_path)
                 m.state.apply(Event.DIED)
-                raise ModelStartError(
+                failure: ServiceUnavailable | ModelStartError = ModelStartError(
                     f"model '{m.name}' failed to start: its process exited with code {proc.returncode}. "
                     f"Last lines of {log_path}:\n{lines}"
                 )
-            m.state.apply(Event.TIMEOUT)
-            raise ServiceUnavailable(
-                f"model '{m.name}' did not become ready within {spec.startup_timeout:g}s "
-                f"(runtime.startup_timeout); see {log_path}",
-                headers={"Retry-After": RETRY_AFTER},
-            )
+            else:
+                m.state.apply(Event.TIMEOUT)
+                failure = ServiceUnavailable(
+                    f"model '{m.name}' did not become ready within {spec.startup_timeout:g}s "
+                    f"(runtime.startup_timeout); see {log_path}",
+                    headers={"Retry-After": RETRY_AFTER},
+                )
+            # told once here, however many requests waited for this start (each gets the error); a restart's
+            # failure is `_recover`'s to tell, with its backoff
+            if not m.state.recovering:
+                log.warning("%s", failure.message)
+            raise failure
         finally:
             if not ok:
                 if m.state.phase is Phase.STARTING and m.state.generation == gen:
@@ -184,6 +190,7 @@ class Supervisor:
             m.proc = None
             m.http = None
             m.expires_at = None
+            m.unloading = False  # done: its next start (a request, a preload) is not unloaded again
             self.notify()
 
     # ------------------------------------------------------------------------------------- idle timers
@@ -198,7 +205,8 @@ class Supervisor:
         self.disarm(m)
         if m.state.busy or m.state.phase is not Phase.READY:
             return
-        gone = m.removed or m.stale  # no longer configured, or configured otherwise: stop once idle
+        # no longer configured, configured otherwise, or asked to unload: stop once idle
+        gone = m.removed or m.stale or m.unloading
         ka = 0.0 if gone else (m.keep_alive if m.keep_alive is not None else m.spec.ttl)
         if m.spec.pin and not gone:
             ka = -1.0  # pinned: a request's keep_alive does not stop it either; only an explicit unload does
