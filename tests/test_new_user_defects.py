@@ -37,10 +37,6 @@ def test_show_parameters_give_the_context_the_model_runs_with(folder_proxy: Prox
     assert params["num_ctx"].strip() == "2048"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime's models-folder scan registers a .gguf file it has just logged as `is not a GGUF file`",
-)
 def test_a_file_that_is_not_gguf_is_not_offered_as_a_model(folder_proxy: Proxy) -> None:
     """Repro: `echo notes > ~/.ollamux/models/notes.gguf; ollamux serve`: the log warns `notes.gguf is not a
     GGUF file` (twice), yet `ollamux list` shows `notes:latest  12 B`, and `ollamux run notes` spawns an engine
@@ -50,11 +46,6 @@ def test_a_file_that_is_not_gguf_is_not_offered_as_a_model(folder_proxy: Proxy) 
     assert "notes:latest" not in names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`python -m ollamux.runtime.engine` imports itself through the package first: every model log "
-    "starts with runpy's RuntimeWarning, and so does the error `ollamux run` shows for a model that fails",
-)
 def test_engine_log_has_no_runpy_warning(tmp_path: Path) -> None:
     """Repro: `ollamux run notes` (a models-folder file that is not GGUF): the error quotes the model's log,
     whose first line is `<frozen runpy>:128: RuntimeWarning: 'ollamux.runtime.engine' found in sys.modules
@@ -84,10 +75,6 @@ def test_rerank_on_a_chat_model_names_the_config_key(folder_proxy: Proxy) -> Non
     assert "rerank: true" in r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/checks.check_runtime checks that runtime.gguf exists, not that it is a GGUF file",
-)
 def test_check_refuses_a_gguf_key_naming_a_file_that_is_not_gguf(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

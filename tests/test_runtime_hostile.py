@@ -191,7 +191,6 @@ async def test_a_model_that_cannot_start_asked_by_ten_clients_is_one_attempt_and
     assert len(told) == 1 and "failed to start" in told[0].getMessage()
 
 
-@pytest.mark.xfail(strict=True, reason="oplog.RequestLines writes each 5xx's whole error, log tail included")
 async def test_the_lines_a_failed_start_printed_reach_the_operator_log_once(
     proxy_of: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -502,7 +502,7 @@ async def test_digests_are_added_in_the_background_once(h: Harness, reads: list[
     await asyncio.sleep(0.1)
     # the broken file is parsed once (its failure is cached too) and never sets off a loop of rescans
     assert sorted(reads) == [("broken.gguf", False), ("one.gguf", False)]
-    assert m.registry.find("broken") is not None  # listed, with what the folder says (size, date)
+    assert m.registry.find("broken") is None  # not a GGUF: never offered as a model whose every start fails
 
 
 async def test_first_rescan_describes_configured_gguf_files(h: Harness, reads: list[tuple[str, bool]]) -> None:

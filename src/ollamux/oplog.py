@@ -114,6 +114,19 @@ def printable(text: str, limit: int = 200) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text[:limit]).split())
 
 
+_ERROR_SHOWN = 300  # characters of a request's error in its line: the request log row holds it whole
+
+
+def _first_line(error: str) -> str:
+    """A request's error as its operator line shows it: the first line, cut. A failed model start's error
+    carries the lines its process printed; ten requests for it must not print them ten times (the runtime
+    logs them once)."""
+    line, _, rest = error.partition("\n")
+    if len(line) > _ERROR_SHOWN:
+        return line[: _ERROR_SHOWN - 1] + "…"
+    return line + (" (…)" if rest.strip() else "")
+
+
 class RequestLines:
     """An observer writing one operator line per request: 5xx at warning, 4xx at info, the rest at debug.
 
@@ -144,7 +157,7 @@ class RequestLines:
             rec.route,
             rec.status,
             rec.latency_s * 1000,
-            f": {rec.error}" if rec.error else "",
+            f": {_first_line(rec.error)}" if rec.error else "",
             extra={
                 "request_id": rec.id,
                 "model": rec.model_requested,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from ..backends.redact import MASK, mask_url
+from ..masks import MASK, mask_url
 from .node import Node
 from .settings import ConfigError
 

@@ -269,6 +269,10 @@ class Catalogue:
         seen: set[str] = set()
         to_hash: list[Path] = []
         for f, d in scan.files:
+            if d.info is None:
+                # not a GGUF (a text file named .gguf, a copy still being written): `_describe` said why;
+                # listed, it would be a model whose every start fails. A change to it brings a new scan.
+                continue
             backend = f"runtime:{f.name}"
             model = self.models.get(backend)
             if model is not None and model.entry.source != SOURCE:

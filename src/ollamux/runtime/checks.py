@@ -33,6 +33,8 @@ def check_runtime(settings: Settings) -> None:
                 )
             if not spec.gguf.is_file():
                 raise ConfigError(f"{key}.gguf", f"no such file: {spec.gguf}")
+            if not _is_gguf(spec.gguf):  # else every start would fail, first said at the first request
+                raise ConfigError(f"{key}.gguf", f"{spec.gguf} is not a GGUF file (it does not start with 'GGUF')")
         if spec.cmd is not None:
             exe = spec.cmd[0]
             found = shutil.which(exe) if os.sep not in exe else (exe if os.access(exe, os.X_OK) else None)
@@ -44,6 +46,14 @@ def check_runtime(settings: Settings) -> None:
             "runtime.models_dir",
             f"{folder} holds GGUF files but the built-in llama.cpp engine (xllamacpp) is not installed: {INSTALL_HINT}",
         )
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return True  # unreadable now: the start says why, in its own words
 
 
 def _has_gguf(folder: Path) -> bool:
