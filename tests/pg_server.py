@@ -16,8 +16,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,22 @@ def running_pg_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.close()
+
+
+def until(ok: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
+    """Poll until `ok()` is truthy (the deadline only keeps a broken build from hanging)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = ok()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"never got there: {what}"
+        time.sleep(0.05)
+
+
+def ids_in(url: str) -> list[str]:
+    """The request ids in a PostgreSQL request log, in seq order."""
+    import psycopg  # the postgres extra's: only where a test reads the database itself
+
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY seq")]

@@ -91,3 +91,12 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condi
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (a model process ollamux should have stopped, say)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -25,7 +25,7 @@ import pytest
 from ollamux.runtime.manager import ModelManager
 from ollamux.runtime.state import RestartPolicy
 
-from .runtime_helpers import Proxy, start_proxy, wait_for
+from .runtime_helpers import Proxy, alive, start_proxy, wait_for
 from .servers import LoopThread
 
 SERVER = str(Path(__file__).parent / "fakes" / "tiny_model_server.py")
@@ -46,14 +46,6 @@ def starts(record: Path) -> list[int]:
 
 def drained(m: ModelManager) -> bool:
     return all(s.active == 0 and s.waiting == 0 for s in m.statuses())
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .runtime_helpers import model_file, start_proxy, wait_for
+from .runtime_helpers import alive, model_file, start_proxy, wait_for
 from .servers import LoopThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,14 +29,6 @@ async def until(cond: Any) -> None:
     while not cond():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_twelve_streams_on_four_slots_and_an_unload_mid_stream(loop_thread: LoopThread, tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ from ollamux.runtime.gguf_meta import DigestCache
 from ollamux.runtime.manager import ModelManager, ModelStartError, ModelStatus
 from ollamux.runtime.state import RestartPolicy
 
+from .runtime_helpers import alive
+
 SERVER = str(Path(__file__).parent / "fakes" / "tiny_model_server.py")
 
 pytestmark = pytest.mark.timeout(30)
@@ -86,14 +88,6 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
 
 def status(m: ModelManager, model: str) -> ModelStatus:
     return next(s for s in m.statuses() if s.model == model)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def eventually(cond: Callable[[], bool], within: float = 5.0) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from ollamux.errors import ServiceUnavailable
 
-from .test_runtime_manager import Harness, alive, eventually, h, status
+from .runtime_helpers import alive
+from .test_runtime_manager import Harness, eventually, h, status
 
 __all__ = ["h"]  # the fixture, imported for these tests
 

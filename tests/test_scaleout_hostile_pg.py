@@ -10,7 +10,6 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from ollamux.store import RequestLog
 from ollamux.store.pg_responses import PostgresResponses, StoreUnavailable
 from ollamux.store.responses import StoredResponse
 
-from .pg_server import PASSWORD, PgServer
+from .pg_server import PASSWORD, PgServer, ids_in, until
 
 
 def _rec(i: int, **kw: Any) -> RequestRecord:
@@ -32,21 +31,6 @@ def _rec(i: int, **kw: Any) -> RequestRecord:
     for k, v in kw.items():
         setattr(rec, k, v)
     return rec
-
-
-def _until(ok: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = ok()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"never got there: {what}"
-        time.sleep(0.05)
-
-
-def _ids_in(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY seq")]
 
 
 def _sql(url: str, *statements: str) -> None:
@@ -72,7 +56,7 @@ def test_a_dropped_table_is_said_once_and_made_again(pg_server: PgServer, caplog
         for i in range(1, 30):  # one batch each: the writer wakes every 20 ms
             rl.request_finished(_rec(i))
             time.sleep(0.03)
-        _until(lambda: rl.written >= 2, "the table made again and rows written")
+        until(lambda: rl.written >= 2, "the table made again and rows written")
         for i in range(30, 35):
             rl.request_finished(_rec(i))
         assert rl.flush(20)
@@ -84,7 +68,7 @@ def test_a_dropped_table_is_said_once_and_made_again(pg_server: PgServer, caplog
         rl.close()
     # the rows waited while the table was gone (the database all instances share: degraded, not failed),
     # and went into the table made again: none lost
-    assert _ids_in(url) == [f"r-{i}" for i in range(1, 35)]
+    assert ids_in(url) == [f"r-{i}" for i in range(1, 35)]
     assert rl.dropped == 0
     assert PASSWORD not in caplog.text
 
@@ -110,17 +94,17 @@ def test_a_read_only_database_is_said_once_and_written_again_after(
         for i in range(1, 30):
             rl.request_finished(_rec(i))
             time.sleep(0.03)
-        st = _until(lambda: (s := rl.status())["error"] and "read-only" in s["error"] and s, "said in readiness")
+        st = until(lambda: (s := rl.status())["error"] and "read-only" in s["error"] and s, "said in readiness")
         # a primary demoted in a failover: every instance sees it, so none may leave the load balancer over it
         assert st["state"] == "degraded", st
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) <= 4, errors  # not one per batch
         _sql(pg_server.url(), f"ALTER DATABASE {db} RESET default_transaction_read_only")
         rl.request_finished(_rec(99))
-        _until(lambda: "r-99" in _ids_in(url), "written again once the database takes rows", timeout=60)
-        _until(lambda: rl.status()["state"] == "ok", "ok again")
+        until(lambda: "r-99" in ids_in(url), "written again once the database takes rows", timeout=60)
+        until(lambda: rl.status()["state"] == "ok", "ok again")
         assert rl.dropped == 0
-        assert _ids_in(url) == [f"r-{i}" for i in (*range(30), 99)]  # the rows waited: none lost
+        assert ids_in(url) == [f"r-{i}" for i in (*range(30), 99)]  # the rows waited: none lost
     finally:
         rl.close()
         _sql(pg_server.url(), f"ALTER DATABASE {db} RESET default_transaction_read_only")
@@ -162,7 +146,7 @@ def test_sqlite_dropped_table_is_said_once_and_made_again_at_the_reopen(
             rl.request_finished(_rec(i))
             time.sleep(0.08)
         # the refused batch marks the sink down; its reopen migrates, which makes the table again
-        _until(lambda: rl.flush(1) and rl.written == 40, "every row written once the table is back")
+        until(lambda: rl.flush(1) and rl.written == 40, "every row written once the table is back")
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert 1 <= len(errors) <= 2 and "no such table: requests" in errors[0], errors  # not one per batch
         with sqlite3.connect(path) as conn:
@@ -223,7 +207,7 @@ def test_a_role_without_create_writes_into_a_made_schema(pg_server: PgServer) ->
         assert rl.flush(10) and rl.written == 1
     finally:
         rl.close()
-    assert _ids_in(url) == ["r-7"]
+    assert ids_in(url) == ["r-7"]
 
 
 def _stored(n: int) -> StoredResponse:

@@ -27,7 +27,7 @@ from ollamux.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 from .conftest import ProxyFactory, basic_config
 from .fakes.openai_upstream import FakeOpenAI
-from .pg_server import PASSWORD, PgServer
+from .pg_server import PASSWORD, PgServer, ids_in, until
 
 
 def _config(upstream: str, url: str, instance: str, **log: Any) -> dict[str, Any]:
@@ -52,22 +52,6 @@ def _ready(base: str) -> httpx.Response:
 def _log_state(base: str) -> dict[str, Any]:
     state: dict[str, Any] = _ready(base).json()["request_log"]
     return state
-
-
-def _until(ok: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
-    """Poll until `ok()` is truthy (the deadline only keeps a broken build from hanging)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = ok()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"never got there: {what}"
-        time.sleep(0.05)
-
-
-def _ids_in(url: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY seq")]
 
 
 def _logs(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -100,7 +84,7 @@ def test_two_instances_write_one_log_that_ollamux_logs_reads_in_full(
     _chat(a, a_ids[:8])
     _chat(b, b_ids)
     _chat(a, a_ids[8:])
-    _until(lambda: _log_state(a)["written"] == 15 and _log_state(b)["written"] == 12, "both logs written")
+    until(lambda: _log_state(a)["written"] == 15 and _log_state(b)["written"] == 12, "both logs written")
     assert _log_state(a)["url"] == url.replace(PASSWORD, "***")
 
     code, out, err = _logs(capsys, "--url", url, "-n", "1000", "--json")
@@ -168,7 +152,7 @@ def test_dashboard_reads_every_instance_from_postgres(
     b = start_proxy(_config(fake_openai[1], url, "inst-b"))
     _chat(a, ["a-0"])
     _chat(b, ["b-0", "b-1"])
-    _until(lambda: _log_state(a)["written"] == 1 and _log_state(b)["written"] == 2, "both logs written")
+    until(lambda: _log_state(a)["written"] == 1 and _log_state(b)["written"] == 2, "both logs written")
     with httpx.Client(base_url=a, timeout=10) as c:
         rows = c.get("/admin/requests").json()["rows"]  # asked of one instance, rows of both
         assert sorted((r["id"], r["instance"]) for r in rows) == [
@@ -190,11 +174,11 @@ def test_postgres_restart_mid_load_loses_no_row(
     base = start_proxy(_config(fake_openai[1], url, "inst-a"))
     before, during, after = [f"pre-{i}" for i in range(20)], [f"out-{i}" for i in range(60)], ["post-0"]
     _chat(base, before)
-    _until(lambda: _log_state(base)["written"] == 20, "rows before the outage written")
+    until(lambda: _log_state(base)["written"] == 20, "rows before the outage written")
     pg_server.stop()
     try:
         _chat(base, during[:30])  # requests go on, and succeed, while the database is away
-        state = _until(lambda: (s := _log_state(base))["state"] == "degraded" and s, "log degraded")
+        state = until(lambda: (s := _log_state(base))["state"] == "degraded" and s, "log degraded")
         assert state["error"] and state["queued"] > 0 and state["dropped"] == 0
         r = _ready(base)
         # a shared database away is no reason for every instance to leave the load balancer
@@ -203,9 +187,9 @@ def test_postgres_restart_mid_load_loses_no_row(
     finally:
         pg_server.start()
     _chat(base, after)
-    state = _until(lambda: (s := _log_state(base))["written"] == 81 and s, "every queued row written")
+    state = until(lambda: (s := _log_state(base))["written"] == 81 and s, "every queued row written")
     assert state["state"] == "ok" and state["dropped"] == 0 and state["error"] is None and state["restarts"] >= 1
-    assert _ids_in(url) == before + during + after  # each once, in order
+    assert ids_in(url) == before + during + after  # each once, in order
 
 
 def test_queue_smaller_than_the_outage_drops_and_counts_exactly_the_overflow(
@@ -214,7 +198,7 @@ def test_queue_smaller_than_the_outage_drops_and_counts_exactly_the_overflow(
     url = pg_server.new_database()
     base = start_proxy(_config(fake_openai[1], url, "inst-q", queue_size=10))
     _chat(base, ["pre-0"])
-    _until(lambda: _log_state(base)["written"] == 1, "first row written")
+    until(lambda: _log_state(base)["written"] == 1, "first row written")
     pg_server.stop()
     try:
         _chat(base, [f"out-{i}" for i in range(25)])
@@ -222,9 +206,9 @@ def test_queue_smaller_than_the_outage_drops_and_counts_exactly_the_overflow(
         assert state["queued"] == 10 and state["dropped"] == 15
     finally:
         pg_server.start()
-    state = _until(lambda: (s := _log_state(base))["written"] == 11 and s, "the queued rows written")
+    state = until(lambda: (s := _log_state(base))["written"] == 11 and s, "the queued rows written")
     assert state["dropped"] == 15 and state["queued"] == 0
-    assert _ids_in(url) == ["pre-0", *(f"out-{i}" for i in range(10))]  # the first ten waited, the rest dropped
+    assert ids_in(url) == ["pre-0", *(f"out-{i}" for i in range(10))]  # the first ten waited, the rest dropped
     metrics = httpx.get(base + "/metrics", timeout=10).text
     assert "ollamux_log_rows_dropped_total 15.0" in metrics
 
@@ -246,7 +230,7 @@ def test_database_down_at_start_queues_until_it_comes(pg_server: PgServer) -> No
         assert rl.status()["state"] == "ok" and rl.written == 5 and rl.schema_version == SCHEMA_VERSION
     finally:
         rl.close()
-    assert _ids_in(url) == [f"r-{i}" for i in range(5)]
+    assert ids_in(url) == [f"r-{i}" for i in range(5)]
 
 
 # ---------------------------------------------------------------------------------------- the password
@@ -261,12 +245,12 @@ def test_password_never_in_readiness_operator_log_or_cli_errors(
     url = pg_server.new_database()
     base = start_proxy(_config(fake_openai[1], url, "inst-p"))
     _chat(base, ["p-0"])
-    _until(lambda: _log_state(base)["written"] == 1, "row written")
+    until(lambda: _log_state(base)["written"] == 1, "row written")
     texts = [_ready(base).text]
     pg_server.stop()
     try:
         _chat(base, ["p-1"])
-        _until(lambda: _log_state(base)["state"] == "degraded", "log degraded")
+        until(lambda: _log_state(base)["state"] == "degraded", "log degraded")
         texts.append(_ready(base).text)
         code, _, err = _logs(capsys, "--url", url)  # the database is down
         assert code == 1 and "***" in err
@@ -282,7 +266,7 @@ def test_password_never_in_readiness_operator_log_or_cli_errors(
     code, _, err = _logs(capsys, "--url", as_query)
     assert code == 1 and "nosuchdb" in err
     texts.append(err)
-    _until(lambda: _log_state(base)["written"] == 2, "row written after the restart")
+    until(lambda: _log_state(base)["written"] == 2, "row written after the restart")
     texts.append(caplog.text)
     assert "cannot" in caplog.text or "lost" in caplog.text  # the outage was logged, by masked URL
     for text in texts:
@@ -301,7 +285,7 @@ def test_responses_stored_retrieved_deleted_across_instances(
     b = oai(start_proxy(_config(fake_openai[1], url, "inst-b")))
     first = a.responses.create(model="fake-model", input="My name is Ada.")
     # the other instance continues and reads it: the store is the shared database, not a process
-    second = _until(
+    second = until(
         lambda: _retry_not_found(
             lambda: b.responses.create(model="fake-model", input="What is my name?", previous_response_id=first.id)
         ),
@@ -337,7 +321,7 @@ def test_retention_on_postgres(pg_server: PgServer) -> None:
             rl.request_finished(_rec(i))
         assert rl.flush(10)
         rl.retain_now()
-        _until(lambda: _ids_in(url) == [f"r-{i}" for i in range(7, 12)], "retention applied")
+        until(lambda: ids_in(url) == [f"r-{i}" for i in range(7, 12)], "retention applied")
     finally:
         rl.close()
 
