@@ -12,6 +12,7 @@ from ollamux.config import parse_settings
 
 from .fakes.ollama_upstream import FakeOllama
 from .fakes.openai_upstream import FakeOpenAI
+from .fakes.silent_server import SilentServer
 from .fronts import Backend, ollama_config
 from .pg_server import PgServer, running_pg_server
 from .servers import LoopThread
@@ -24,6 +25,14 @@ F = TypeVar("F", FakeOpenAI, FakeOllama)
 def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL 15 on loopback, password auth (tests/pg_server.py); skipped where it cannot run."""
     yield from running_pg_server()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    """A TCP server that accepts and never answers (a hung Redis or collector: fakes/silent_server.py)."""
+    s = SilentServer()
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

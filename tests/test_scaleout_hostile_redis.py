@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from .conftest import ProxyFactory, basic_config
 from .fakes.openai_upstream import FakeOpenAI
+from .fakes.silent_server import SilentServer
 from .redis_server import REDIS_SERVER, RedisServer, redis_server
 from .servers import free_port
 
@@ -33,46 +33,6 @@ def _config(upstream: str, redis_url: str, **shared: Any) -> dict[str, Any]:
     cfg["shared_state"] = {"redis_url": redis_url, **shared}
     cfg["request_log"] = {"enabled": False}
     return cfg
-
-
-class SilentServer:
-    """A TCP server that accepts, reads whatever comes, and never writes a byte (a hung Redis)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _drain(conn: socket.socket) -> None:
-        try:
-            while conn.recv(65536):
-                pass
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    s = SilentServer()
-    yield s
-    s.close()
 
 
 class Replica:

@@ -5,11 +5,8 @@ directory, is empty (an editor caught mid-write), and two SIGHUPs at once."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +15,12 @@ import pytest
 
 from .conftest import basic_config
 from .fakes.openai_upstream import FakeOpenAI
+from .fakes.silent_server import SilentServer
 from .served import serve_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Windows has no SIGHUP")
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "stream": False}
-
-
-class SilentServer:
-    """Accepts, reads, never answers: a collector (or anything) that hangs."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.conns.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
-@pytest.fixture
-def silent() -> Iterator[SilentServer]:
-    s = SilentServer()
-    yield s
-    s.close()
 
 
 def _config(upstream: str, tmp: Path, **extra: Any) -> dict[str, Any]:
