@@ -1,11 +1,13 @@
-"""Token limits charge every stream, not only those that end with a usage frame.
+"""Token limits charge every stream, not only those that end with a usage frame, and whole answers the
+client did not wait for.
 
 A stream's token counts come from its last frames, and some never have them: an OpenAI client that does
 not ask for `stream_options.include_usage` gets none (ollamux relays its request as it came), and a client
 that hangs up mid-stream gets no last frame at all. Such a stream used to be charged nothing, so
 `tokens_per_minute` was no limit for them. It is now charged an estimate (the frames it was sent, and the
-request's size for the prompt) where the backend counted nothing. The log row keeps only what the backend
-counted."""
+request's size for the prompt) where the backend counted nothing. A non-streamed request the client
+gave up on is charged its prompt's estimate (the backend read the prompt before it was cancelled). The log row
+keeps only what the backend counted."""
 
 from __future__ import annotations
 
@@ -56,8 +58,6 @@ def test_a_stream_the_client_left_is_charged(
         b'{"model": "x-held", "stream": true, "stream_options": {"include_usage": true}, '
         b'"messages": [{"role": "user", "content": "' + prompt.encode() + b'"}]}'
     )
-    fake.held.clear()
-    fake.release_held.clear()
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -71,3 +71,28 @@ def test_a_stream_the_client_left_is_charged(
     with httpx.Client(timeout=10) as c:
         r = c.post(url + "/v1/chat/completions", json={"model": "fake-model", "messages": HI})
     assert r.status_code == 429, r.text  # the left stream's prompt and tokens emptied the bucket
+
+
+def test_a_whole_answer_the_client_left_is_charged(
+    fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    fake = fake_openai[0]
+    db = tmp_path / "log.sqlite"
+    url = start_proxy(_cfg(fake_openai[1], db))
+    host, port = url.removeprefix("http://").split(":")
+    prompt = "tell me everything " * 20  # ~95 tokens' worth of prompt, by size: more than the burst of 12
+    raw = b'{"model": "x-held", "messages": [{"role": "user", "content": "' + prompt.encode() + b'"}]}'
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"x-request-id: left-whole\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
+            )
+            assert fake.held.wait(10)  # the backend has the prompt; the client hangs up before any answer
+    finally:
+        fake.release_held.set()
+    row = log_row(db, "left-whole")
+    assert row["abandoned"] == 1 and row["prompt_tokens"] is None  # the log: nothing was counted
+    with httpx.Client(timeout=10) as c:
+        r = c.post(url + "/v1/chat/completions", json={"model": "fake-model", "messages": HI})
+    assert r.status_code == 429, r.text  # the prompt it made the backend read emptied the bucket

@@ -63,7 +63,9 @@ class RequestRecord:
     response_text: str | None = None
     # what a stream without usage is charged by (guard.core, token limits): never logged as counts
     body_bytes: int = 0  # the request body's size
-    frames: int = 0  # the stream's frames sent (SSE events, NDJSON lines)
+    # the stream's frames sent (SSE events, NDJSON lines); None: not counted (no token limits: a scan of every
+    # write saved)
+    frames: int | None = None
 
     @property
     def latency_s(self) -> float:

@@ -10,8 +10,9 @@ The answer depends on the model name the proxy sends upstream, so one server cov
   "midstream"    -> a chunk of content, then an error event
   "cutoff"       -> a chunk of content, then the connection is dropped
   "slow"         -> 0.2 s between chunks
-  "held"         -> the first chunk, then nothing until the test sets `release_held` (`held` is set once
-                    the request is in): a slot held for as long as a test needs, with no timing in it
+  "held"         -> the first chunk (no stream: nothing), then nothing until the test sets `release_held`
+                    (`held` is set once the request is in): a slot held for as long as a test needs, with no
+                    timing in it
   "untimed"      -> the usual answer without llama-server's `timings` (as vLLM or OpenAI answer), its
                     streamed tokens 0.05 s apart
   anything else  -> "Hello from the fake!" in three chunks, with usage and llama-server timings
@@ -44,6 +45,10 @@ class FakeOpenAI(Recorder):
     models: list[str] = field(default_factory=lambda: ["fake-model", "tools", "think", "embed-model"])
     held: threading.Event = field(default_factory=threading.Event)  # a "held" request is streaming
     release_held: threading.Event = field(default_factory=threading.Event)
+
+    def reset_holds(self) -> None:
+        self.held.clear()
+        self.release_held.clear()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._record_unknown])
@@ -134,6 +139,9 @@ class FakeOpenAI(Recorder):
             timings = None
         top = _top_logprobs(body, chat=True)
         if not body.get("stream"):
+            if model == "held":  # a whole answer that takes as long as the test needs
+                self.held.set()
+                await asyncio.to_thread(self.release_held.wait, 30)
             msg: dict[str, Any] = {"role": "assistant", "content": "".join(CONTENT)}
             if model.startswith("tools"):
                 msg = {

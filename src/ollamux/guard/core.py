@@ -389,18 +389,19 @@ class Guard:
 
     # ----------------------------------------------------------------------------- after a request
     def request_started(self, rec: RequestRecord) -> None:
-        return None
+        rec.frames = 0  # the relay counts a stream's frames only for this (an observer only with token limits)
 
     def request_finished(self, rec: RequestRecord) -> None:
-        """Charge the tokens a request used to its caller (tokens are known only at the end). A stream the
-        backend counted nothing for (no usage frame: not asked for, or the client left before it) is charged
-        an estimate, or token limits would not limit it: a frame a token, and a token per 4 bytes of body."""
+        """Charge the tokens a request used to its caller (tokens are known only at the end). A request the
+        backend counted nothing for (a stream without a usage frame: not asked for, or the client left before
+        it; a whole answer the client did not wait for) is charged an estimate, or token limits would not
+        limit it: a frame a token, and a token per 4 bytes of body."""
         prompt, completion = rec.prompt_tokens, rec.completion_tokens
-        if rec.streamed and rec.frames:
-            if completion is None:
-                completion = rec.frames
-            if prompt is None:
-                prompt = rec.body_bytes // _BYTES_PER_TOKEN
+        if rec.streamed and rec.frames and completion is None:
+            completion = rec.frames
+        if prompt is None and ((rec.streamed and rec.frames) or rec.abandoned):
+            # the backend read the prompt (a cancelled request still made it work through it)
+            prompt = rec.body_bytes // _BYTES_PER_TOKEN
         tokens = (prompt or 0) + (completion or 0)
         if tokens:
             caller = f"key:{rec.key_name}" if rec.key_name is not None else f"ip:{rec.client}"

@@ -157,7 +157,7 @@ async def relay_stream(
     # with the final frame and the stream's end in one write (one send() instead of two or three)
     last = b""
     # frames sent, counted by their ends: what the stream is charged by when no usage frame comes
-    # (guard.core's token limits); one C scan of each write
+    # (guard.core's token limits, which start the count); one C scan of each write
     end = b"\n\n" if translator.content_type.startswith(SSE_CT) else b"\n"
     try:
         try:
@@ -167,7 +167,8 @@ async def relay_stream(
                 data = translator.feed(chunk) if held < HEAVY else await asyncio.to_thread(translator.feed, chunk)
                 if data:
                     held = 0
-                    rec.frames += data.count(end)
+                    if rec.frames is not None:
+                        rec.frames += data.count(end)
                     if before_finish is None and up.at_eof():
                         last = data
                     else:
@@ -192,7 +193,8 @@ async def relay_stream(
         except Exception:  # the log row is worth less than the answer
             log.exception("could not read the usage of a stream (request %s)", rec.id)
     request[FINISHED] = True
-    rec.frames += tail.count(end)
+    if rec.frames is not None:
+        rec.frames += tail.count(end)
     await resp.write_eof(last + tail if last else tail)
     return resp
 
