@@ -37,7 +37,7 @@ PY = sys.executable
 
 STACKS = ("direct", "reference", "ollamux", "ollamux-bare", "litellm")
 # not run unless named in --stacks: what the request log and the metrics each cost, one switched on at a time
-EXTRA_STACKS = ("ollamux-log", "ollamux-metrics")
+EXTRA_STACKS = ("ollamux-log", "ollamux-metrics", "ollamux-granian-bridge")
 STACK_TITLES = {
     "direct": "upstream directly (nginx)",
     "reference": "reference pass-through (aiohttp, 15 lines)",
@@ -45,6 +45,7 @@ STACK_TITLES = {
     "ollamux-bare": "ollamux (request log + metrics off)",
     "ollamux-log": "ollamux (request log on, metrics off)",
     "ollamux-metrics": "ollamux (metrics on, request log off)",
+    "ollamux-granian-bridge": "ollamux's app on granian through a request bridge (granian_bridge.py; log + metrics on)",
     "litellm": "LiteLLM proxy (1 worker)",
 }
 SSE_CHUNKS = 50
@@ -580,14 +581,17 @@ class Bench:
         )
         return r.returncode == 0
 
-    def start_ollamux(self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True) -> Proc:
+    def start_ollamux(
+        self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True, bridge: bool = False
+    ) -> Proc:
         port = free_port()
         known = self.metrics_key_known()
         if not metrics and not known:
             self.notes.append("this ollamux has no `metrics:` switch: 'ollamux-bare' turns off the request log only")
         cfg = self.work / f"{name}.yaml"
         cfg.write_text(ollamux_conf(self.work, port, up, slow, log=log, metrics=metrics, metrics_key=known))
-        return self.start(name, self.ollamux_cmd(cfg), port, self.ollamux_env())
+        cmd = [PY, str(BENCH / "granian_bridge.py"), str(cfg)] if bridge else self.ollamux_cmd(cfg)
+        return self.start(name, cmd, port, self.ollamux_env())
 
     def start_all(self) -> None:
         up = free_port()
@@ -611,6 +615,8 @@ class Bench:
             self.stacks["ollamux-log"] = self.start_ollamux("ollamux-log", up, up, log=True, metrics=False)
         if "ollamux-metrics" in wanted:
             self.stacks["ollamux-metrics"] = self.start_ollamux("ollamux-metrics", up, up, log=False, metrics=True)
+        if "ollamux-granian-bridge" in wanted:
+            self.stacks["ollamux-granian-bridge"] = self.start_ollamux("ollamux-granian-bridge", up, up, bridge=True)
         if "litellm" in wanted:
             if not LITELLM_BIN.exists():
                 self.notes.append(f"LiteLLM proxy not installed ({LITELLM_BIN}): its column is skipped")
