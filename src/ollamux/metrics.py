@@ -32,6 +32,10 @@ MODEL_STATES = ("stopped", "starting", "ready", "stopping", "failed", "restartin
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LOAD_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# the bounds in integer nanoseconds: a request's durations are bucketed and summed as the integers the
+# record holds, with no float made per request (the sums become seconds at scrape time)
+_LATENCY_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS)
+_TTFT_NS = tuple(round(b * 1e9) for b in TTFT_BUCKETS)
 
 
 class _Series:
@@ -46,9 +50,9 @@ class _Series:
     def __init__(self) -> None:
         self.count = 0
         self.lat = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
-        self.lat_sum = 0.0
+        self.lat_sum = 0  # nanoseconds
         self.ttft = [0] * (len(TTFT_BUCKETS) + 1)
-        self.ttft_sum = 0.0
+        self.ttft_sum = 0  # nanoseconds
         self.prompt = 0
         self.completion = 0
 
@@ -105,13 +109,13 @@ class Metrics:
         if s is None:
             s = self._series[key] = _Series()
         s.count += 1
-        end = rec.end_ns if rec.end_ns is not None else time.perf_counter_ns()
-        lat = (end - rec.start_ns) / 1e9
-        s.lat[bisect_left(LATENCY_BUCKETS, lat)] += 1  # le: the first bound >= the value
+        start, end, first = rec.start_ns, rec.end_ns, rec.first_token_ns
+        lat = (end if end is not None else time.perf_counter_ns()) - start
+        s.lat[bisect_left(_LATENCY_NS, lat)] += 1  # le: the first bound >= the value
         s.lat_sum += lat
-        if rec.first_token_ns is not None:
-            ttft = (rec.first_token_ns - rec.start_ns) / 1e9
-            s.ttft[bisect_left(TTFT_BUCKETS, ttft)] += 1
+        if first is not None:
+            ttft = first - start
+            s.ttft[bisect_left(_TTFT_NS, ttft)] += 1
             s.ttft_sum += ttft
         if rec.prompt_tokens:
             s.prompt += rec.prompt_tokens
@@ -121,7 +125,7 @@ class Metrics:
     def _collect_requests(self) -> Iterator[Metric]:
         # list() copies atomically under the GIL: the loop may add a series while a scrape runs
         snapshot = [
-            (k, s.count, list(s.lat), s.lat_sum, list(s.ttft), s.ttft_sum, s.prompt, s.completion)
+            (k, s.count, list(s.lat), s.lat_sum / 1e9, list(s.ttft), s.ttft_sum / 1e9, s.prompt, s.completion)
             for k, s in list(self._series.items())
         ]
         requests = CounterMetricFamily(

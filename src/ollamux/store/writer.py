@@ -360,8 +360,11 @@ class RequestLog:
             q.popleft()
 
     def _write(self, batch: list[RequestRecord]) -> None:
-        capture, cap = self.settings.capture_bodies, self.settings.body_cap_bytes
-        rows = [_row_or_repaired(r, capture, cap, self.instance) for r in batch]
+        capture, cap, instance = self.settings.capture_bodies, self.settings.body_cap_bytes, self.instance
+        try:
+            rows = [record_row(r, capture, cap, instance) for r in batch]
+        except Exception:  # an odd record (rare): made again one by one, repaired where needed
+            rows = [_row_or_repaired(r, capture, cap, instance) for r in batch]
         try:
             written, dropped, error = self._sink.write(rows)
         except SinkDown as exc:

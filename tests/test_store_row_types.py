@@ -1,0 +1,109 @@
+"""What the SQLite writer process stores for each value of a row: NULL for None (bound through the adapter
+that makes None cheap, `writer_process.bind_none_fast`), and the column's own type for everything else, in
+batches that fill whole multi-row statements and the rows left over."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from ollamux.config import RequestLogSettings
+from ollamux.observe import RequestRecord
+from ollamux.store import RequestLog
+from ollamux.store.schema import COLUMNS
+
+# one batch: 32 rows a statement in writer_process, so 70 is two whole statements and 6 rows one by one
+ROWS = 70
+
+
+def _full(i: int) -> RequestRecord:
+    """Every column given a value."""
+    rec = RequestRecord(
+        id=f"full{i}",
+        api="openai",
+        route="/v1/chat/completions",
+        client="10.0.0.1",
+        key_name="team",
+        model_requested="m",
+        model_served="m:latest",
+        backend="b",
+        upstream_url="http://up/v1/chat/completions",
+        status=200,
+        streamed=True,
+        prompt_tokens=5,
+        completion_tokens=7,
+        error="late failure",
+        request_body=b'{"model": "m"}',
+        response_text="hello",
+    )
+    rec.first_token_ns = rec.start_ns + 1_000_000
+    rec.end_ns = rec.start_ns + 8_000_000
+    return rec
+
+
+def _sparse(i: int) -> RequestRecord:
+    """Every column that may be NULL left None."""
+    rec = RequestRecord(id=f"sparse{i}", api="ollama", route="/api/tags", method="GET", status=200)
+    rec.end_ns = rec.start_ns + 1_000_000
+    return rec
+
+
+def _typed_rows(db: Path) -> dict[str, dict[str, tuple[str, object]]]:
+    conn = sqlite3.connect(db)
+    try:
+        cols = ", ".join(f"typeof({c}), {c}" for c in COLUMNS)
+        out: dict[str, dict[str, tuple[str, object]]] = {}
+        for r in conn.execute(f"SELECT {cols} FROM requests ORDER BY seq"):
+            pairs = {c: (r[2 * i], r[2 * i + 1]) for i, c in enumerate(COLUMNS)}
+            out[str(pairs["id"][1])] = pairs
+        return out
+    finally:
+        conn.close()
+
+
+def test_none_is_null_and_values_keep_their_types(tmp_path: Path) -> None:
+    db = tmp_path / "log.sqlite"
+    rl = RequestLog(RequestLogSettings(path=db, capture_bodies=True), instance="host:1", flush_interval=60)
+    rl.open()
+    try:
+        for i in range(ROWS // 2):
+            rl.request_finished(_full(i))
+            rl.request_finished(_sparse(i))
+    finally:
+        rl.close()  # one batch of 70 rows
+    assert rl.written == ROWS and rl.dropped == 0
+    got = _typed_rows(db)
+    assert len(got) == ROWS
+    nullable = {"ttft_ms", "prompt_tokens", "completion_tokens", "tokens_per_s", "error", "client", "key_name"}
+    nullable |= {"model_requested", "model_served", "backend", "upstream_url", "request_body", "response_text"}
+    for i in range(ROWS // 2):
+        sparse = got[f"sparse{i}"]
+        assert {c for c, (kind, _) in sparse.items() if kind == "null"} == nullable
+        assert sparse["instance"] == ("text", "host:1") and sparse["method"] == ("text", "GET")
+        assert sparse["streamed"] == ("integer", 0) and sparse["latency_ms"] == ("real", 1.0)
+        full = got[f"full{i}"]
+        assert not [c for c, (kind, _) in full.items() if kind == "null"]
+        assert full["ttft_ms"] == ("real", 1.0) and full["latency_ms"] == ("real", 8.0)
+        assert full["completion_tokens"] == ("integer", 7) and full["streamed"] == ("integer", 1)
+        assert full["tokens_per_s"] == ("real", 1000.0)  # 7 tokens over the 7 ms after the first
+        assert full["request_body"] == ("text", '{"model": "m"}') and full["key_name"] == ("text", "team")
+
+
+def test_an_odd_row_among_many_keeps_the_others(tmp_path: Path) -> None:
+    """A value SQLite cannot take (beyond 64 bits) sends the batch row by row; the None adapter must not turn
+    the repaired value into anything but NULL."""
+    db = tmp_path / "log.sqlite"
+    rl = RequestLog(RequestLogSettings(path=db), flush_interval=60)
+    rl.open()
+    try:
+        for i in range(40):
+            rec = _sparse(i)
+            if i == 33:
+                rec.prompt_tokens = 2**70
+            rl.request_finished(rec)
+    finally:
+        rl.close()
+    got = _typed_rows(db)
+    assert len(got) == 40 and rl.dropped == 0
+    assert got["sparse33"]["prompt_tokens"] == ("null", None)
+    assert got["sparse32"]["error"] == ("null", None)
