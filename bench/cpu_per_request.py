@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import aiohttp
+import canned  # bench/canned.py, beside this file
 import orjson
 import uvloop
 from aiohttp import web
@@ -29,39 +30,9 @@ from ollamux import create_app
 from ollamux.config import parse_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # reference_proxy.py's folder
-ANSWER = orjson.dumps(
-    {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-    }
-)
-HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER)
-# a 50-event token stream, as llama-server sends one
-_EVENTS = [
-    {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
-    }
-    for i in range(49)
-] + [
-    {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 49, "total_tokens": 54},
-    }
-]
-STREAM = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in _EVENTS) + b"data: [DONE]\n\n"
-STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(STREAM)
+# the answers, and the 50-event token stream llama-server would send (canned.py)
+ANSWER_WHOLE = canned.answer("application/json", canned.CHAT)
+STREAM_WHOLE = canned.answer("text/event-stream", canned.STREAM)
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/chat", {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}),
@@ -71,16 +42,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 
 
 async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Keep-alive HTTP/1.1 that answers every request with the same chat completion."""
+    """Keep-alive HTTP/1.1 that answers every request with the same chat completion (or stream)."""
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            body = await reader.readexactly(length)
-            writer.write(STREAM_HEAD + STREAM if b'"stream":true' in body else HEAD + ANSWER)
+            _, body = await canned.read_request(reader)
+            writer.write(STREAM_WHOLE if b'"stream":true' in body else ANSWER_WHOLE)
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
 

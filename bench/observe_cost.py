@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import canned  # bench/canned.py, beside this file
 import orjson
 import uvloop
 from aiohttp import web
@@ -44,55 +45,9 @@ from ollamux.config import parse_settings
 from ollamux.server import tune_gc
 from ollamux.state import STATE
 
-CHAT = orjson.dumps(
-    {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-    }
-)
-_EVENTS = [
-    {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
-    }
-    for i in range(49)
-] + [
-    {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 49, "total_tokens": 54},
-    }
-]
-STREAM = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in _EVENTS) + b"data: [DONE]\n\n"
-EMBEDDING = orjson.dumps(
-    {
-        "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.001 * i for i in range(384)]}],
-        "model": "m",
-        "usage": {"prompt_tokens": 2, "total_tokens": 2},
-    }
-)
-
-
-def _answer(content_type: str, body: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (content_type.encode(), len(body)) + body
-    )
-
-
-CHAT_ANSWER = _answer("application/json", CHAT)
-STREAM_ANSWER = _answer("text/event-stream", STREAM)
-EMBEDDING_ANSWER = _answer("application/json", EMBEDDING)
+CHAT_ANSWER = canned.answer("application/json", canned.CHAT)
+STREAM_ANSWER = canned.answer("text/event-stream", canned.STREAM)
+EMBEDDING_ANSWER = canned.answer("application/json", canned.EMBEDDING)
 
 _HI = [{"role": "user", "content": "hi"}]
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -118,12 +73,7 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     """Keep-alive HTTP/1.1 with fixed answers: embeddings, an SSE stream when asked to stream, else JSON."""
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            body = await reader.readexactly(length)
+            head, body = await canned.read_request(reader)
             if b"/embeddings" in head[: head.find(b"\r\n")]:
                 writer.write(EMBEDDING_ANSWER)
             else:

@@ -30,6 +30,23 @@ def _cfg(upstream: str, db: Path) -> dict[str, object]:
     return cfg
 
 
+def _leave_while_held(fake: FakeOpenAI, url: str, rid: str, body: bytes, *, read_first: bool) -> None:
+    """POST `body` on a raw connection and hang up once the fake holds the request (after reading what came
+    first, with `read_first`); the fake lets it go after."""
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"x-request-id: %s\r\nContent-Length: %d\r\n\r\n%s" % (rid.encode(), len(body), body)
+            )
+            assert fake.held.wait(10)
+            if read_first:
+                s.recv(65536)
+    finally:
+        fake.release_held.set()
+
+
 def test_a_stream_without_usage_is_charged(
     fake_openai: tuple[FakeOpenAI, str], start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
@@ -52,20 +69,12 @@ def test_a_stream_the_client_left_is_charged(
     fake = fake_openai[0]
     db = tmp_path / "log.sqlite"
     url = start_proxy(_cfg(fake_openai[1], db))
-    host, port = url.removeprefix("http://").split(":")
     prompt = "tell me everything " * 20  # ~95 tokens' worth of prompt, by size
     raw = (
         b'{"model": "x-held", "stream": true, "stream_options": {"include_usage": true}, '
         b'"messages": [{"role": "user", "content": "' + prompt.encode() + b'"}]}'
     )
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"x-request-id: left-1\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-        )
-        assert fake.held.wait(10)  # the first token is out; the rest is held
-        s.recv(65536)
-    fake.release_held.set()  # the client is gone before the usage frame
+    _leave_while_held(fake, url, "left-1", raw, read_first=True)  # the first token read; gone before usage
     row = log_row(db, "left-1")
     assert row["abandoned"] == 1 and row["completion_tokens"] is None
     with httpx.Client(timeout=10) as c:
@@ -79,18 +88,9 @@ def test_a_whole_answer_the_client_left_is_charged(
     fake = fake_openai[0]
     db = tmp_path / "log.sqlite"
     url = start_proxy(_cfg(fake_openai[1], db))
-    host, port = url.removeprefix("http://").split(":")
     prompt = "tell me everything " * 20  # ~95 tokens' worth of prompt, by size: more than the burst of 12
     raw = b'{"model": "x-held", "messages": [{"role": "user", "content": "' + prompt.encode() + b'"}]}'
-    try:
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                b"x-request-id: left-whole\r\nContent-Length: %d\r\n\r\n%s" % (len(raw), raw)
-            )
-            assert fake.held.wait(10)  # the backend has the prompt; the client hangs up before any answer
-    finally:
-        fake.release_held.set()
+    _leave_while_held(fake, url, "left-whole", raw, read_first=False)  # gone before any answer
     row = log_row(db, "left-whole")
     assert row["abandoned"] == 1 and row["prompt_tokens"] is None  # the log: nothing was counted
     with httpx.Client(timeout=10) as c:
