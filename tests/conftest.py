@@ -50,16 +50,16 @@ def _served(loop_thread: LoopThread, fake: F) -> Iterator[tuple[F, str]]:
 
 
 @pytest.fixture(scope="session")
-def _fake_openai_served(loop_thread: LoopThread) -> Iterator[tuple[FakeOpenAI, str]]:
+def fake_openai_server(loop_thread: LoopThread) -> Iterator[tuple[FakeOpenAI, str]]:
     yield from _served(loop_thread, FakeOpenAI())
 
 
 @pytest.fixture
-def fake_openai(_fake_openai_served: tuple[FakeOpenAI, str]) -> tuple[FakeOpenAI, str]:
+def fake_openai(fake_openai_server: tuple[FakeOpenAI, str]) -> tuple[FakeOpenAI, str]:
     """The session's fake OpenAI backend, its "held" signals cleared: a test that held a request leaves
     `held` set, and the next one's `held.wait()` would return before its own request is in."""
-    _fake_openai_served[0].reset_holds()
-    return _fake_openai_served
+    fake_openai_server[0].reset_holds()
+    return fake_openai_server
 
 
 @pytest.fixture(scope="session")

@@ -101,12 +101,12 @@ def _start(
 @pytest.fixture(scope="module")
 def dash(
     loop_thread: LoopThread,
-    fake_openai: tuple[FakeOpenAI, str],
+    fake_openai_server: tuple[FakeOpenAI, str],
     fake_ollama: tuple[FakeOllama, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     """An open ollamux (no keys) with five requests in its log."""
-    p = _start(loop_thread, (fake_openai, fake_ollama), tmp_path_factory.mktemp("dash"))
+    p = _start(loop_thread, (fake_openai_server, fake_ollama), tmp_path_factory.mktemp("dash"))
     _traffic(p.url)
     wait_until(lambda: len(admin_get(p.url, "/admin/requests")["rows"]) >= 5, "the five requests in the log")
     yield p

@@ -106,10 +106,10 @@ def redis_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="module")
 def instances(
-    redis_module: RedisServer, fake_openai: tuple[FakeOpenAI, str], tmp_path_factory: pytest.TempPathFactory
+    redis_module: RedisServer, fake_openai_server: tuple[FakeOpenAI, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Instance]]:
     tmp = tmp_path_factory.mktemp("instances")
-    cfg = _config(fake_openai[1], redis_module.url)
+    cfg = _config(fake_openai_server[1], redis_module.url)
     cfg["request_log"] = {"enabled": False}
     path = tmp / "ollamux.yaml"
     path.write_text(yaml.safe_dump(cfg))
