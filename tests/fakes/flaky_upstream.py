@@ -76,6 +76,13 @@ class Flaky:
             for t in list(self._transports):
                 t.abort()
             self._transports.clear()
+            # and every other connection it holds (kept alive between requests, or in another handler): a
+            # transport left to the server's shutdown could be dropped unclosed, and its socket's
+            # ResourceWarning, an error under pytest, was the soak test's one flake
+            server = runner.server
+            for conn in server.connections if server is not None else ():
+                if conn.transport is not None:
+                    conn.transport.abort()
             await runner.cleanup()
 
         self.lt.run(go())
