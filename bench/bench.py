@@ -37,7 +37,7 @@ PY = sys.executable
 
 STACKS = ("direct", "reference", "ollamux", "ollamux-bare", "litellm")
 # not run unless named in --stacks: what the request log and the metrics each cost, one switched on at a time
-EXTRA_STACKS = ("ollamux-log", "ollamux-metrics", "ollamux-granian-bridge")
+EXTRA_STACKS = ("ollamux-log", "ollamux-metrics", "ollamux-granian-bridge", "ollamux-granian-native")
 STACK_TITLES = {
     "direct": "upstream directly (nginx)",
     "reference": "reference pass-through (aiohttp, 15 lines)",
@@ -46,6 +46,7 @@ STACK_TITLES = {
     "ollamux-log": "ollamux (request log on, metrics off)",
     "ollamux-metrics": "ollamux (metrics on, request log off)",
     "ollamux-granian-bridge": "ollamux's app on granian through a request bridge (granian_bridge.py; log + metrics on)",
+    "ollamux-granian-native": "ollamux's /v1 pass-through on granian, the rest bridged (granian_native.py)",
     "litellm": "LiteLLM proxy (1 worker)",
 }
 SSE_CHUNKS = 50
@@ -582,7 +583,7 @@ class Bench:
         return r.returncode == 0
 
     def start_ollamux(
-        self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True, bridge: bool = False
+        self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True, granian: str | None = None
     ) -> Proc:
         port = free_port()
         known = self.metrics_key_known()
@@ -590,7 +591,8 @@ class Bench:
             self.notes.append("this ollamux has no `metrics:` switch: 'ollamux-bare' turns off the request log only")
         cfg = self.work / f"{name}.yaml"
         cfg.write_text(ollamux_conf(self.work, port, up, slow, log=log, metrics=metrics, metrics_key=known))
-        cmd = [PY, str(BENCH / "granian_bridge.py"), str(cfg)] if bridge else self.ollamux_cmd(cfg)
+        # granian: "bridge" or "native", the candidate server layers (granian_bridge.py, granian_native.py)
+        cmd = [PY, str(BENCH / f"granian_{granian}.py"), str(cfg)] if granian else self.ollamux_cmd(cfg)
         return self.start(name, cmd, port, self.ollamux_env())
 
     def start_all(self) -> None:
@@ -616,7 +618,13 @@ class Bench:
         if "ollamux-metrics" in wanted:
             self.stacks["ollamux-metrics"] = self.start_ollamux("ollamux-metrics", up, up, log=False, metrics=True)
         if "ollamux-granian-bridge" in wanted:
-            self.stacks["ollamux-granian-bridge"] = self.start_ollamux("ollamux-granian-bridge", up, up, bridge=True)
+            self.stacks["ollamux-granian-bridge"] = self.start_ollamux(
+                "ollamux-granian-bridge", up, up, granian="bridge"
+            )
+        if "ollamux-granian-native" in wanted:
+            self.stacks["ollamux-granian-native"] = self.start_ollamux(
+                "ollamux-granian-native", up, up, granian="native"
+            )
         if "litellm" in wanted:
             if not LITELLM_BIN.exists():
                 self.notes.append(f"LiteLLM proxy not installed ({LITELLM_BIN}): its column is skipped")

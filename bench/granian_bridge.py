@@ -88,14 +88,16 @@ class Bridge:
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
-    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+    async def __rsgi__(self, scope: Any, proto: Any, body: bytes | None = None) -> None:
+        """Serve one request; `body`: the request's body when the caller has read it already."""
         app = self.app
         headers = CIMultiDictProxy(CIMultiDict(scope.headers.items()))
         target = scope.path + ("?" + scope.query_string if scope.query_string else "")
         version = HttpVersion11 if scope.http_version == "1.1" else HttpVersion10
         url = URL(target, encoded=True)
         message = RawRequestMessage(scope.method, target, version, headers, (), False, None, False, False, url)
-        body = await proto()
+        if body is None:
+            body = await proto()
         protocol = _Protocol(tuple(scope.client.rsplit(":", 1)))
         payload = EMPTY_PAYLOAD
         if body:
