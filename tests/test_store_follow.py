@@ -5,13 +5,15 @@ real PostgreSQL 15, two writers, one transaction held open while the other commi
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ollamux.config import RequestLogSettings, parse_settings
 from ollamux.store import Filters, LogReader
-from ollamux.store.follow import HOLE_TTL, Follower
+from ollamux.store.follow import HOLE_TTL, Follower, settled_seq
 from ollamux.store.pg import PgTarget
 from ollamux.store.pg import connect as pg_connect
 from ollamux.store.pg import migrate as pg_migrate
@@ -101,3 +103,75 @@ def test_two_instances_committing_out_of_order_on_postgresql(pg_server: PgServer
         reader.close()
         slow.close()
         fast.close()
+
+
+# ---------------------------------------------------------------------- settled_seq: readers that keep no gaps
+NOW_ROW = (  # a row that ended now (ts + latency), as a request just finished writes it
+    "INSERT INTO requests (id, ts, api, method, route, status, streamed, abandoned, latency_ms) "
+    "VALUES (%s, %s, 'openai', 'POST', '/v1/chat/completions', 200, 0, 0, 5.0)"
+)
+
+
+def _poll(settings: RequestLogSettings, after: int | None, limit: int = 100) -> dict[str, Any]:
+    from ollamux.api.admin_requests import _read_page
+
+    return _read_page(settings, Filters(), after, limit)
+
+
+def test_the_stateless_poll_loses_no_row_committed_out_of_order_on_postgresql(pg_server: PgServer) -> None:
+    # what `GET /admin/requests?after=SEQ` (the dashboard's polling mode, any API client) reads
+    url = pg_server.new_database()
+    target = PgTarget(url, "postgresql://shown")
+    slow, fast = pg_connect(target), pg_connect(target)
+    pg_migrate(slow)
+    settings = parse_settings({"request_log": {"url": url}}, {}).request_log
+    try:
+        fast.execute(NOW_ROW, ("first", time.time()))
+        page = _poll(settings, None)
+        assert ids(page["rows"]) == ["first"]
+        last = page["last_seq"]
+        with slow.transaction():  # instance A's batch takes its seq first, and commits last
+            slow.execute(NOW_ROW, ("from-a", time.time()))
+            fast.execute(NOW_ROW, ("from-b", time.time()))  # instance B's commits at once
+            held = _poll(settings, last)
+            # B's row waits above A's uncommitted seq: polling on from B's seq would never see A's
+            assert held == {"rows": [], "last_seq": last}
+            assert _poll(settings, None)["last_seq"] == last  # the first page stops there too
+        page = _poll(settings, last)
+        assert ids(page["rows"]) == ["from-a", "from-b"]  # once A committed: both, in seq order
+        assert _poll(settings, page["last_seq"]) == {"rows": [], "last_seq": page["last_seq"]}
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_a_gap_that_cannot_fill_does_not_hold_the_poll_on_postgresql(pg_server: PgServer) -> None:
+    url = pg_server.new_database()
+    conn = pg_connect(PgTarget(url, "postgresql://shown"))
+    pg_migrate(conn)
+    reader = PostgresLogReader(url, "postgresql://shown")
+    try:
+        conn.execute(NOW_ROW, ("kept", time.time()))
+        with pytest.raises(RuntimeError), conn.transaction():  # a batch that rolled back: its seq is gone
+            conn.execute(NOW_ROW, ("rolled-back", time.time()))
+            raise RuntimeError
+        conn.execute(NOW_ROW, ("after", time.time()))
+        kept, after = (int(r[0]) for r in reader.query_tuples("SELECT seq FROM requests ORDER BY seq"))
+        assert after == kept + 2
+        assert settled_seq(reader, kept) == kept  # a young gap: a batch may still be committing into it
+        assert settled_seq(reader, kept, now=time.time() + HOLE_TTL + 1) == after  # old: it never fills
+        # a gap below the oldest row is rows retention removed: a reader far behind is not held by it
+        conn.execute("DELETE FROM requests WHERE seq = %s", (kept,))
+        assert settled_seq(reader, kept - 5) == after
+    finally:
+        reader.close()
+        conn.close()
+
+
+def test_one_writer_settles_at_the_highest_seq(sqlite_log: tuple[sqlite3.Connection, LogReader]) -> None:
+    # SQLite has one writer process, which commits in seq order: a gap there never fills, so none holds a
+    # reader (the retention of a busy small log leaves one below rows that are seconds old)
+    conn, reader = sqlite_log
+    conn.execute(AT_SEQ, (1, "one"))
+    conn.execute(AT_SEQ, (9, "nine"))
+    assert settled_seq(reader) == 9 and settled_seq(reader, 1) == 9 and settled_seq(reader, 20) == 20

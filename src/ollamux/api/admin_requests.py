@@ -23,7 +23,7 @@ from ..guard.core import printable
 from ..state import AppState
 from ..store import Filters
 from ..store.dashboard import ROW_FIELDS, reader_or_none, request_by_id, rows_after, rows_newest, shown_row
-from ..store.follow import Follower
+from ..store.follow import Follower, settled_seq
 from .admin_common import ADMIN, json_ok, query_int, query_time, start_stream
 
 __all__ = ["filters_from", "request_detail", "requests", "requests_stream"]
@@ -73,15 +73,14 @@ def _read_page(settings: RequestLogSettings, filters: Filters, after: int | None
     if reader is None:
         return {"rows": [], "last_seq": after or 0}
     with reader:
+        # the rows up to the settled position only (`store.follow.settled_seq`): a row above it may have a
+        # batch still committing below it, which a poll from a higher `last_seq` would never see
+        top = settled_seq(reader, after)
         if after is None:
-            # the position first: a row committed between the two reads is then in `rows` (and in `last`
-            # through them), never after `last` but missing from the page
-            top = reader.max_seq()
-            rows = rows_newest(reader, filters, limit)
-        else:
-            top = after
-            rows = rows_after(reader, after, filters, limit)
-    return {"rows": rows, "last_seq": max([top, *(r["seq"] for r in rows)])}
+            return {"rows": rows_newest(reader, filters, limit, top), "last_seq": top}
+        rows = rows_after(reader, after, filters, limit, top)
+    # a full page may stop below the settled position: the next poll goes on from its last row
+    return {"rows": rows, "last_seq": rows[-1]["seq"] if len(rows) == limit else top}
 
 
 async def requests(request: web.Request, state: AppState) -> web.StreamResponse:
@@ -143,7 +142,8 @@ async def requests_stream(request: web.Request, state: AppState) -> web.StreamRe
         if resume is not None:
             last = resume
         else:
-            last = await _in_thread(reader.max_seq) if reader is not None else 0
+            # from now, but below any batch still committing (`settled_seq`): its rows are not lost
+            last = await _in_thread(settled_seq, reader) if reader is not None else 0
         resp = await start_stream(request, "text/event-stream; charset=utf-8")
         await resp.write(b": connected\n\n")
         pinged = time.monotonic()

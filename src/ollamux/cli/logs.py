@@ -18,7 +18,7 @@ import orjson
 from ..config import ConfigError, RequestLogSettings, load_settings
 from ..config.parse_log_url import shown_db_url
 from ..store import Filters, LogReader, open_reader
-from ..store.follow import Follower
+from ..store.follow import Follower, settled_seq
 
 __all__ = ["follow", "parse_time", "register"]
 
@@ -224,8 +224,9 @@ def _show(reader: LogReader, filters: Filters, args: argparse.Namespace) -> int:
             else:
                 out.write((_stats_table(stats) if stats else "no requests") + "\n")
             return 0
-        start = reader.max_seq()
-        rows = reader.last(max(0, args.last), filters)
+        # the rows shown stop where following starts, below any batch still committing (`settled_seq`)
+        start = settled_seq(reader)
+        rows = [r for r in reader.last(max(0, args.last), filters) if r["seq"] <= start]
         _emit(rows, args.json, out)
         if args.follow:
             try:

@@ -48,19 +48,20 @@ def shown_row(out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rows_newest(reader: LogReader, filters: Filters, limit: int) -> list[dict[str, Any]]:
-    """The newest `limit` matching rows, newest first."""
+def rows_newest(reader: LogReader, filters: Filters, limit: int, upto: int) -> list[dict[str, Any]]:
+    """The newest `limit` matching rows up to seq `upto`, newest first."""
     where, args = filters.where()
+    where = (where + " AND seq <= ?") if where else " WHERE seq <= ?"
     sql = f"SELECT {', '.join(ROW_FIELDS)} FROM requests{where} ORDER BY seq DESC LIMIT ?"
-    return [shown_row(r) for r in reader.query(sql, [*args, limit])]
+    return [shown_row(r) for r in reader.query(sql, [*args, upto, limit])]
 
 
-def rows_after(reader: LogReader, seq: int, filters: Filters, limit: int) -> list[dict[str, Any]]:
-    """Matching rows written after position `seq`, oldest first (what a poll or a stream has not seen)."""
+def rows_after(reader: LogReader, seq: int, filters: Filters, limit: int, upto: int) -> list[dict[str, Any]]:
+    """Matching rows after position `seq` up to `upto`, oldest first (what a poll has not seen)."""
     where, args = filters.where()
-    where = (where + " AND seq > ?") if where else " WHERE seq > ?"
+    where = (where + " AND seq > ? AND seq <= ?") if where else " WHERE seq > ? AND seq <= ?"
     sql = f"SELECT {', '.join(ROW_FIELDS)} FROM requests{where} ORDER BY seq LIMIT ?"
-    return [shown_row(r) for r in reader.query(sql, [*args, seq, limit])]
+    return [shown_row(r) for r in reader.query(sql, [*args, seq, upto, limit])]
 
 
 def request_by_id(reader: LogReader, rid: str) -> dict[str, Any] | None:

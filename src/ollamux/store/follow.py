@@ -8,6 +8,10 @@ asks only for `seq > last` once it saw 160 never sees 100-150. So a `Follower` r
 seqs it has seen (seqs of a transaction not committed yet, or of one that rolled back: no reader can tell
 which) and asks for them again each poll until they are `HOLE_TTL` seconds old; a batch commits well
 within that, a rolled-back one's seqs never fill.
+
+A reader that keeps no gaps (the admin API's stateless `after=SEQ` poll, and the position a follow starts
+from) reads up to `settled_seq` instead: the seq before the first gap that may still fill, so that reading
+`seq > it` next time misses nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +24,54 @@ from typing import Any
 from .reader import Filters, LogReader
 from .schema import COLUMNS
 
-__all__ = ["HOLE_TTL", "Follower"]
+__all__ = ["HOLE_TTL", "Follower", "settled_seq"]
 
 HOLE_TTL = 30.0  # seconds a gap in the seqs is asked for again
 MAX_HOLES = 256  # a burst of rolled-back batches must not make every poll a long query: oldest dropped
+# the newest seqs `settled_seq` looks through for a gap: more than a batch of each of several instances
+# (a sink takes at most 4,096 rows at once), read from the primary key
+SETTLE_WINDOW = 20_000
+
+
+def settled_seq(reader: LogReader, after: int | None = None, *, now: float | None = None) -> int:
+    """The highest seq up to which every row (above `after`) that will ever be readable is readable now.
+
+    Reading `seq <= it` now and `seq > it` later then misses no row. With one writer (SQLite's writer
+    process) it is the highest seq. With many instances on one PostgreSQL log, a batch that took its seqs
+    first may commit last: the answer stops before the first gap whose next row ended less than `HOLE_TTL`
+    seconds ago (a batch still committing). An older gap never fills (a rolled-back batch; rows retention
+    removed, as is any gap below the oldest row). A row's end (`ts` + `latency_ms`, wall clock) comes
+    before its insert, and a gap's rows were inserted before the row after it, so that row's age bounds
+    how long the gap has had to commit.
+    """
+    if not reader.many_writers:
+        top = reader.max_seq()  # one writer commits in seq order: whatever has a seq is readable
+        return top if after is None else max(after, top)
+    now = time.time() if now is None else now
+    ended = "seq, ts + latency_ms / 1000.0"
+    if after is None:
+        found = reader.query_tuples(f"SELECT {ended} FROM requests ORDER BY seq DESC LIMIT ?", [SETTLE_WINDOW])
+        if not found:
+            return 0
+        found.reverse()
+        prev = int(found[0][0])
+        found = found[1:]
+    else:
+        found = reader.query_tuples(
+            f"SELECT {ended} FROM requests WHERE seq > ? ORDER BY seq LIMIT ?", [after, SETTLE_WINDOW]
+        )
+        prev = after
+    if found and after is not None and int(found[0][0]) > after + 1:
+        # rows below the oldest one left were removed by retention: not a gap that can fill
+        lowest = reader.query_tuples("SELECT MIN(seq) FROM requests")[0][0]
+        if int(found[0][0]) == int(lowest):
+            prev = int(found[0][0])
+            found = found[1:]
+    for seq, end in found:
+        if seq > prev + 1 and now - float(end) < HOLE_TTL:
+            return prev
+        prev = int(seq)
+    return prev
 
 
 @dataclass(slots=True)

@@ -22,6 +22,8 @@ def pg_sql(sql: str) -> str:
 class PostgresLogReader(LogReader):
     """Rows of every instance that writes to the database, in one order (`seq` is an identity column)."""
 
+    many_writers = True  # instances' batches may commit out of seq order (`store.follow`)
+
     def __init__(self, url: str, shown_url: str) -> None:  # no super().__init__: there is no file
         self.path = Path()
         self.target = PgTarget(url, shown_url)

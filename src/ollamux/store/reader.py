@@ -78,6 +78,9 @@ class LogReader:
     connection and `query`/`query_tuples`, every other method is shared.
     """
 
+    # whether rows may commit out of seq order (many writers): never here, SQLite has one writer process
+    many_writers = False
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn: sqlite3.Connection = connect(path, readonly=True)
