@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, web
@@ -115,8 +116,9 @@ class Bridge:
         await resp.write_eof()
 
 
-async def serve(config: str) -> None:
-    from granian.constants import Interfaces
+async def serve(config: str, rsgi_app: Callable[[web.Application], Any] = Bridge) -> None:
+    """Serve `config`'s ollamux on granian: the app's lifespan run by aiohttp, requests by `rsgi_app(app)`."""
+    from granian.constants import HTTPModes, Interfaces
     from granian.log import LogLevels
     from granian.server.embed import Server
 
@@ -130,10 +132,11 @@ async def serve(config: str) -> None:
     await runner.setup()  # the app's lifespan: state, request log, metrics
     tune_gc()
     server = Server(
-        Bridge(app),
+        rsgi_app(app),
         address=settings.server.host,
         port=settings.server.port,
         interface=Interfaces.RSGI,
+        http=HTTPModes.http1,  # what the bench speaks: no sniffing for HTTP/2 on each connection
         websockets=False,
         log_level=LogLevels.warning,
         backlog=4096,

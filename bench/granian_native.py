@@ -22,7 +22,6 @@ timeout, no disconnect cancellation, no TLS.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
@@ -194,37 +193,7 @@ class Native:
                 translator.report(rec)
 
 
-async def serve(config: str) -> None:
-    from granian.constants import HTTPModes, Interfaces
-    from granian.log import LogLevels
-    from granian.server.embed import Server
-
-    from ollamux.app import create_app
-    from ollamux.cli.serve import settings_from_args
-    from ollamux.server import tune_gc
-
-    settings = settings_from_args(config, None, None, None, os.environ)
-    app = create_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()  # the app's lifespan: state, request log, metrics
-    tune_gc()
-    server = Server(
-        Native(app),
-        address=settings.server.host,
-        port=settings.server.port,
-        interface=Interfaces.RSGI,
-        http=HTTPModes.http1,
-        websockets=False,
-        log_level=LogLevels.warning,
-        backlog=4096,
-    )
-    try:
-        await server.serve()
-    finally:
-        await runner.cleanup()
-
-
 if __name__ == "__main__":
     import uvloop
 
-    uvloop.run(serve(sys.argv[1]))
+    uvloop.run(granian_bridge.serve(sys.argv[1], Native))
