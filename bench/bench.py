@@ -688,12 +688,16 @@ class Bench:
 
     # ------------------------------------------------------------------------------------ throughput
     def measure(self) -> list[Cell]:
+        """Every cell of the throughput table. A row's rounds interleave its stacks (each round measures
+        every stack once, in an order that rotates), so a slow spell of this shared machine falls on all
+        of them rather than on the one that happened to be measured then; each cell keeps its best round."""
         cells: list[Cell] = []
         for sc in scenarios():
             if sc.name not in self.args.scenarios:
                 continue
             for conns in self.args.conns:
                 row: dict[str, Cell] = {}
+                ready: list[tuple[str, Proc, Path, str]] = []  # stack, server, body, path
                 for stack, proc in self.stacks.items():
                     t = sc.targets.get("ollamux" if stack.startswith("ollamux") else stack)
                     cell = Cell(sc.name, conns, stack)
@@ -708,32 +712,36 @@ class Bench:
                         continue
                     cell.chunks_per_response = n
                     run_wrk(proc.url + t.path, body, conns, self.args.warmup)
-                    best: dict[str, Any] | None = None
-                    for _ in range(self.args.rounds):
+                    ready.append((stack, proc, body, t.path))
+                best: dict[str, dict[str, Any]] = {}
+                for n_round in range(self.args.rounds):
+                    k = n_round % len(ready) if ready else 0
+                    for stack, proc, body, path in ready[k:] + ready[:k]:
                         cpu0 = proc.cpu()
                         with Sampler(proc if stack != "direct" else None) as s:
-                            res = run_wrk(proc.url + t.path, body, conns, self.args.duration)
+                            res = run_wrk(proc.url + path, body, conns, self.args.duration)
                         res["cpu_s"] = proc.cpu() - cpu0
                         rps = res["requests"] / (res["duration_us"] / 1e6)
-                        cell.rounds.append(round(rps, 1))
+                        row[stack].rounds.append(round(rps, 1))
                         res["rps"], res["peak"] = rps, s.peak
-                        if best is None or rps > best["rps"]:
-                            best = res
-                    assert best is not None
-                    if not best["requests"]:
+                        if stack not in best or rps > best[stack]["rps"]:
+                            best[stack] = res
+                for stack, _, _, _ in ready:
+                    cell, res = row[stack], best[stack]
+                    if not res["requests"]:
                         cell.note = f"no request completed in {self.args.duration:g} s"
                         continue
-                    cell.rps = round(best["rps"], 1)
-                    cell.p50_ms = round(best["p50_us"] / 1000, 3)
-                    cell.cpu_us_per_req = round(1e6 * best["cpu_s"] / best["requests"], 1)
-                    cell.p90_ms = round(best["p90_us"] / 1000, 3)
-                    cell.p99_ms = round(best["p99_us"] / 1000, 3)
+                    cell.rps = round(res["rps"], 1)
+                    cell.p50_ms = round(res["p50_us"] / 1000, 3)
+                    cell.cpu_us_per_req = round(1e6 * res["cpu_s"] / res["requests"], 1)
+                    cell.p90_ms = round(res["p90_us"] / 1000, 3)
+                    cell.p99_ms = round(res["p99_us"] / 1000, 3)
                     cell.errors = sum(
-                        best[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+                        res[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
                     )
-                    cell.peak_rss_mb = best["peak"] or None
-                    if sc.kind != "json":
-                        cell.chunks_per_s = round(cell.rps * n)
+                    cell.peak_rss_mb = res["peak"] or None
+                    if sc.kind != "json" and cell.chunks_per_response is not None:
+                        cell.chunks_per_s = round(cell.rps * cell.chunks_per_response)
                     self.log(
                         f"  {sc.name} c={conns} {stack}: {cell.rps:,.0f} req/s p50 {cell.p50_ms} ms "
                         f"p99 {cell.p99_ms} ms" + (f" ERRORS {cell.errors}" if cell.errors else "")
@@ -1115,7 +1123,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short pass: 2 s per measurement, 300 streams")
     p.add_argument("--duration", type=float, help="seconds per measurement (default 5, --quick 2)")
-    p.add_argument("--rounds", type=int, default=1, help="measure each cell N times, keep the best (default 1)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each cell N times (a row's stacks in turn), keep the best (default 1)",
+    )
     p.add_argument("--conns", default="1,32", help="connection counts (default 1,32)")
     p.add_argument("--scenarios", default=",".join(s.name for s in scenarios()))
     p.add_argument("--stacks", default=",".join(STACKS))
