@@ -12,9 +12,10 @@ metrics), the model resolved and authorised, the capability check, the body pass
 swapped, the upstream opened with retries and fallbacks (`backends.failover.open_upstream`), the answer
 relayed (a small one whole, a stream as it comes with the backend's secrets masked) and its usage counted.
 Anything the fast path does not do (an Origin header, inbound keys, rate limits, concurrency gates, trusted
-proxies, tracing, captured bodies, a model ollamux must start, a backend that needs translation, an error
-answer) goes through the bridge, with the body already read. A measurement, not a server: no header
-timeout, no disconnect cancellation, no TLS.
+proxies, tracing, captured bodies, a model ollamux must start, a backend that needs translation, a
+model's defaults) goes through the bridge, with the body already read, decided before anything is sent
+upstream or recorded; an upstream error answer comes back in OpenAI's error envelope. A measurement, not
+a server: no header timeout, no disconnect cancellation, no TLS.
 
     bench/run --stacks reference,ollamux,ollamux-granian-native --no-memory --no-litellm --no-engine
     python bench/granian_native.py CONFIG.yaml   (serves the config's server.port; needs `pip install granian`)
@@ -31,7 +32,7 @@ from aiohttp import web
 
 from ollamux.api.common import resolve_model
 from ollamux.backends.failover import open_upstream
-from ollamux.backends.http import HTTPBackend
+from ollamux.backends.http import HTTPBackend, error_message_from_body
 from ollamux.errors import BadRequest, ModelNotFound, OllamuxError
 from ollamux.guard.core import GUARD, Guard, client_request_id
 from ollamux.guard.limits import json_depth_exceeds
@@ -107,6 +108,8 @@ class Native:
         runtime = state.runtime
         if runtime is not None and runtime.manages(route.backend) and not runtime.is_ready(route.backend):
             raise _Bridged  # a model to start: the bridge keeps its stream alive
+        if not params_for(state, route).empty and kind != "embedding":
+            raise _Bridged  # the model's defaults applied: the bridge's (aiohttp) path does it
         rid = client_request_id(headers)
         rec = RequestRecord(id=rid, api="openai", route=scope.path, method="POST", client=scope.client)
         rec.route_name = scope.path
@@ -139,8 +142,6 @@ class Native:
         def payload(r: Route, up: HTTPBackend) -> tuple[str, bytes]:
             return path, replace_model_in_body(raw, body, r.upstream)
 
-        if not params_for(state, route).empty and kind != "embedding":
-            raise _Bridged  # the model's defaults applied: the bridge's (aiohttp) path does it
         headers = {"x-request-id": rec.id, "Accept-Encoding": scope.headers.get("accept-encoding", "identity")}
         keep_alive, num_ctx = runtime_hints(params_for(state, route), None, None)
         auth = None if state.inbound_auth else scope.headers.get("authorization")
@@ -158,9 +159,9 @@ class Native:
             up = opened.response
             rec.upstream_url = up.url
             status = up.status
-            if status >= 400:
-                up.release()
-                raise _Bridged  # error answers in the client's envelope: the aiohttp path renders them
+            if status >= 400:  # once sent upstream, never again: the error in OpenAI's envelope, from here
+                data = up.backend.redact.data(await up.read())
+                raise OllamuxError(error_message_from_body(data, status), status=status)
             out = [(k, v) for k, v in up.headers.items() if k.lower() not in _NOT_RELAYED]
             out.append(("x-request-id", rec.id))
             rec.status = status
