@@ -20,11 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from ollamux.backends.base import Lease
-from ollamux.backends.http import HTTPBackend
+from ollamux.backends.http import Clients, HTTPBackend, new_clients
 from ollamux.config import parse_settings
 from ollamux.errors import ServiceUnavailable
 from ollamux.registry import Registry
@@ -44,7 +43,7 @@ pytestmark = pytest.mark.timeout(30)
 class Harness:
     """Builds managers on one client session; every manager is closed (its processes stopped) at the end."""
 
-    def __init__(self, tmp: Path, client: aiohttp.ClientSession) -> None:
+    def __init__(self, tmp: Path, client: Clients) -> None:
         self.tmp = tmp
         self.client = client
         self.record = tmp / "starts.txt"  # each tiny server appends "pid ctx" when it starts
@@ -77,7 +76,7 @@ class Harness:
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with aiohttp.ClientSession() as client:
+    async with new_clients() as client:
         harness = Harness(tmp_path, client)
         try:
             yield harness
@@ -124,7 +123,7 @@ async def test_lease_serves_and_keep_alive_zero_stops_on_release(h: Harness) -> 
     async with backend.lease(keep_alive=0) as lease:
         assert lease.load_ns > 0
         url = lease.http.base_url() + "/chat/completions"
-        async with h.client.post(url, json={"model": "a", "messages": []}) as r:
+        async with h.client.session.post(url, json={"model": "a", "messages": []}) as r:
             assert r.status == 200 and (await r.json())["choices"][0]["message"]["content"] == "hi"
         pid = status(m, "a:latest").pid
         assert pid is not None

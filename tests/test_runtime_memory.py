@@ -145,8 +145,7 @@ def test_max_running_still_applies_under_a_budget() -> None:
 
 
 async def test_the_estimate_counts_every_slot_and_the_budget_plans_with_it(tmp_path: Path) -> None:
-    import aiohttp
-
+    from ollamux.backends.http import new_clients
     from ollamux.registry import Registry
     from ollamux.runtime.gguf_meta import DigestCache
     from ollamux.runtime.manager import ModelManager
@@ -160,7 +159,7 @@ async def test_the_estimate_counts_every_slot_and_the_budget_plans_with_it(tmp_p
         },
     }
     settings = parse_settings(raw, {})
-    async with aiohttp.ClientSession() as client:
+    async with new_clients() as client:
         m = ModelManager(
             settings, client, Registry(settings.models, None), {}, digest_cache=DigestCache(tmp_path / "d")
         )

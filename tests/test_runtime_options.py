@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
+from ollamux.backends.http import Clients, new_clients
 from ollamux.config import ConfigError, parse_settings
 from ollamux.registry import Registry
 from ollamux.runtime import engine
@@ -154,7 +154,7 @@ def smol() -> Path:
     return model_file()
 
 
-def manager_for(settings: Any, client: aiohttp.ClientSession, tmp: Path) -> ModelManager:
+def manager_for(settings: Any, client: Clients, tmp: Path) -> ModelManager:
     registry = Registry(settings.models, settings.default_model)
     return ModelManager(settings, client, registry, {}, digest_cache=DigestCache(tmp / "digests.json"))
 
@@ -180,7 +180,7 @@ async def test_a_configured_model_with_a_projector_beside_it_loads_it(smol: Path
         },
         dict(os.environ),
     )
-    async with aiohttp.ClientSession() as client:
+    async with new_clients() as client:
         m = manager_for(settings, client, tmp_path)
         await m.rescan()
         model = m.models["runtime:vis"]
@@ -214,7 +214,7 @@ async def test_a_pulled_repo_folder_pairs_its_projector(smol: Path, tmp_path: Pa
     settings = parse_settings(
         {"runtime": {"log_dir": str(tmp_path / "logs"), "models_dir": str(tmp_path / "models")}}, dict(os.environ)
     )
-    async with aiohttp.ClientSession() as client:
+    async with new_clients() as client:
         m = manager_for(settings, client, tmp_path)
         await m.rescan()
         vis = m.models["runtime:hf.co/user/Vis-GGUF:Q4_1"]

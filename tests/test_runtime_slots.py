@@ -8,9 +8,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
+from ollamux.backends.http import Clients, new_clients
 from ollamux.config import ConfigError, RuntimeSpec, parse_settings
 from ollamux.registry import Registry
 from ollamux.runtime import engine
@@ -41,7 +41,7 @@ def write_bert_gguf(path: Path) -> None:
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + kv)
 
 
-def manager_for(settings: Any, client: aiohttp.ClientSession, tmp: Path) -> ModelManager:
+def manager_for(settings: Any, client: Clients, tmp: Path) -> ModelManager:
     registry = Registry(settings.models, settings.default_model)
     return ModelManager(settings, client, registry, {}, digest_cache=DigestCache(tmp / "digests.json"))
 
@@ -118,7 +118,7 @@ async def test_the_engine_gets_ctx_for_every_slot_in_one_unified_cache(tmp_path:
             },
         }
     )
-    async with aiohttp.ClientSession() as client:
+    async with new_clients() as client:
         m = manager_for(settings, client, tmp_path)
         await m.rescan()
         chat = m.models["runtime:chat"]
@@ -144,7 +144,7 @@ async def test_a_models_folder_follows_runtime_parallel(tmp_path: Path) -> None:
     settings = settings_of(
         {"runtime": {"log_dir": str(tmp_path / "logs"), "models_dir": str(folder), "parallel": 2, "ctx": 1024}}
     )
-    async with aiohttp.ClientSession() as client:
+    async with new_clients() as client:
         m = manager_for(settings, client, tmp_path)
         await m.rescan()
         by_name = {mm.name: mm for mm in m.models.values()}

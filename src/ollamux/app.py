@@ -17,7 +17,7 @@ from .api import openai as openai_api
 from .api import ops, routing
 from .api import responses as responses_api
 from .api import routed as routed_api
-from .backends import Backend, make_backend, new_client_session
+from .backends import Backend, make_backend, new_clients
 from .config import Settings
 from .model_admin import open_model_admin
 from .observe import Observers
@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    client = new_client_session()
+    client = new_clients()
     registry = Registry(settings.models, settings.default_model)
     backends: dict[str, Backend] = {name: make_backend(bs, client) for name, bs in settings.backends.items()}
     state = AppState(settings=settings, registry=registry, client=client, backends=backends, observers=Observers())

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from .config import Settings
@@ -21,6 +20,7 @@ from .tracing import NO_TRACER, Tracer
 if TYPE_CHECKING:
     from .backends.base import Backend
     from .backends.health import HealthMonitor
+    from .backends.http import Clients
     from .guard.core import Guard
     from .metrics import Metrics
     from .model_admin import ModelAdmin
@@ -36,7 +36,7 @@ __all__ = ["SETTINGS", "STATE", "AppState"]
 class AppState:
     settings: Settings
     registry: Registry
-    client: aiohttp.ClientSession
+    client: Clients
     backends: dict[str, Backend]
     observers: Observers = field(default_factory=Observers)
     started_at: float = field(default_factory=time.time)

@@ -68,7 +68,7 @@ async def pull(request: web.Request, state: AppState, rec: RequestRecord) -> web
     guard.authorize_model(state, rec, Route(name, pulled, pulled.upstream))
     plan = await asyncio.to_thread(plan_pull, ref, folder, runtime.settings.hf_endpoint)
     rec.model_served = plan.name
-    job = HubPull(plan, state.client, runtime.catalogue)
+    job = HubPull(plan, state.client.session, runtime.catalogue)
     if not stream:
         async with contextlib.aclosing(job.events()) as events:
             async for _ in events:

@@ -100,7 +100,7 @@ class HealthMonitor:
         t0 = time.perf_counter()
         out: dict[str, Any]
         try:
-            async with backend.client.get(
+            async with backend.client.session.get(
                 url, headers=backend.auth_headers, timeout=aiohttp.ClientTimeout(total=res.health_timeout)
             ) as resp:
                 await resp.read()

@@ -1,4 +1,4 @@
-"""The HTTP boundary to backends: one long-lived client, replicas, timeouts, and errors mapped once.
+"""The HTTP boundary to backends: long-lived clients, replicas, timeouts, and errors mapped once.
 
 Everything that can go wrong on the way to a backend becomes an OllamuxError here, with a message that
 says which backend and which URL failed and how; the API layer only renders it.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import math
 import os
 import time
@@ -24,17 +23,19 @@ from ..config import BackendSettings, Timeouts
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, OllamuxError, UpstreamError
 from .plan import Api, PivotKind, PivotPlan
 from .redact import Redactor, mask_url
+from .wire import ConnectError, ConnectTimeout, Disconnected, Pool, ProtocolError, WireError, WireResponse
 
 if TYPE_CHECKING:
     from ..registry import ModelEntry, Route
 
 __all__ = [
     "CircuitOpen",
+    "Clients",
     "HTTPBackend",
     "Replica",
     "UpstreamResponse",
     "error_message_from_body",
-    "new_client_session",
+    "new_clients",
     "retry_after_seconds",
 ]
 
@@ -64,16 +65,37 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def new_client_session() -> aiohttp.ClientSession:
-    """The one upstream client of an app: pooled keep-alive connections, no global timeouts."""
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """An app's upstream clients, each one long-lived: `wire` carries every request a backend's API is asked
+    (the hot path: `HTTPBackend.request`), `session` (aiohttp's) the side requests that want a full client:
+    hub downloads (redirects, ranges), a model process's health checks, a backend's metadata probe."""
+
+    session: aiohttp.ClientSession
+    wire: Pool
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await self.session.close()
+
+    async def __aenter__(self) -> Clients:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def new_clients() -> Clients:
+    """An app's upstream clients: pooled keep-alive connections, no global timeouts."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),
         auto_decompress=False,  # bytes are relayed as they came; compression is the client's business
         json_serialize=lambda o: orjson.dumps(o).decode(),
         skip_auto_headers=("User-Agent",),
     )
+    return Clients(session, Pool())
 
 
 def error_message_from_body(body: bytes, status: int) -> str:
@@ -154,7 +176,7 @@ class Lease:
 
 
 class _TransportErrors:
-    """The one table from aiohttp's failures (while reading an answer) to OllamuxErrors: `with` it around
+    """The one table from the wire's failures (while reading an answer) to OllamuxErrors: `with` it around
     any read of an upstream body, as httpx wraps its transport calls in `map_httpcore_exceptions()`."""
 
     __slots__ = ("idle", "up")
@@ -167,11 +189,11 @@ class _TransportErrors:
         return self
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
-        if exc is None or not isinstance(exc, TimeoutError | aiohttp.ClientError):
+        if exc is None or not isinstance(exc, TimeoutError | WireError):
             return False
         up = self.up
         if isinstance(exc, TimeoutError):
-            # aiohttp's own total timeout surfaces as a TimeoutError too; the expired timer tells them apart
+            # the wire's total deadline surfaces as a TimeoutError too; the expired timer tells them apart
             which = "idle" if self.idle is not None and self.idle.expired() else "total"
             err = up.backend.timeout_error(which, up.url)
         else:
@@ -187,7 +209,7 @@ class UpstreamResponse:
 
     backend: HTTPBackend
     replica: Replica
-    resp: aiohttp.ClientResponse
+    resp: WireResponse
     url: str
     idle_timeout: float | None
     _released: bool = field(default=False)
@@ -212,17 +234,17 @@ class UpstreamResponse:
         if self._body is not None:
             return self._body
         limit = self.backend.settings.max_response_bytes
-        content = self.resp.content
+        resp = self.resp
         errors = _TransportErrors(self)
         try:
             with errors:
-                length = self.resp.content_length
+                length = resp.content_length
                 if length is not None:
                     if length > limit:
                         raise self._too_large(limit)
-                    # the usual answer: its length is known and allowed, so aiohttp's own read is bounded
-                    if self.idle_timeout is None or content.is_eof():
-                        self._body = await self.resp.read()
+                    # the usual answer: its length is known and allowed, so a plain read is bounded
+                    if self.idle_timeout is None or resp.at_eof():
+                        self._body = await resp.read()
                         return self._body
             # a length not known (chunked) or a timer to keep: read as a stream, counting
             parts: list[bytes] = []
@@ -255,7 +277,7 @@ class UpstreamResponse:
 
     async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive (no re-chunking), with the idle-gap timeout between them."""
-        content = self.resp.content
+        content = self.resp
         idle = self.idle_timeout
         errors = _TransportErrors(self)
         try:
@@ -263,7 +285,7 @@ class UpstreamResponse:
                 while True:
                     # a timer per read only when the read may wait: a fast backend's answer is usually all
                     # buffered already (arming and cancelling the timer was ~4 us a read)
-                    if idle is not None and not (content.is_eof() or _buffered(content)):
+                    if idle is not None and not content.buffered:
                         async with asyncio.timeout(idle) as errors.idle:
                             chunk = await content.readany()
                     else:
@@ -276,19 +298,14 @@ class UpstreamResponse:
 
     def at_eof(self) -> bool:
         """Whether the body's last byte has been read: no more chunk will come."""
-        return self.resp.content.at_eof()
+        return self.resp.at_eof()
 
     def release(self) -> None:
         """Give the connection back (or drop it mid-body, which cancels the request upstream)."""
         if not self._released:
             self._released = True
             self.replica.in_flight -= 1
-            self.resp.release() if self.resp.content.at_eof() else self.resp.close()
-
-
-def _buffered(content: aiohttp.StreamReader) -> bool:
-    """Whether readany() has data to return at once (aiohttp keeps no public flag for it)."""
-    return bool(getattr(content, "_buffer", None))
+            self.resp.release()
 
 
 class HTTPBackend:
@@ -303,7 +320,7 @@ class HTTPBackend:
     api: Api = "openai"
     default_health_path = "/models"  # what any answer below 500 to proves the server is there
 
-    def __init__(self, settings: BackendSettings, client: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: BackendSettings, client: Clients) -> None:
         self.settings = settings
         self.name = settings.name
         self.type = settings.type
@@ -311,9 +328,7 @@ class HTTPBackend:
         self.replicas = [Replica(u) for u in settings.urls]
         self._single = self.replicas[0] if len(self.replicas) == 1 else None
         self.resilience = settings.resilience
-        t = settings.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect)
-        self._timeouts: Timeouts = t
+        self._timeouts: Timeouts = settings.timeouts
         self._headers: dict[str, str] = dict(settings.headers)
         if settings.api_key:
             self._headers["Authorization"] = f"Bearer {settings.api_key}"
@@ -449,18 +464,16 @@ class HTTPBackend:
         if client_auth and "Authorization" not in self._headers:
             hdrs["Authorization"] = client_auth
         replica.in_flight += 1
-        first_byte = self._timeouts.first_byte
+        t = self._timeouts
+        first_byte = t.first_byte
         try:
-            # aiohttp warns (ResourceWarning) on raw bytes over 1 MiB, e.g. images; a fresh BytesIO per
-            # attempt sends the same bytes in chunks and keeps retries able to resend them
-            data: bytes | io.BytesIO | None = io.BytesIO(body) if body is not None and len(body) > 2**20 else body
-            cm = self.client.request(method, url, data=data, headers=hdrs, timeout=self._timeout)
+            call = self.client.wire.request(method, url, hdrs, body, connect_timeout=t.connect, total=t.total)
             if first_byte is not None:
                 async with asyncio.timeout(first_byte) as fb:
-                    resp = await cm
+                    resp = await call
             else:
-                resp = await cm
-        except aiohttp.ConnectionTimeoutError:
+                resp = await call
+        except ConnectTimeout:
             err: OllamuxError = self.timeout_error("connect", url)
             self._attempt_failed(replica, err, eject=True)
             raise err from None
@@ -469,11 +482,11 @@ class HTTPBackend:
             err = self.timeout_error(which, url)
             self._attempt_failed(replica, err, eject=True)
             raise err from None
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectError as exc:
             err = BackendUnavailable(f"backend '{self.name}' cannot be reached at {replica.url}: {_reason(exc)}")
             self._attempt_failed(replica, err, eject=True)
             raise err from None
-        except aiohttp.ClientError as exc:
+        except WireError as exc:
             err = self.broken_error(exc, url)
             self._attempt_failed(replica, err, eject=True)
             raise err from None
@@ -601,16 +614,14 @@ class _Ready:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError):
         err = exc.os_error
         if err.errno:
             # asyncio words it "Connect call failed (addr)"; the errno says what happened ("Connection refused")
             return os.strerror(err.errno)
         return err.strerror or str(err)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut off"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"the answer is not valid HTTP ({exc.message})"
+    if isinstance(exc, Disconnected):
+        return "the answer was cut off" if exc.cut_off else "the server closed the connection"
+    if isinstance(exc, ProtocolError):
+        return f"the answer is not valid HTTP ({exc})"
     return str(exc) or type(exc).__name__

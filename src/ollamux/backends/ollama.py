@@ -13,8 +13,6 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-import aiohttp
-
 from ..config import BackendSettings
 from ..errors import OllamuxError
 from ..names import display_name
@@ -22,7 +20,7 @@ from ..registry import ModelEntry
 from ..streams.ollama_to_openai import OllamaToOpenAIStream
 from ..streams.translator import StreamTranslator
 from ..translate import from_ollama, to_ollama
-from .http import HTTPBackend
+from .http import Clients, HTTPBackend
 from .plan import Answer, Api, PivotKind, PivotPlan
 
 __all__ = ["OllamaBackend", "tags_entries"]
@@ -38,7 +36,7 @@ class OllamaBackend(HTTPBackend):
     api: Api = "ollama"
     default_health_path = "/api/version"
 
-    def __init__(self, settings: BackendSettings, client: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: BackendSettings, client: Clients) -> None:
         super().__init__(settings, client)
         self._plans: dict[PivotKind, PivotPlan] = {}
 

@@ -38,7 +38,7 @@ class OpenAIBackend(HTTPBackend):
         """llama-server's /props (context length, template, vision); {} from servers without it."""
         url = _origin(self.base_url()) + "/props"
         try:
-            async with self.client.get(
+            async with self.client.session.get(
                 url, headers=self.auth_headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
             ) as resp:
                 if resp.status == 200 and resp.content_type == "application/json":

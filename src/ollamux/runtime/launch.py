@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import aiohttp
-
-from ..backends.http import HTTPBackend
+from ..backends.http import Clients, HTTPBackend
 from ..backends.openai import OpenAIBackend
 from ..config import BackendSettings, RuntimeSpec, Timeouts
 from ..errors import BackendError
@@ -73,7 +71,7 @@ def health_url(spec: RuntimeSpec, port: int) -> str:
     return health if health.startswith("http") else f"http://127.0.0.1:{port}/{health.lstrip('/')}"
 
 
-def backend_for(name: str, port: int, spec: RuntimeSpec, client: aiohttp.ClientSession) -> HTTPBackend:
+def backend_for(name: str, port: int, spec: RuntimeSpec, client: Clients) -> HTTPBackend:
     """The OpenAI-compatible backend a running model is called through: the one place that names its class."""
     return OpenAIBackend(_backend_settings(name, port, spec), client)
 

@@ -27,9 +27,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from ..backends.base import Lease
+from ..backends.http import Clients
 from ..config import RuntimeSettings, RuntimeSpec, Settings
 from ..errors import ModelNotFound, ServiceUnavailable
 from ..registry import ModelEntry, Registry
@@ -57,7 +56,7 @@ class ModelManager:
     def __init__(
         self,
         settings: Settings,
-        client: aiohttp.ClientSession,
+        client: Clients,
         registry: Registry,
         probed: dict[tuple[str, str], Mapping[str, Any]],
         *,

@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiohttp
-
+from ..backends.http import Clients
 from ..config import RuntimeSettings
 from ..errors import ServiceUnavailable
 from . import launch
@@ -47,7 +46,7 @@ class Supervisor:
         self,
         models: dict[str, ManagedModel],
         settings: RuntimeSettings,
-        client: aiohttp.ClientSession,
+        client: Clients,
         placement: Placement,
         *,
         python: str = sys.executable,
@@ -98,7 +97,7 @@ class Supervisor:
                 raise ModelStartError(f"model '{m.name}' cannot start: {argv[0]}: {exc.strerror or exc}") from None
             m.proc = proc
             m.set_stage("loading")  # the process runs; llama.cpp's /health answers 503 until the model is in
-            healthy = await proc.wait_healthy(self.client, launch.health_url(spec, port), deadline)
+            healthy = await proc.wait_healthy(self.client.session, launch.health_url(spec, port), deadline)
             if m.state.generation != gen or m.state.phase is not Phase.STARTING:
                 raise ServiceUnavailable(
                     f"model '{m.name}' was stopped while starting", headers={"Retry-After": RETRY_AFTER}
