@@ -219,6 +219,19 @@ async def test_no_content_and_dot_segments(pool: Pool) -> None:
         assert b"Content-Length" not in srv.heads[0]  # a GET without a body says nothing of one
 
 
+async def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(pool: Pool) -> None:
+    async with Server(await answer_all(ok(b""))) as srv:
+        url = f"http://ops:p%40ss@127.0.0.1:{srv.port}/v1/models"
+        resp = await pool.request("GET", url, {})
+        await resp.read()
+        resp.release()
+        assert b"Authorization: Basic b3BzOnBAc3M=\r\n" in srv.heads[0]  # ops:p@ss
+        assert resp.url == f"http://127.0.0.1:{srv.port}/v1/models"  # what the request log shows
+        resp = await pool.request("GET", url, {"Authorization": "Bearer k"})  # a configured key wins
+        resp.release()
+        assert b"Authorization: Bearer k\r\n" in srv.heads[1] and b"Basic" not in srv.heads[1]
+
+
 async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(pool: Pool) -> None:
     async with Server(await answer_all(ok(b""))) as srv:
         with pytest.raises(ValueError, match="line break"):

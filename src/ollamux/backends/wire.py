@@ -22,12 +22,13 @@ What this client does, and no more:
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import ssl
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -79,7 +80,8 @@ class _Target(NamedTuple):
     key: tuple[str, str, int]  # scheme, host, port: the pool a connection belongs to
     host_header: str
     path: str  # the request target: path and query, dot segments resolved
-    url: str  # the URL as asked, dot segments resolved (what the request log shows)
+    url: str  # the URL as asked, dot segments resolved, without credentials (what the request log shows)
+    auth: str | None  # "Basic ..." from credentials in the URL (`http://user:pass@host`), as aiohttp sent it
 
 
 @functools.lru_cache(maxsize=1024)
@@ -96,7 +98,12 @@ def _target(url: str) -> _Target:
     host_header = shown if port == default else f"{shown}:{port}"
     path = _resolve_dots(parts.path or "/")
     query = f"?{parts.query}" if parts.query else ""
-    return _Target((scheme, host, port), host_header, path + query, f"{scheme}://{host_header}{path}{query}")
+    auth = None
+    if parts.username is not None or parts.password is not None:
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode()).decode()
+    url = f"{scheme}://{host_header}{path}{query}"
+    return _Target((scheme, host, port), host_header, path + query, url, auth)
 
 
 def _resolve_dots(path: str) -> str:
@@ -118,6 +125,8 @@ def _resolve_dots(path: str) -> str:
 def _head(method: str, target: _Target, headers: Mapping[str, str], length: int | None) -> bytes:
     lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host_header}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
+    if target.auth is not None and not any(k.lower() == "authorization" for k in headers):
+        lines.append(f"Authorization: {target.auth}")  # a configured key or header wins over the URL's
     if length is not None:
         lines.append(f"Content-Length: {length}")
     text = "\n".join(lines)
