@@ -66,3 +66,18 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
     return head, await reader.readexactly(length)
+
+
+_CHAT_ANSWER = answer("application/json", CHAT)
+_CHAT_STREAM = answer("text/event-stream", STREAM)
+
+
+async def chat_upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Keep-alive HTTP/1.1 that answers every request with the same chat completion, or with the 50-event
+    stream when the body asks for one (cpu_per_request.py, client_cost.py)."""
+    try:
+        while True:
+            _, body = await read_request(reader)
+            writer.write(_CHAT_STREAM if b'"stream":true' in body else _CHAT_ANSWER)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()

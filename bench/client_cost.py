@@ -26,24 +26,13 @@ import uvloop
 
 from ollamux.backends.wire import Pool
 
-ANSWER = canned.answer("application/json", canned.CHAT)
-STREAM = canned.answer("text/event-stream", canned.STREAM)
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
-async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            _, body = await canned.read_request(reader)
-            writer.write(STREAM if b'"stream":true' in body else ANSWER)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
-
-
 async def run(client: str, requests: int, stream: bool) -> None:
-    srv = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    srv = await asyncio.start_server(canned.chat_upstream, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1/chat/completions"
     body = STREAM_BODY if stream else BODY
     if client == "aiohttp":  # configured as ollamux configured it before wire.py

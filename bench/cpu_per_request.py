@@ -30,9 +30,7 @@ from ollamux import create_app
 from ollamux.config import parse_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # reference_proxy.py's folder
-# the answers, and the 50-event token stream llama-server would send (canned.py)
-ANSWER_WHOLE = canned.answer("application/json", canned.CHAT)
-STREAM_WHOLE = canned.answer("text/event-stream", canned.STREAM)
+# the requests; canned.chat_upstream answers them (the 50-event stream llama-server would send for stream: true)
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
     ("/api/chat", {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}),
@@ -41,18 +39,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Keep-alive HTTP/1.1 that answers every request with the same chat completion (or stream)."""
-    try:
-        while True:
-            _, body = await canned.read_request(reader)
-            writer.write(STREAM_WHOLE if b'"stream":true' in body else ANSWER_WHOLE)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
-
-
 async def main(requests: int = 3000, rounds: int = 3, *, observed: bool = False, reference: bool = False) -> None:
-    up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    up = await asyncio.start_server(canned.chat_upstream, "127.0.0.1", 0)
     port = up.sockets[0].getsockname()[1]
     tmp = tempfile.TemporaryDirectory()
     config: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """What a rate limit costs per request: none, in-process buckets, and buckets shared in Redis.
 
-One process, one loop, one connection (as cpu_per_request.py, whose raw-socket upstream it uses), so the
+One process, one loop, one connection (as cpu_per_request.py, with the same raw-socket upstream, canned.chat_upstream), so the
 numbers compare the three setups within one run. Starts Debian's redis-server on a free loopback port.
     PYTHONPATH=src .venv/bin/python bench/shared_limits_cpu.py
 """
@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 import uvloop
 from aiohttp import web
-from cpu_per_request import upstream
+from canned import chat_upstream as upstream
 
 from ollamux import create_app
 from ollamux.config import parse_settings
