@@ -131,7 +131,12 @@ async def create(request: web.Request, state: AppState, rec: RequestRecord) -> w
     final = front.final()
     if store and final is not None:
         conversation = tr.conversation(front.pivot_request, final)
-        _responses(state).put(final["id"], StoredResponse(final, conversation, rec.key_name))
+        responses = _responses(state)
+        responses.put(final["id"], StoredResponse(final, conversation, rec.key_name))
+        if responses.shared and not resp.prepared:
+            # the client's next request may reach another instance, which reads only what is written: the
+            # whole answer goes out once it is (a stream's last event went out already; it is a moment later)
+            await responses.written(final["id"])
     return resp
 
 

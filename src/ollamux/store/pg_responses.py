@@ -45,6 +45,8 @@ class StoreUnavailable(ConnectionError):
 
 
 class PostgresResponses(WrittenInBackground):
+    shared = True  # every instance behind the balancer reads it
+
     def __init__(self, url: str, shown_url: str, retention_days: float | None, *, timeout: float = 5.0) -> None:
         super().__init__()
         self.target = PgTarget(url, shown_url)

@@ -40,9 +40,16 @@ class StoredResponse:
 
 
 class ResponseStore(Protocol):
+    # other instances read this store (PostgreSQL): what one `put` is readable there only once written
+    shared: bool
+
     def put(self, rid: str, stored: StoredResponse) -> None:
         """Keep it: readable at once (the client may name it in its next request before a disk write
         would be done), written to disk in the background."""
+        ...
+
+    async def written(self, rid: str) -> None:
+        """Return once `rid`'s put has reached the store (or failed: that is said where it fails)."""
         ...
 
     async def get(self, rid: str, key_name: str | None) -> StoredResponse | None: ...
@@ -55,6 +62,8 @@ class ResponseStore(Protocol):
 class MemoryResponses:
     """The last `limit` responses in memory (the request log is off)."""
 
+    shared = False
+
     def __init__(self, limit: int = 1000) -> None:
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
         self._limit = limit
@@ -64,6 +73,9 @@ class MemoryResponses:
         self._items.move_to_end(rid)
         while len(self._items) > self._limit:
             self._items.popitem(last=False)
+
+    async def written(self, rid: str) -> None:
+        return None
 
     async def get(self, rid: str, key_name: str | None) -> StoredResponse | None:
         s = self._items.get(rid)
@@ -96,9 +108,12 @@ class WrittenInBackground:
     thread) is done, so it is readable at once. Subclasses give the blocking `_put`, `_fetch`, `_delete`
     and `_close`."""
 
+    shared = False
+
     def __init__(self) -> None:
         self._pending: dict[str, StoredResponse] = {}  # put, not yet on disk
         self._writes: set[asyncio.Task[None]] = set()
+        self._write_of: dict[str, asyncio.Task[None]] = {}  # rid -> its write in flight
 
     def _put(self, rid: str, stored: StoredResponse) -> None:
         raise NotImplementedError
@@ -122,7 +137,15 @@ class WrittenInBackground:
         self._pending[rid] = stored
         task = asyncio.get_running_loop().create_task(self._write(rid, stored))
         self._writes.add(task)
+        self._write_of[rid] = task
         task.add_done_callback(self._writes.discard)
+        task.add_done_callback(lambda t: self._write_of.pop(rid, None) if self._write_of.get(rid) is t else None)
+
+    async def written(self, rid: str) -> None:
+        task = self._write_of.get(rid)
+        if task is not None:
+            # wait(), not await: a client gone while it waits does not cancel the write; a failure is said by it
+            await asyncio.wait([task])
 
     async def _write(self, rid: str, stored: StoredResponse) -> None:
         try:
