@@ -1,7 +1,8 @@
 """What a rate limit costs per request: none, in-process buckets, and buckets shared in Redis.
 
-One process, one loop, one connection (as cpu_per_request.py, with the same raw-socket upstream, canned.chat_upstream), so the
-numbers compare the three setups within one run. Starts Debian's redis-server on a free loopback port.
+One process, one loop, one connection (as cpu_per_request.py, with the same raw-socket upstream,
+canned.chat_upstream), so the numbers compare the three setups within one run. Starts Debian's
+redis-server on a free loopback port.
     PYTHONPATH=src .venv/bin/python bench/shared_limits_cpu.py
 """
 
