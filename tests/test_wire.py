@@ -195,6 +195,16 @@ async def test_a_reused_connection_the_server_dropped_is_retried_once(pool: Pool
         assert srv.connections == 2 and srv.bodies == [b"1", b"2", b"2"]
 
 
+async def test_bytes_after_the_answer_spend_the_connection(pool: Pool) -> None:
+    """A server that sends more than its answer (a second answer nobody asked for) is not trusted again."""
+    async with Server(await answer_all(ok(b"one") + ok(b"stray"))) as srv:
+        for _ in range(2):
+            resp = await pool.request("GET", srv.url + "/", {})
+            assert await resp.read() == b"one"
+            resp.release()
+        assert srv.connections == 2
+
+
 async def test_invalid_http_is_a_protocol_error(pool: Pool) -> None:
     async with Server(await answer_all(b"SPDY/3 what is this\r\n\r\n")) as srv:
         with pytest.raises(ProtocolError):

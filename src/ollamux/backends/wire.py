@@ -272,6 +272,7 @@ class _Connection(asyncio.Protocol):
         self.head: asyncio.Future[WireResponse] | None = None  # resolved when the status and headers are in
         self.got_bytes = False  # any byte of the current answer: a failure after it is never retried
         self.closed = False
+        self.reusable = True  # False once the server said it closes, or sent more than its answer
         self.idle_since = 0.0
         self._pairs: list[tuple[str, str]] = []
         self._drained: asyncio.Future[None] | None = None
@@ -286,7 +287,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         if resp._eof:  # more after the answer's end: read no further, and never reuse the connection
-            self.pool.no_reuse(self)
+            self.reusable = False
             return
         self.got_bytes = True
         try:
@@ -330,6 +331,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         resp = self.resp
         assert resp is not None
+        if resp._eof:  # a second answer in the same read as the first: ignored, and the connection spent
+            self.reusable = False
+            self._pairs = []
+            return
         status = self.parser.get_status_code()
         if status < 200:  # 100 Continue and other interim answers: the real one follows
             self._pairs = []
@@ -346,15 +351,16 @@ class _Connection(asyncio.Protocol):
             head.set_result(resp)
 
     def on_body(self, body: bytes) -> None:
-        if self.resp is not None:
-            self.resp._feed(body)
+        resp = self.resp
+        if resp is not None and not resp._eof:
+            resp._feed(body)
 
     def on_message_complete(self) -> None:
         resp = self.resp
-        if resp is None or resp.status < 200:
+        if resp is None or resp.status < 200 or resp._eof:
             return
         if not self.parser.should_keep_alive():
-            self.pool.no_reuse(self)
+            self.reusable = False
         resp._finish()
 
     # ------------------------------------------------------------------------------------ life cycle
@@ -404,7 +410,6 @@ class Pool:
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._no_reuse: set[_Connection] = set()
         self._open: set[_Connection] = set()
         self._ssl: ssl.SSLContext | None = None
 
@@ -483,8 +488,7 @@ class Pool:
 
     # --------------------------------------------------------------------- called by the connections
     def take_back(self, conn: _Connection) -> bool:
-        if conn in self._no_reuse:
-            self._no_reuse.discard(conn)
+        if not conn.reusable:
             return False
         now = conn.idle_since = time.monotonic()
         idle = self._idle.setdefault(conn.key, [])
@@ -493,12 +497,8 @@ class Pool:
         idle.append(conn)
         return True
 
-    def no_reuse(self, conn: _Connection) -> None:
-        self._no_reuse.add(conn)
-
     def forget(self, conn: _Connection) -> None:
         self._open.discard(conn)
-        self._no_reuse.discard(conn)
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
