@@ -195,6 +195,27 @@ async def test_a_reused_connection_the_server_dropped_is_retried_once(pool: Pool
         assert srv.connections == 2 and srv.bodies == [b"1", b"2", b"2"]
 
 
+async def test_the_retry_after_a_dropped_connection_is_on_a_new_one(pool: Pool) -> None:
+    """A restarted server dropped every idle connection: the retry must not take a second stale one."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
+        await srv.read_request(reader)
+        await asyncio.sleep(0.05)  # both first requests are in flight at once: two connections
+        writer.write(ok(b"fresh"))
+        await writer.drain()
+        await srv.read_request(reader)  # any later request on an old connection: dropped unanswered
+
+    async with Server(handler) as srv:
+        first = await asyncio.gather(*(pool.request("POST", srv.url + "/", {}, b"1") for _ in range(2)))
+        for resp in first:
+            assert await resp.read() == b"fresh"
+            resp.release()
+        resp = await pool.request("POST", srv.url + "/", {}, b"2")  # stale, then a new connection, not stale #2
+        assert await resp.read() == b"fresh"
+        resp.release()
+        assert srv.connections == 3
+
+
 async def test_bytes_after_the_answer_spend_the_connection(pool: Pool) -> None:
     """A server that sends more than its answer (a second answer nobody asked for) is not trusted again."""
     async with Server(await answer_all(ok(b"one") + ok(b"stray"))) as srv:
@@ -290,6 +311,25 @@ async def test_the_total_deadline_fails_a_silent_server(pool: Pool) -> None:
         with pytest.raises(TimeoutError):
             await pool.request("POST", srv.url + "/", {}, b"{}", total=0.2)
         await asyncio.wait_for(srv.closed.wait(), 5)  # and the connection is closed, not left to a late answer
+
+
+async def test_the_total_deadline_fails_a_request_whose_body_the_server_never_reads(pool: Pool) -> None:
+    """The body is stuck in the socket's buffers (the server reads nothing): the deadline must still end the
+    request, and drop the connection with its unsent bytes rather than wait for them to flush."""
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, srv: Server) -> None:
+        await release.wait()
+
+    async with Server(handler) as srv:
+        try:
+            async with asyncio.timeout(10) as guard:
+                with pytest.raises(TimeoutError):
+                    await pool.request("POST", srv.url + "/", {}, b"x" * (64 << 20), total=0.3)
+            assert not guard.expired(), "the deadline did not end the request"
+            assert not pool._open, "the connection was kept"
+        finally:
+            release.set()
 
 
 async def test_connection_failures_say_why(pool: Pool) -> None:

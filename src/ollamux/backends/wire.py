@@ -300,6 +300,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        self._release_sender()
         resp = self.resp
         if resp is None:
             return
@@ -312,14 +313,15 @@ class _Connection(asyncio.Protocol):
                 resp._fail(Disconnected("the answer was cut off", cut_off=True))
             else:
                 resp._finish()  # an answer without a length ends with its connection
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
 
     def pause_writing(self) -> None:
         self._drained = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        self._release_sender()
+
+    def _release_sender(self) -> None:
+        """`send()` waits while the socket's buffer is full: wake it (drained, or the connection is gone)."""
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
@@ -402,7 +404,13 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
-            self.transport.close()
+            self._release_sender()
+            # close() would first flush what is unsent (a body the server never read, say) and so could wait
+            # forever; abort() drops it: nobody wants the answer to a request given up on
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 class Pool:
@@ -429,28 +437,34 @@ class Pool:
         head = _head(method, target, headers, length)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total if total is not None else None
-        for _ in range(2):
-            conn, reused = await self._checkout(target.key, connect_timeout, deadline)
-            resp = WireResponse(conn, target.url)
-            if deadline is not None:
-                resp._deadline = loop.call_at(deadline, _expire, conn, resp)
-            try:
-                fut = await conn.send(resp, head, body)
-                return await fut
-            except Disconnected:
-                resp.close()
-                if reused and not conn.got_bytes:
-                    continue  # the server had closed the idle connection: once more on a new one
+        conn, reused = await self._checkout(target.key, connect_timeout, deadline, reuse=True)
+        try:
+            return await self._exchange(conn, target.url, head, body, deadline)
+        except Disconnected:
+            if not reused or conn.got_bytes:
                 raise
-            except BaseException:
-                resp.close()  # cancelled or timed out mid-request: the connection's state is unknown
-                raise
-        raise AssertionError("unreachable")
+        # the server had closed the idle connection (the keep-alive race, or it restarted and dropped every
+        # idle one, so the retry takes no other from the pool): once more, on a new connection
+        conn, _ = await self._checkout(target.key, connect_timeout, deadline, reuse=False)
+        return await self._exchange(conn, target.url, head, body, deadline)
+
+    async def _exchange(
+        self, conn: _Connection, url: str, head: bytes, body: bytes | None, deadline: float | None
+    ) -> WireResponse:
+        resp = WireResponse(conn, url)
+        if deadline is not None:
+            resp._deadline = asyncio.get_running_loop().call_at(deadline, _expire, conn, resp)
+        try:
+            fut = await conn.send(resp, head, body)
+            return await fut
+        except BaseException:
+            resp.close()  # dropped, cancelled or timed out mid-request: the connection's state is unknown
+            raise
 
     async def _checkout(
-        self, key: tuple[str, str, int], connect_timeout: float | None, deadline: float | None
+        self, key: tuple[str, str, int], connect_timeout: float | None, deadline: float | None, *, reuse: bool
     ) -> tuple[_Connection, bool]:
-        idle = self._idle.get(key)
+        idle = self._idle.get(key) if reuse else None
         if idle:
             now = time.monotonic()
             while idle:
