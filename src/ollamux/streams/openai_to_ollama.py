@@ -89,6 +89,7 @@ class OpenAIToOllamaStream:
         self._calls: list[_Call] = []
         self._by_index: dict[int, _Call] = {}
         self._template: tuple[bytes, bytes] | None = None  # bytes around a plain event's token (feed_batch)
+        self._stamp: str | None = None  # the created_at of this read's lines (`_now`)
         # byte templates of a content line; same key order as the dict form (Go's struct order)
         self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
         if kind == "chat":
@@ -102,6 +103,7 @@ class OpenAIToOllamaStream:
     def feed(self, chunk: bytes) -> bytes:
         """One upstream read: its events decoded and translated in one batch (see `feed_batch`)."""
         lines = self._lines
+        self._stamp = None
         self.feed_batch(self._decoder.payloads(chunk), lines)  # on a failure the lines wait for error_frame
         out = b"".join(lines) if len(lines) != 1 else lines[0]
         lines.clear()
@@ -109,6 +111,7 @@ class OpenAIToOllamaStream:
 
     def finish(self) -> bytes:
         lines = self._lines
+        self._stamp = None
         self.feed_batch([ev.data for ev in self._decoder.flush()], lines)
         lines.extend(self.finish_lines())
         out = b"".join(lines)
@@ -138,7 +141,7 @@ class OpenAIToOllamaStream:
         """One line; `logprobs` (this event's tokens) after `done`, in api/types.go's field order."""
         if thinking is None and not logprobs:
             return self._content_lines([content])
-        obj: dict[str, Any] = {"model": self.model, "created_at": now_rfc3339()}
+        obj: dict[str, Any] = {"model": self.model, "created_at": self._now()}
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if thinking is not None:
@@ -152,6 +155,13 @@ class OpenAIToOllamaStream:
         if logprobs:
             obj["logprobs"] = logprobs
         return dumps_line(obj)
+
+    def _now(self) -> str:
+        """The lines of one read share one `created_at` (they arrived together): made once a read."""
+        stamp = self._stamp
+        if stamp is None:
+            stamp = self._stamp = now_rfc3339()
+        return stamp
 
     def _logprobs(self, ch: dict[str, Any]) -> list[dict[str, Any]] | None:
         if self.top_logprobs is None:
@@ -225,7 +235,7 @@ class OpenAIToOllamaStream:
 
     def _lines_of(self, strings: list[bytes]) -> bytes:
         """One content line per JSON-encoded string (as orjson encodes it)."""
-        head = self._head + now_rfc3339().encode() + self._mid
+        head = self._head + self._now().encode() + self._mid
         return escape_line_breakers(head + (self._tail + head).join(strings) + self._tail)
 
     def _learn(self, data: bytes, obj: dict[str, Any], ch: dict[str, Any], text: Any) -> None:
@@ -364,7 +374,7 @@ class OpenAIToOllamaStream:
                 dumps_line(
                     {
                         "model": self.model,
-                        "created_at": now_rfc3339(),
+                        "created_at": self._now(),
                         "message": {"role": "assistant", "content": "", "tool_calls": self.tool_calls()},
                         "done": False,
                     }
