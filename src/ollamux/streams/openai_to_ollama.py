@@ -189,7 +189,7 @@ class OpenAIToOllamaStream:
                 # the run is most often all of the rest but its end (the finish event, [DONE]): tried first, by
                 # one compare of the joined bytes (each event is pre + token + suf exactly when pre, the tokens
                 # joined by suf + pre, and suf are the events joined), before an event by event check
-                j = n
+                j = n if _fits(datas[i], pre, suf) else i  # (a first event with a role does not fit the next)
                 while j > i and not _fits(datas[j - 1], pre, suf):
                     j -= 1
                 run = datas[i:j] if i or j < n else datas
@@ -222,7 +222,7 @@ class OpenAIToOllamaStream:
             return  # empty tokens make no line
         self._first()
         self.text_parts.append(said)
-        if b"\\" not in joined and all(texts):
+        if 0x5C not in joined and all(texts):  # no backslash (an int: one memchr, see escape_line_breakers)
             # a valid JSON string without an escape is what orjson writes for its text (no quote, backslash
             # or control character inside, UTF-8 checked by the parse): the upstream's bytes, not re-encoded
             out.append(self._lines_of(raws))

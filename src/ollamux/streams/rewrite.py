@@ -38,7 +38,7 @@ class ModelLineRewriter:
         return self._rewrite(self._lines.flush())
 
     def _rewrite(self, data: bytes) -> bytes:
-        if b'"model"' not in data:
+        if data.find(b'"model"') < 0:
             return data
         prefix = self._prefix
         if data.startswith(prefix):

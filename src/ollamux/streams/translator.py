@@ -175,7 +175,7 @@ class SSEPassthrough:
         # an upstream error event ends its stream, so it is among the last bytes; scanning only those keeps
         # the per-chunk path free of a search (`"error"` is slow to find in JSON full of quotes)
         tail = self._prev[-_TAIL:] + self._last[-_TAIL:]
-        if rec.error is None and b'"error"' in tail:
+        if rec.error is None and tail.find(b'"error"') >= 0:
             rec.error = error_in(tail, b"data: ")
         # the usage chunk is among the last frames, perhaps cut between the last two reads
         counts = usage_from_bytes(self._last) or usage_from_bytes(self._prev[-_USAGE_SPAN:] + self._last)
@@ -235,7 +235,7 @@ class NDJSONPassthrough:
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self._first_ns
         tail = self._last[-_TAIL:]
-        if rec.error is None and b'"error"' in tail:
+        if rec.error is None and tail.find(b'"error"') >= 0:
             rec.error = error_in(tail, b"")
         prompt, completion = ollama_counts(self._last[-2048:])
         rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
