@@ -65,10 +65,22 @@ def start_serve(config: dict[str, Any], tmp: Path) -> tuple[subprocess.Popen[byt
         time.sleep(0.05)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, and one this process has not handed out before.
+
+    The kernel may give the port it just gave again once the probing socket is closed: a test that takes one
+    port for a dead backend ("nothing listens here") and then starts a fake on another free port could get
+    the same number twice, and its dead backend answered (test_resilience's one flake)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class LoopThread:
