@@ -6,9 +6,14 @@ Standard library only: the SQLite writer process loads this file by path, withou
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-from pathlib import Path
+
+# Annotations only: pathlib (with re, urllib.parse, ipaddress behind it) would add ~1 MB to the writer process
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "COLUMNS",
@@ -99,17 +104,17 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 COLUMNS: tuple[str, ...] = tuple(c[0] for c in REQUEST_COLUMNS if c[0] != "seq")
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode (readers never block the writer); the writer side creates and migrates."""
     if readonly:
-        if not path.exists():
+        if not os.path.exists(path):
             raise FileNotFoundError(f"no request log at {path}")
         # mode=rw, not ro: a reader of a WAL database must be able to create the -shm file when no writer
         # runs; query_only keeps it from ever changing the log
         conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5.0, check_same_thread=False)
         conn.execute("PRAGMA query_only=ON")
         return conn
-    path.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # isolation_level=None: transactions are explicit (BEGIN ... COMMIT), one per batch
     conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")

@@ -1,10 +1,9 @@
 """The request log's SQLite sink: batches handed to a writer process (`writer_process.py`, which says why a
-process), one pickled command and answer each way over its stdin and stdout."""
+process), one framed command and answer each way over its stdin and stdout."""
 
 from __future__ import annotations
 
 import logging
-import pickle
 import select
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .sink import SinkDown
+from .writer_process import frame, read_message
 
 __all__ = ["SQLiteSink"]
 
@@ -22,6 +22,21 @@ _CHILD_SCRIPT = str(Path(__file__).with_name("writer_process.py"))
 # a batch takes milliseconds; a reader's lock can hold it up to 3 x 5 s busy timeout: past this the child
 # is taken for hung (a dead network mount) and replaced
 _REPLY_TIMEOUT = 60.0
+
+
+def _plain(v: Any) -> Any:
+    """A row value as one of the types marshal carries (an instance of a subclass as its base type)."""
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        return v
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, int):  # an IntEnum, say
+        return int(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, bytes):
+        return bytes(v)
+    return repr(v)
 
 
 class SQLiteSink:
@@ -72,7 +87,11 @@ class SQLiteSink:
         return reason
 
     def write(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, str | None]:
-        reply = self._call(("write", rows))
+        try:
+            message = frame(("write", rows))
+        except ValueError:  # a value marshal cannot carry (a str or int subclass, say): as its plain type
+            message = frame(("write", [tuple(_plain(v) for v in row) for row in rows]))
+        reply = self._send(message)
         if reply[0] != "ok":  # pragma: no cover - the protocol's own error: this batch is lost
             return 0, len(rows), str(reply[1])
         _, written, dropped, error, lines = reply
@@ -98,7 +117,7 @@ class SQLiteSink:
             return
         try:
             if child.stdin is not None:
-                child.stdin.write(pickle.dumps(("close",), protocol=pickle.HIGHEST_PROTOCOL))
+                child.stdin.write(frame(("close",)))
                 child.stdin.close()
             child.wait(10.0)
         except (OSError, subprocess.TimeoutExpired):
@@ -113,20 +132,23 @@ class SQLiteSink:
 
     # ------------------------------------------------------------------------------ the writer process
     def _call(self, msg: tuple[Any, ...], timeout: float = _REPLY_TIMEOUT) -> tuple[Any, ...]:
-        """Send one command to the writer process and read its answer; `SinkDown` when it cannot answer."""
+        return self._send(frame(msg), timeout)
+
+    def _send(self, message: bytes, timeout: float = _REPLY_TIMEOUT) -> tuple[Any, ...]:
+        """Send one framed command to the writer process and read its answer; `SinkDown` when it cannot."""
         child = self._child
         if child is None or child.stdin is None or child.stdout is None:
             raise SinkDown("the writer process is not running", transient=False)
         try:
-            child.stdin.write(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+            child.stdin.write(message)
             child.stdin.flush()
             # each answer is read whole, so nothing is left buffered between calls and select sees it all
             ready, _, _ = select.select([child.stdout], [], [], timeout)
             if not ready:
                 self._reap()
                 raise SinkDown(f"the writer process did not answer within {timeout:.0f} s", transient=False)
-            reply: tuple[Any, ...] = pickle.load(child.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            reply: tuple[Any, ...] = read_message(child.stdout)
+        except (OSError, EOFError, ValueError) as exc:
             self._reap()
             raise SinkDown(self._death_reason(child, exc), transient=False) from None
         if reply[0] == "gone":

@@ -7,7 +7,9 @@ the server counts the batch it had handed over as dropped, marks the log failed 
 starts a new child with backoff. Exclusive locking mode would avoid the mapping, but then `ollamux logs`
 could not read the file while the server runs.
 
-Protocol, one pickled message each way per command over stdin/stdout (the parent is the only peer):
+Protocol, one message each way per command over stdin/stdout (the parent is the only peer), each a 4-byte
+little-endian length and that many bytes of `marshal` (tuples, lists, str, int, float, None: all a message
+holds; marshal is built into the interpreter, pickle would add ~1 MB of modules to this process):
   ("open", path, retention_days, retention_rows) -> ("ok", schema_version) | ("error", message)
   ("write", rows)                                -> ("ok", written, dropped, error | None, [log lines])
                                                   | ("gone", message), then the child exits
@@ -15,30 +17,50 @@ Protocol, one pickled message each way per command over stdin/stdout (the parent
   ("close",) or end of input                     -> the child closes the database and exits 0
 
 Run by path (`python .../writer_process.py`), not with `-m`: importing the ollamux package would load
-aiohttp and the rest of the server, 0.4 s added to every start and restart.
+aiohttp and the rest of the server, 0.4 s added to every start and restart. For the same reason (this process
+is part of the server's memory) it imports nothing beyond sqlite3 and the interpreter's built-in modules.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import _signal  # type: ignore[import-not-found]  # signal's C half: `signal` imports enum, 0.4 MB more
 import itertools
+import marshal
 import os
-import pickle
-import signal
 import sqlite3
 import sys
 import time
-from pathlib import Path
 
 # Annotations only (they are strings here): importing typing would add ~0.7 MB to this process's RSS, and
 # mypy treats any `TYPE_CHECKING` as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, BinaryIO
+    from typing import IO, Any, BinaryIO
 
 # Rows go in 32 to a statement: one statement step per row costs ~5x more per row than the insert itself.
 _MULTI = 32
+# The page cache: rows are appended at the right edge of the table and of its one index (ts), so a few pages
+# are hot; SQLite's default (2 MB) would only grow this process as the file grows.
+_CACHE_KIB = 256
+
+
+def read_message(inp: IO[bytes]) -> Any:
+    """One framed message, or EOFError when the peer closed the pipe (also mid-message: a dead peer)."""
+    head = inp.read(4)
+    if len(head) < 4:
+        raise EOFError("end of input")
+    n = int.from_bytes(head, "little")
+    data = inp.read(n)
+    if len(data) < n:
+        raise EOFError("end of input within a message")
+    return marshal.loads(data)
+
+
+def frame(msg: tuple[Any, ...]) -> bytes:
+    """A message as written on the pipe (ValueError for a value marshal cannot carry)."""
+    data = marshal.dumps(msg)
+    return len(data).to_bytes(4, "little") + data
 
 
 def _schema() -> ModuleType:
@@ -46,11 +68,14 @@ def _schema() -> ModuleType:
         from . import schema
 
         return schema
-    # schema.py needs only the standard library: load it by path, without the ollamux package
-    spec = importlib.util.spec_from_file_location("_ollamux_store_schema", Path(__file__).with_name("schema.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    # schema.py needs only the standard library: run it from its path, without the ollamux package (and
+    # without importlib.util, which brings contextlib and more)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.py")
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), path, "exec")
+    mod = type(sys)("_ollamux_store_schema")
+    mod.__file__ = path
+    exec(code, mod.__dict__)
     return mod
 
 
@@ -71,12 +96,13 @@ class FileGone(Exception):
 
 
 class Store:
-    def __init__(self, path: Path, retention_days: float | None, retention_rows: int | None) -> None:
+    def __init__(self, path: str, retention_days: float | None, retention_rows: int | None) -> None:
         schema = _schema()
         self.path = path
         self.retention_days = retention_days
         self.retention_rows = retention_rows
         self.conn: sqlite3.Connection = schema.connect(path)
+        self.conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         # the file as opened: an unlinked file stays writable through our descriptor, so without this check
         # a deleted log directory would swallow every later row without a single error
         st = os.stat(path)
@@ -170,13 +196,13 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     store: Store | None = None
 
     def reply(msg: tuple[Any, ...]) -> None:
-        pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(frame(msg))
         out.flush()
 
     try:
         while True:
             try:
-                msg = pickle.load(inp)
+                msg = read_message(inp)
             except EOFError:  # the parent closed the pipe or died: nothing more will come
                 return 0
             kind = msg[0]
@@ -193,7 +219,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 reply(("ok", store.retain() if store is not None else None))
             elif kind == "open":
                 try:
-                    store = Store(Path(msg[1]), msg[2], msg[3])
+                    store = Store(msg[1], msg[2], msg[3])
                 except (sqlite3.Error, OSError) as exc:
                     reply(("error", str(exc)))
                     continue
@@ -221,8 +247,8 @@ def main() -> int:
     bind_none_fast()  # process-wide: this process binds nothing else
     # the parent decides when to stop: a Ctrl-C or a SIGTERM sent to the whole group (a terminal, systemd)
     # must not end the child before the parent has handed over the rows it still holds
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stdout carries replies only: a stray print would break the protocol
     return serve(inp, out)
