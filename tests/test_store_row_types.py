@@ -107,3 +107,35 @@ def test_an_odd_row_among_many_keeps_the_others(tmp_path: Path) -> None:
     assert len(got) == 40 and rl.dropped == 0
     assert got["sparse33"]["prompt_tokens"] == ("null", None)
     assert got["sparse32"]["error"] == ("null", None)
+
+
+class _Label(str):
+    """A str subclass, as a plugin or a future field might hand over: marshal refuses it."""
+
+
+class _Count(int):
+    pass
+
+
+def test_values_of_a_subclass_are_stored_as_their_plain_type(tmp_path: Path) -> None:
+    """The writer process gets its batches in marshal, which carries only exact built-in types: a batch holding
+    a str or int subclass (or a lone surrogate from a client's text) is still written, whole and typed."""
+    db = tmp_path / "log.sqlite"
+    rl = RequestLog(RequestLogSettings(path=db, capture_bodies=True), flush_interval=60)
+    rl.open()
+    try:
+        for i in range(5):
+            rec = _full(i)
+            if i == 2:
+                rec.model_served = _Label("m:sub")
+                rec.prompt_tokens = _Count(9)
+                rec.response_text = "half a pair: \ud83d"
+            rl.request_finished(rec)
+    finally:
+        rl.close()
+    got = _typed_rows(db)
+    assert len(got) == 5 and rl.written == 5 and rl.dropped == 0
+    assert got["full2"]["model_served"] == ("text", "m:sub")
+    assert got["full2"]["prompt_tokens"] == ("integer", 9)
+    assert got["full2"]["response_text"] == ("text", "half a pair: ?")
+    assert got["full1"]["model_served"] == ("text", "m:latest")
