@@ -762,10 +762,10 @@ class Bench:
 
         Why not the throughput table's two cells: two ollamux processes with the same configuration, started
         side by side, differ by up to ~10% in req/s on this machine and keep that difference for their
-        whole life (the address-space layout and hash seed each process draws), far more than the ~3-4%
-        the log and metrics cost by CPU. So `PROCS` processes of each configuration run, and each pair
-        (one of each, the order alternating, consecutive so a slow spell of the machine falls on both)
-        gives one ratio; the cost is the median ratio. The same pairing between two processes of the *same*
+        whole life (the address-space layout and hash seed each process draws), as much as the few percent
+        being measured. So several processes of each configuration run, and each pair (one of each, the
+        order alternating, consecutive so a slow spell of the machine falls on both) gives one ratio; the
+        cost is the median ratio. The same pairing between two processes of the *same*
         configuration (an A/A control) gives the resolution of this method on this machine."""
         procs_n = 2 if self.args.quick else 4
         pairs_n = 4 if self.args.quick else 8
@@ -793,9 +793,12 @@ class Bench:
                 pa, pb = a[i], b[(i + shift + k // len(a)) % len(b)]
                 if pa is pb:
                     pb = b[(i + 1) % len(b)]
-                first, second = ((pa, pb), (pb, pa))[k % 2]
-                got = {id(first): run(first, path, body), id(second): run(second, path, body)}
-                (ra, ca), (rb, cb) = got[id(pa)], got[id(pb)]
+                if k % 2:
+                    rb, cb = run(pb, path, body)
+                    ra, ca = run(pa, path, body)
+                else:
+                    ra, ca = run(pa, path, body)
+                    rb, cb = run(pb, path, body)
                 costs.append(100 * (1 - ra / rb))
                 cpu_costs.append(100 * (ca / cb - 1))
             q = statistics.quantiles(costs, n=4) if len(costs) > 1 else [costs[0]] * 3
