@@ -235,6 +235,8 @@ async def test_a_process_killed_mid_stream_is_one_error_frame_per_client_and_com
         for status, text in await asyncio.gather(*anthropic):
             assert status == 200 and text.rstrip().split("\n\n")[-1].startswith("event: error")
         await until(lambda: p.manager.statuses()[0].active == 0, "the cut requests' release")
+        # the streams can end (their sockets cut) before the supervisor has reaped the process: wait for that
+        await until(lambda: p.manager.statuses()[0].pid is None, "the supervisor to see the process gone")
         (st,) = p.manager.statuses()
         assert st.active == 0 and st.waiting == 0 and st.pid is None and st.state == "restarting"
         assert p.ps() == {}  # nothing is running: /api/ps does not list a dead process

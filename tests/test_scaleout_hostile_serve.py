@@ -88,7 +88,9 @@ def test_a_full_span_queue_is_said_once_not_once_per_span(
         for _ in range(40):
             assert _ok(served.url).status_code == 200
         full = [ln for ln in served.log().splitlines() if "queue" in ln.lower()]
-        assert len(full) <= 1, full  # the SDK says it once at most (a guard: never one line per dropped span)
+        # never one line per dropped span (dozens here): the SDK says it once per 20 s window of the wall clock
+        # (its DuplicateFilter keys on time.time() // 20), so a run that crosses a window's edge says it twice
+        assert len(full) <= 2, full
 
 
 # ---------------------------------------------------------------------------------------- reload
