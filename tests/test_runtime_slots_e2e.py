@@ -39,7 +39,8 @@ def proxy(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def stream_order(proxy: Proxy, model: str, n: int, max_tokens: int) -> list[tuple[str, int]]:
-    """Start `n` streamed chats at once; the order in which each one's first token and end arrived."""
+    """Start `n` streamed chats at once; the order in which each one's first token, later tokens and end
+    arrived."""
     events: list[tuple[str, int]] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -57,10 +58,10 @@ def stream_order(proxy: Proxy, model: str, n: int, max_tokens: int) -> list[tupl
                     if not line.startswith("data: {"):
                         continue
                     choices = json.loads(line[6:]).get("choices") or [{}]
-                    if first and (choices[0].get("delta") or {}).get("content"):
-                        first = False
+                    if (choices[0].get("delta") or {}).get("content"):
                         with lock:
-                            events.append(("first", i))
+                            events.append(("first" if first else "token", i))
+                        first = False
             with lock:
                 events.append(("done", i))
         except BaseException as exc:  # reported by the test's thread
@@ -83,16 +84,25 @@ def load(proxy: Proxy, model: str) -> None:
 def test_four_concurrent_streams_are_served_at_once(proxy: Proxy) -> None:
     load(proxy, "smol")
     events = stream_order(proxy, "smol", 4, max_tokens=96)
-    kinds = [kind for kind, _ in events]
+    kinds = [kind for kind, _ in events if kind != "token"]
     # every one of the four had its first token before any of them was done: decoded together, not queued
     assert kinds == ["first"] * 4 + ["done"] * 4, events
 
 
 def test_one_slot_queues_them_as_before(proxy: Proxy) -> None:
     load(proxy, "smol-one")
-    events = stream_order(proxy, "smol-one", 2, max_tokens=24)
-    # with `parallel: 1` the second stream waits for the first to end
-    assert [kind for kind, _ in events] == ["first", "done", "first", "done"], events
+    max_tokens = 32
+    events = stream_order(proxy, "smol-one", 2, max_tokens=max_tokens)
+    # with `parallel: 1` the second stream waits for the first to end. The witness is how many of the first
+    # stream's tokens had arrived when the second's first token did: all of them when queued, one or two when
+    # decoded together. Not "done before first": llama.cpp frees the slot as it sends the last chunk, and on a
+    # loaded machine the first stream's reader can still be finishing when the second's first token lands.
+    firsts = [i for kind, i in events if kind == "first"]
+    assert len(firsts) == 2, events
+    before = events[: events.index(("first", firsts[1]))]
+    earlier = sum(1 for kind, i in before if i == firsts[0] and kind in ("first", "token"))
+    assert earlier >= max_tokens // 2, events
+    assert [kind for kind, _ in events if kind != "token"].count("done") == 2, events
 
 
 def test_the_next_turn_of_a_conversation_reuses_the_prompt_cache(proxy: Proxy) -> None:
