@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,28 @@ def start_serve(config: dict[str, Any], tmp: Path) -> tuple[subprocess.Popen[byt
         time.sleep(0.05)
 
 
+async def stop_accepting(sockets: Iterable[Any]) -> None:
+    """Make a server on this loop take no new connection, and let those it has accepted be set up, before it
+    is closed (`asyncio.Server.close`, aiohttp's `site.stop`).
+
+    asyncio accepts a connection, then makes its transport in a task a loop turn or two later. A server closed
+    in between fails that transport half made (`Server._attach` asserts the server still listens), and nothing
+    ever closes it: its socket's ResourceWarning, an error under pytest, comes at whatever later moment the
+    garbage collector finds it (the soak test's flake, where a replica is killed under load). Stopped this
+    way, every accepted connection is the server's own, closed or aborted with the rest.
+    """
+    loop = asyncio.get_running_loop()
+    for sock in sockets:
+        loop.remove_reader(sock.fileno())
+    for _ in range(5):  # the accept task, the transport's connection_made, the waiter: one turn each
+        await asyncio.sleep(0)
+
+
+def listening_socket(port: int) -> socket.socket:
+    """A listening loopback socket on `port` (SO_REUSEADDR: a server killed and started again gets it back)."""
+    return socket.create_server(("127.0.0.1", port))
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -90,6 +112,7 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-servers", daemon=True)
         self.thread.start()
+        self._listeners: dict[web.AppRunner, socket.socket] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -99,14 +122,20 @@ class LoopThread:
             runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2)
             await runner.setup()
             p = port or free_port()
-            site = web.TCPSite(runner, "127.0.0.1", p)
-            await site.start()
+            sock = listening_socket(p)
+            await web.SockSite(runner, sock).start()
+            self._listeners[runner] = sock
             return runner, f"http://127.0.0.1:{p}"
 
         return self.run(start())
 
     def stop_app(self, runner: web.AppRunner) -> None:
-        self.run(runner.cleanup())
+        async def stop() -> None:
+            sock = self._listeners.pop(runner, None)
+            await stop_accepting([sock] if sock is not None else [])
+            await runner.cleanup()
+
+        self.run(stop())
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from ..servers import LoopThread, free_port
+from ..servers import LoopThread, free_port, listening_socket, stop_accepting
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Flaky:
     models_seen: list[str] = field(default_factory=list)
     cancel_seen: threading.Event = field(default_factory=threading.Event)
     _runner: web.AppRunner | None = None
+    _sock: socket.socket | None = None
     _transports: set[Any] = field(default_factory=set)
 
     @property
@@ -58,8 +60,9 @@ class Flaky:
             app.router.add_post("/v1/embeddings", self._embeddings)
             runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            self._runner = runner
+            sock = listening_socket(self.port)
+            await web.SockSite(runner, sock).start()
+            self._runner, self._sock = runner, sock
 
         self.lt.run(go())
         return self
@@ -69,8 +72,11 @@ class Flaky:
 
         async def go() -> None:
             runner, self._runner = self._runner, None
+            sock, self._sock = self._sock, None
             if runner is None:
                 return
+            # no connection half accepted when the listener closes (see stop_accepting)
+            await stop_accepting([sock] if sock is not None else [])
             for site in list(runner.sites):
                 await site.stop()
             for t in list(self._transports):
@@ -84,15 +90,6 @@ class Flaky:
                 if conn.transport is not None:
                     conn.transport.abort()
             await runner.cleanup()
-            # a connection the loop accepted just before the listener closed is handed to the server a few
-            # loop turns later (accept, then a task makes its transport, then connection_made), after the
-            # sweep above and the server's shutdown: left open, its transport is another unclosed-socket
-            # ResourceWarning. Wait those turns out and drop the late ones too.
-            for _ in range(5):
-                await asyncio.sleep(0.01)
-                for conn in server.connections if server is not None else ():
-                    if conn.transport is not None:
-                        conn.transport.abort()
 
         self.lt.run(go())
 
@@ -221,6 +218,7 @@ def start_garbage_server(lt: LoopThread) -> tuple[str, Any]:
 
 def stop_server(lt: LoopThread, server: Any) -> None:
     async def go() -> None:
+        await stop_accepting(server.sockets)
         server.close()
         await server.wait_closed()
 

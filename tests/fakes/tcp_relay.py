@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from ..servers import LoopThread, free_port
+from ..servers import LoopThread, free_port, stop_accepting
 
 __all__ = ["TcpRelay"]
 
@@ -61,6 +61,7 @@ class TcpRelay:
     def close(self) -> None:
         async def go() -> None:
             assert self._server is not None and self._gate is not None
+            await stop_accepting(self._server.sockets)
             self._server.close()
             for w in list(self._open):
                 w.transport.abort()
