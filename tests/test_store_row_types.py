@@ -11,6 +11,7 @@ from ollamux.config import RequestLogSettings
 from ollamux.observe import RequestRecord
 from ollamux.store import RequestLog
 from ollamux.store.schema import COLUMNS
+from ollamux.store.writer import record_row
 
 # one batch: 32 rows a statement in writer_process, so 70 is two whole statements and 6 rows one by one
 ROWS = 70
@@ -139,3 +140,41 @@ def test_values_of_a_subclass_are_stored_as_their_plain_type(tmp_path: Path) -> 
     assert got["full2"]["prompt_tokens"] == ("integer", 9)
     assert got["full2"]["response_text"] == ("text", "half a pair: ?")
     assert got["full1"]["model_served"] == ("text", "m:latest")
+
+
+_SQL_TYPE = {str: "text", int: "integer", float: "real", type(None): "null"}
+
+
+def test_a_batch_is_stored_exactly_as_sent_whatever_its_columns_share(tmp_path: Path) -> None:
+    """The writer binds a string that every row of a statement shares once, and writes NULL into the SQL
+    for a column no row fills: each row must still come back exactly as `record_row` made it, in every mix
+    (all rows alike, one row different, a column NULL in all but one row), whole statements and the rest."""
+    db = tmp_path / "log.sqlite"
+    rl = RequestLog(RequestLogSettings(path=db, capture_bodies=True), instance="host:1", flush_interval=60)
+    recs: list[RequestRecord] = []
+    for i in range(ROWS):
+        rec = _full(i) if i % 3 else _sparse(i)
+        if i < 32:  # the first statement: every row alike but its id and numbers
+            rec = _full(i)
+            rec.error = None
+        elif i == 40:
+            rec.client = "10.0.0.2"  # one row's client differs from the rest of its statement
+        elif i == 50:
+            rec.error = "only this one failed"
+        if i >= 64:
+            rec.model_served = f"m{i}"  # the rest: a value a row
+        rec.route = "NULL" if i == 5 else rec.route  # a value that looks like SQL is still a value
+        recs.append(rec)
+    rl.open()
+    try:
+        for rec in recs:
+            rl.request_finished(rec)
+    finally:
+        rl.close()
+    assert rl.written == ROWS and rl.dropped == 0
+    got = _typed_rows(db)
+    for rec in recs:
+        sent = record_row(rec, True, rl.settings.body_cap_bytes, "host:1")
+        stored = got[rec.id]
+        for column, value in zip(COLUMNS, sent, strict=True):
+            assert stored[column] == (_SQL_TYPE[type(value)], value), (rec.id, column)

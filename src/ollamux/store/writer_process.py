@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 # Rows go in 32 to a statement: one statement step per row costs ~5x more per row than the insert itself.
 _MULTI = 32
+# Statements made for a shape of batch (see `Store._statement`); sqlite3 keeps 128 prepared, so fewer here.
+_SHAPES_MAX = 64
 # The page cache: rows are appended at the right edge of the table and of its one index (ts), so a few pages
 # are hot; SQLite's default (2 MB) would only grow this process as the file grows.
 _CACHE_KIB = 256
@@ -108,9 +110,9 @@ class Store:
         st = os.stat(path)
         self.identity = (st.st_dev, st.st_ino)
         cols: tuple[str, ...] = schema.COLUMNS
-        one = f"({', '.join('?' * len(cols))})"
-        self.insert_one = f"INSERT INTO requests ({', '.join(cols)}) VALUES {one}"
-        self.insert_multi = f"INSERT INTO requests ({', '.join(cols)}) VALUES " + ", ".join([one] * _MULTI)
+        self.insert_head = f"INSERT INTO requests ({', '.join(cols)}) VALUES "
+        self.insert_one = self.insert_head + f"({', '.join('?' * len(cols))})"
+        self._shapes: dict[tuple[int, tuple[int, ...]], str] = {}
         row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         self.schema_version = int(row[0] or 0)
         self.retain()
@@ -142,14 +144,65 @@ class Store:
         # the rows are lost: counted as dropped so the metric tells the operator
         return 0, len(rows), error, [f"request log: {error}; {len(rows)} rows dropped"]
 
+    def _statement(self, rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+        """One INSERT for `_MULTI` rows and its parameters, a text the rows share bound once.
+
+        Binding is most of this process's work (a copy and a mutex round trip per value), and a batch's rows
+        repeat themselves: the same api, route, model, backend, client and instance, the same columns empty.
+        So per column: NULL written into the SQL when no row has a value, one numbered parameter (`?N`, used
+        by every row) when all rows hold the same string, else one parameter a row. Only strings and None
+        are shared: equality says nothing of type between numbers (1 == 1.0 == True), and ints bind cheaply.
+        """
+        n = len(rows)
+        columns = list(zip(*rows, strict=True))  # in C: one tuple of n values per column
+        kinds: list[int] = []  # per column: 0 NULL in every row, 1 one string for all, 2 a value a row
+        shared: list[Any] = []
+        each: list[tuple[Any, ...]] = []
+        for col in columns:
+            first = col[0]
+            if first is None and col.count(None) == n:
+                kinds.append(0)
+            elif type(first) is str and col.count(first) == n:
+                kinds.append(1)
+                shared.append(first)
+            else:
+                kinds.append(2)
+                each.append(col)
+        key = (n, tuple(kinds))
+        sql = self._shapes.get(key)
+        if sql is None:
+            sql = self._shapes[key] = self._make_statement(n, kinds)
+            if len(self._shapes) > _SHAPES_MAX:  # a stream of odd shapes must not grow this process
+                self._shapes = {key: sql}
+        return sql, [*shared, *itertools.chain.from_iterable(each)]
+
+    def _make_statement(self, n: int, kinds: list[int]) -> str:
+        # parameters: the shared strings first (?1..), then each per-row column's n values in turn
+        n_shared = kinds.count(1)
+        cells: list[list[str]] = []
+        next_shared, next_each = 1, n_shared + 1
+        for kind in kinds:
+            if kind == 0:
+                cells.append(["NULL"] * n)
+            elif kind == 1:
+                cells.append([f"?{next_shared}"] * n)
+                next_shared += 1
+            else:
+                cells.append([f"?{next_each + r}" for r in range(n)])
+                next_each += n
+        values = ", ".join("(" + ", ".join(col[r] for col in cells) + ")" for r in range(n))
+        return self.insert_head + values
+
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self.conn
         conn.execute("BEGIN")
         try:
             whole = len(rows) - len(rows) % _MULTI
             for i in range(0, whole, _MULTI):
-                conn.execute(self.insert_multi, list(itertools.chain.from_iterable(rows[i : i + _MULTI])))
+                conn.execute(*self._statement(rows[i : i + _MULTI]))
             if whole < len(rows):
+                # the rest one statement for all: a shape per remainder size would be SQL made and prepared
+                # for every timer-flushed batch of a quiet server, several times what binding saves
                 conn.executemany(self.insert_one, rows[whole:])
             conn.execute("COMMIT")
         except BaseException:
