@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ollamux.config import RequestLogSettings
 from ollamux.observe import RequestRecord
-from ollamux.store import RequestLog
+from ollamux.store import RequestLog, writer_process
 from ollamux.store.schema import COLUMNS
 from ollamux.store.writer import record_row
 
@@ -178,3 +178,29 @@ def test_a_batch_is_stored_exactly_as_sent_whatever_its_columns_share(tmp_path: 
         stored = got[rec.id]
         for column, value in zip(COLUMNS, sent, strict=True):
             assert stored[column] == (_SQL_TYPE[type(value)], value), (rec.id, column)
+
+
+def test_past_its_few_shapes_the_writer_binds_every_value_and_still_stores_them_exactly(tmp_path: Path) -> None:
+    """Each statement shape is kept for the process's life (prepared once, ~100 KB of the writer's memory),
+    so there are only a few; a batch of another shape goes through the generic statement."""
+    store = writer_process.Store(str(tmp_path / "log.sqlite"), None, None)
+    try:
+        texts = ("model_requested", "model_served", "backend", "upstream_url", "client", "key_name", "error")
+        sent: list[tuple[object, ...]] = []
+        for shape in range(2 * writer_process._SHAPES_MAX):
+            for r in range(writer_process._MULTI):
+                rec = _full(shape * 100 + r)
+                # in statement `shape`, one text column differs from row to row, a second one is NULL throughout
+                setattr(rec, texts[shape % len(texts)], f"row {r}")
+                setattr(rec, texts[(shape // len(texts) + shape + 1) % len(texts)], None)
+                sent.append(record_row(rec, True, 1 << 16, f"i{shape}"))
+        assert store.write(sent) == (len(sent), 0, None, [])
+        assert len(store._shapes) == writer_process._SHAPES_MAX  # the rest went the generic way
+    finally:
+        store.close()
+    got = _typed_rows(tmp_path / "log.sqlite")
+    assert len(got) == len(sent)
+    for row in sent:
+        stored = got[str(row[0])]
+        for column, value in zip(COLUMNS, row, strict=True):
+            assert stored[column] == (_SQL_TYPE[type(value)], value), (row[0], column)

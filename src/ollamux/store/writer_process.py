@@ -40,8 +40,10 @@ if TYPE_CHECKING:
 
 # Rows go in 32 to a statement: one statement step per row costs ~5x more per row than the insert itself.
 _MULTI = 32
-# Statements made for a shape of batch (see `Store._statement`); sqlite3 keeps 128 prepared, so fewer here.
-_SHAPES_MAX = 64
+# Statements made for a shape of batch (see `Store._statement`), for the process's life: each one prepared
+# costs ~2.5 ms once and ~100 KB of this process's memory for good (sqlite3 keeps what it prepared), so a few.
+_SHAPES_MAX = 8
+_EACH = 2  # a column with a parameter a row (see `Store._statement`)
 # The page cache: rows are appended at the right edge of the table and of its one index (ts), so a few pages
 # are hot; SQLite's default (2 MB) would only grow this process as the file grows.
 _CACHE_KIB = 256
@@ -112,7 +114,8 @@ class Store:
         cols: tuple[str, ...] = schema.COLUMNS
         self.insert_head = f"INSERT INTO requests ({', '.join(cols)}) VALUES "
         self.insert_one = self.insert_head + f"({', '.join('?' * len(cols))})"
-        self._shapes: dict[tuple[int, tuple[int, ...]], str] = {}
+        self._shapes: dict[tuple[int, ...], str] = {}
+        self._generic = self._make_statement(_MULTI, [_EACH] * len(cols))  # every value a parameter of its own
         row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         self.schema_version = int(row[0] or 0)
         self.retain()
@@ -155,7 +158,7 @@ class Store:
         """
         n = len(rows)
         columns = list(zip(*rows, strict=True))  # in C: one tuple of n values per column
-        kinds: list[int] = []  # per column: 0 NULL in every row, 1 one string for all, 2 a value a row
+        kinds: list[int] = []  # per column: 0 NULL in every row, 1 one string for all, _EACH a value a row
         shared: list[Any] = []
         each: list[tuple[Any, ...]] = []
         for col in columns:
@@ -166,14 +169,15 @@ class Store:
                 kinds.append(1)
                 shared.append(first)
             else:
-                kinds.append(2)
+                kinds.append(_EACH)
                 each.append(col)
-        key = (n, tuple(kinds))
+        key = tuple(kinds)
         sql = self._shapes.get(key)
         if sql is None:
+            if len(self._shapes) >= _SHAPES_MAX:
+                # shapes enough: this one as the generic statement, which binds every value as before
+                return self._generic, list(itertools.chain.from_iterable(columns))
             sql = self._shapes[key] = self._make_statement(n, kinds)
-            if len(self._shapes) > _SHAPES_MAX:  # a stream of odd shapes must not grow this process
-                self._shapes = {key: sql}
         return sql, [*shared, *itertools.chain.from_iterable(each)]
 
     def _make_statement(self, n: int, kinds: list[int]) -> str:
