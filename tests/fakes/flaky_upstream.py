@@ -83,8 +83,7 @@ class Flaky:
                 t.abort()
             self._transports.clear()
             # and every other connection it holds (kept alive between requests, or in another handler): a
-            # transport left to the server's shutdown could be dropped unclosed, and its socket's
-            # ResourceWarning, an error under pytest, was the soak test's one flake
+            # crash drops them all at once, where the server's shutdown would let them finish
             server = runner.server
             for conn in server.connections if server is not None else ():
                 if conn.transport is not None:

@@ -43,7 +43,8 @@ _MULTI = 32
 # Statements made for a shape of batch (see `Store._statement`), for the process's life: each one prepared
 # costs ~2.5 ms once and ~100 KB of this process's memory for good (sqlite3 keeps what it prepared), so a few.
 _SHAPES_MAX = 8
-_EACH = 2  # a column with a parameter a row (see `Store._statement`)
+# What a column of a statement is (see `Store._statement`): NULL in the SQL, one parameter for all rows, one a row
+_NULL, _SHARED, _EACH = 0, 1, 2
 # The page cache: rows are appended at the right edge of the table and of its one index (ts), so a few pages
 # are hot; SQLite's default (2 MB) would only grow this process as the file grows.
 _CACHE_KIB = 256
@@ -158,15 +159,15 @@ class Store:
         """
         n = len(rows)
         columns = list(zip(*rows, strict=True))  # in C: one tuple of n values per column
-        kinds: list[int] = []  # per column: 0 NULL in every row, 1 one string for all, _EACH a value a row
+        kinds: list[int] = []
         shared: list[Any] = []
         each: list[tuple[Any, ...]] = []
         for col in columns:
             first = col[0]
             if first is None and col.count(None) == n:
-                kinds.append(0)
+                kinds.append(_NULL)
             elif type(first) is str and col.count(first) == n:
-                kinds.append(1)
+                kinds.append(_SHARED)
                 shared.append(first)
             else:
                 kinds.append(_EACH)
@@ -182,13 +183,12 @@ class Store:
 
     def _make_statement(self, n: int, kinds: list[int]) -> str:
         # parameters: the shared strings first (?1..), then each per-row column's n values in turn
-        n_shared = kinds.count(1)
         cells: list[list[str]] = []
-        next_shared, next_each = 1, n_shared + 1
+        next_shared, next_each = 1, kinds.count(_SHARED) + 1
         for kind in kinds:
-            if kind == 0:
+            if kind == _NULL:
                 cells.append(["NULL"] * n)
-            elif kind == 1:
+            elif kind == _SHARED:
                 cells.append([f"?{next_shared}"] * n)
                 next_shared += 1
             else:
