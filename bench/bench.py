@@ -584,7 +584,15 @@ class Bench:
         return r.returncode == 0
 
     def start_ollamux(
-        self, name: str, up: int, slow: int, *, log: bool = True, metrics: bool = True, granian: str | None = None
+        self,
+        name: str,
+        up: int,
+        slow: int,
+        *,
+        log: bool = True,
+        metrics: bool = True,
+        granian: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> Proc:
         port = free_port()
         known = self.metrics_key_known()
@@ -594,7 +602,7 @@ class Bench:
         cfg.write_text(ollamux_conf(self.work, port, up, slow, log=log, metrics=metrics, metrics_key=known))
         # granian: "bridge" or "native", the candidate server layers (granian_bridge.py, granian_native.py)
         cmd = [PY, str(BENCH / f"granian_{granian}.py"), str(cfg)] if granian else self.ollamux_cmd(cfg)
-        return self.start(name, cmd, port, self.ollamux_env())
+        return self.start(name, cmd, port, {**self.ollamux_env(), **(extra_env or {})})
 
     def start_all(self) -> None:
         up = free_port()
@@ -827,6 +835,84 @@ class Bench:
                 self.log(f"  log cost A/A control {sc.name}: median {aa['cost_pct']:+.1f}%")
         return out
 
+    def log_cost_in_place(self) -> dict[str, Any]:
+        """What the request log + metrics cost, measured inside each of two server processes.
+
+        Each process runs with both on and loads bench/observer_switch/sitecustomize.py, whose switch (SIGUSR2)
+        detaches the two observers or attaches them again. A pair is two runs back to back in one process,
+        one each way, the order alternating from pair to pair: the process's own speed (its address-space
+        layout and hash seed, which part two processes by up to ~10% for good) is the same on both sides, and
+        a slow spell of the machine falls on both. The A/A control pairs two runs with the two attached."""
+        procs_n, pairs_n = 2, (4 if self.args.quick else 10)
+        secs = self.args.duration if self.args.quick else 2.0
+        up = self.up_port
+        switch = BENCH / "observer_switch"
+        procs: list[tuple[Proc, Path]] = []
+        for i in range(procs_n):
+            state = self.work / f"switch-{i}"
+            env = {"PYTHONPATH": f"{switch}{os.pathsep}{REPO / 'src'}", "OLLAMUX_BENCH_SWITCH_FILE": str(state)}
+            procs.append((self.start_ollamux(f"ollamux-switch-{i}", up, up, extra_env=env), state))
+        out: dict[str, Any] = {"processes": procs_n, "pairs": pairs_n, "seconds": secs, "scenarios": {}}
+
+        def flip(proc: Proc, state: Path, want: str) -> None:
+            os.kill(proc.popen.pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if state.exists() and state.read_text() == want:
+                    time.sleep(0.2)  # the feeder's last batch of the other state written meanwhile
+                    return
+                time.sleep(0.01)
+            raise RuntimeError(f"{proc.name}: the observer switch did not answer")
+
+        def run(proc: Proc, path: str, body: Path) -> tuple[float, float]:
+            cpu0 = proc.cpu()
+            res = run_wrk(proc.url + path, body, 32, secs)
+            n = res["requests"]
+            return n / (res["duration_us"] / 1e6), (proc.cpu() - cpu0) / max(1, n)
+
+        def paired(path: str, body: Path, control: bool) -> dict[str, Any]:
+            costs, cpu_costs = [], []
+            for k in range(pairs_n):
+                proc, state = procs[k % procs_n]
+                # every process starts a pair attached; "off" second in even pairs, first in odd ones
+                sides: dict[str, tuple[float, float]] = {}
+                order = ("on", "off") if k % 2 == 0 else ("off", "on")
+                for side in order:
+                    if side == "off" and not control:
+                        flip(proc, state, "off")
+                    sides[side] = run(proc, path, body)
+                    if side == "off" and not control:
+                        flip(proc, state, "on")
+                (ra, ca), (rb, cb) = sides["on"], sides["off"]
+                costs.append(100 * (1 - ra / rb))
+                cpu_costs.append(100 * (ca / cb - 1))
+            q = statistics.quantiles(costs, n=4) if len(costs) > 1 else [costs[0]] * 3
+            return {
+                "cost_pct": round(statistics.median(costs), 2),
+                "quartiles_pct": [round(q[0], 2), round(q[2], 2)],
+                "cpu_cost_pct": round(statistics.median(cpu_costs), 2),
+                "pairs_pct": [round(c, 1) for c in costs],
+            }
+
+        for sc in scenarios():
+            t = sc.targets.get("ollamux")
+            if sc.name not in self.args.scenarios or t is None:
+                continue
+            body = self.work / f"{t.body}.json"
+            for p, _ in procs:
+                run_wrk(p.url + t.path, body, 32, self.args.warmup)
+            r = out["scenarios"][sc.name] = paired(t.path, body, control=False)
+            self.log(
+                f"  log cost in place {sc.name}: median {r['cost_pct']:+.1f}% (quartiles {r['quartiles_pct'][0]:+.1f}"
+                f" / {r['quartiles_pct'][1]:+.1f}), CPU per request {r['cpu_cost_pct']:+.1f}%"
+            )
+            if sc.name == "openai-json":
+                aa = out["control"] = {"scenario": sc.name, **paired(t.path, body, control=True)}
+                self.log(f"  log cost in place A/A control {sc.name}: median {aa['cost_pct']:+.1f}%")
+        for p, _ in procs:
+            p.stop()
+        return out
+
     # ---------------------------------------------------------------------------------------- memory
     def memory(self) -> list[dict[str, Any]]:
         """Fresh processes, 1,000 slow streams each: RSS idle and while all are open."""
@@ -974,7 +1060,12 @@ def targets(
     )
     costs: list[tuple[float, str, float | None]] = []
     how = "the throughput table's cells"
-    if log_cost and log_cost["scenarios"]:
+    in_place = (log_cost or {}).get("in_place") or {}
+    if in_place.get("scenarios"):
+        # the observers switched inside each process (Bench.log_cost_in_place): no process-to-process spread
+        how = f"switched in place, median of {in_place['pairs']} pairs in {in_place['processes']} processes"
+        costs = [(r["cost_pct"], sc, r["cpu_cost_pct"]) for sc, r in in_place["scenarios"].items()]
+    elif log_cost and log_cost["scenarios"]:
         # the paired runs (Bench.log_cost): the median over pairs of processes, the CPU figure beside it
         how = f"median of {log_cost['pairs']} pairs over {log_cost['processes']} processes each"
         costs = [(r["cost_pct"], sc, r["cpu_cost_pct"]) for sc, r in log_cost["scenarios"].items()]
@@ -1255,6 +1346,8 @@ def main(argv: list[str]) -> int:
         if "ollamux" in bench.stacks and "ollamux-bare" in bench.stacks:
             bench.log("bench: request log + metrics cost, paired runs across server processes")
             lc = bench.log_cost()
+            bench.log("bench: request log + metrics cost, switched on and off inside each server process")
+            lc["in_place"] = bench.log_cost_in_place()
         if args.profile:
             bench.log("bench: profiling ollamux")
             prof = profile(bench, max(args.duration, 5))
@@ -1306,16 +1399,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def log_cost_table(lc: dict[str, Any]) -> str:
-    rows = [
-        f"{lc['processes']} ollamux processes with the request log and metrics on, {lc['processes']} with both off; "
-        f"{lc['pairs']} pairs of {lc['seconds']:g} s runs per scenario, one process of each, in alternating order. "
-        "Cost: 1 - req/s on / req/s off; CPU: the on process's CPU per request (its writer child counted) over the "
-        "off one's. The A/A control pairs the off processes among themselves: what this method reads when there "
-        "is nothing to find.\n",
-        "| scenario | median cost | quartiles | median CPU cost | each pair |",
-        "|---|---:|---:|---:|---|",
-    ]
+def _cost_rows(lc: dict[str, Any]) -> list[str]:
+    rows = ["| scenario | median cost | quartiles | median CPU cost | each pair |", "|---|---:|---:|---:|---|"]
     items = list(lc["scenarios"].items())
     if lc.get("control"):
         items.append((f"A/A control ({lc['control']['scenario']})", lc["control"]))
@@ -1325,6 +1410,27 @@ def log_cost_table(lc: dict[str, Any]) -> str:
         rows.append(
             f"| {name} | {r['cost_pct']:+.1f}% | {q[0]:+.1f} / {q[1]:+.1f} | {r['cpu_cost_pct']:+.1f}% | {pairs} |"
         )
+    return rows
+
+
+def log_cost_table(lc: dict[str, Any]) -> str:
+    rows = [
+        f"{lc['processes']} ollamux processes with the request log and metrics on, {lc['processes']} with both off; "
+        f"{lc['pairs']} pairs of {lc['seconds']:g} s runs per scenario, one process of each, in alternating order. "
+        "Cost: 1 - req/s on / req/s off; CPU: the on process's CPU per request (its writer child counted) over the "
+        "off one's. The A/A control pairs the off processes among themselves: what this method reads when there "
+        "is nothing to find.\n",
+        *_cost_rows(lc),
+    ]
+    ip = lc.get("in_place")
+    if ip and ip.get("scenarios"):
+        rows += [
+            f"\nSwitched in place (the target's figure): {ip['processes']} processes with both on, whose request log "
+            "and metrics observers bench/observer_switch detaches and attaches again between runs; "
+            f"{ip['pairs']} pairs of {ip['seconds']:g} s runs per scenario, one each way in one process, in "
+            "alternating order. The A/A control pairs two runs with both attached.\n",
+            *_cost_rows(ip),
+        ]
     return "\n".join(rows) + "\n"
 
 
