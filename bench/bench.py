@@ -535,6 +535,20 @@ async def hold_streams(url: str, body: bytes, n: int, proc: Proc, wait_s: float)
 
 
 # ----------------------------------------------------------------------------------------------- runner
+def pair_costs(pairs: list[tuple[tuple[float, float], tuple[float, float]]]) -> dict[str, Any]:
+    """The cost a list of ((req/s, CPU per request) on, the same off) pairs reads: 1 - on/off, median and
+    quartiles, and the CPU per request's on/off - 1 beside it."""
+    costs = [100 * (1 - ra / rb) for (ra, _), (rb, _) in pairs]
+    cpu_costs = [100 * (ca / cb - 1) for (_, ca), (_, cb) in pairs]
+    q = statistics.quantiles(costs, n=4) if len(costs) > 1 else [costs[0]] * 3
+    return {
+        "cost_pct": round(statistics.median(costs), 2),
+        "quartiles_pct": [round(q[0], 2), round(q[2], 2)],
+        "cpu_cost_pct": round(statistics.median(cpu_costs), 2),
+        "pairs_pct": [round(c, 1) for c in costs],
+    }
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -795,7 +809,7 @@ class Bench:
             # every pair of processes in turn: (0,0) (1,1) (2,2) (0,1) ... with a list against itself (the
             # control) shifted by one, so a process is never paired with itself
             shift = 1 if a is b else 0
-            costs, cpu_costs = [], []
+            pairs: list[tuple[tuple[float, float], tuple[float, float]]] = []
             for k in range(pairs_n):
                 i = k % len(a)
                 pa, pb = a[i], b[(i + shift + k // len(a)) % len(b)]
@@ -807,15 +821,8 @@ class Bench:
                 else:
                     ra, ca = run(pa, path, body)
                     rb, cb = run(pb, path, body)
-                costs.append(100 * (1 - ra / rb))
-                cpu_costs.append(100 * (ca / cb - 1))
-            q = statistics.quantiles(costs, n=4) if len(costs) > 1 else [costs[0]] * 3
-            return {
-                "cost_pct": round(statistics.median(costs), 2),
-                "quartiles_pct": [round(q[0], 2), round(q[2], 2)],
-                "cpu_cost_pct": round(statistics.median(cpu_costs), 2),
-                "pairs_pct": [round(c, 1) for c in costs],
-            }
+                pairs.append(((ra, ca), (rb, cb)))
+            return pair_costs(pairs)
 
         for sc in scenarios():
             t = sc.targets.get("ollamux")
@@ -871,7 +878,7 @@ class Bench:
             return n / (res["duration_us"] / 1e6), (proc.cpu() - cpu0) / max(1, n)
 
         def paired(path: str, body: Path, control: bool) -> dict[str, Any]:
-            costs, cpu_costs = [], []
+            pairs: list[tuple[tuple[float, float], tuple[float, float]]] = []
             for k in range(pairs_n):
                 proc, state = procs[k % procs_n]
                 # every process starts a pair attached; "off" second in even pairs, first in odd ones
@@ -884,15 +891,8 @@ class Bench:
                     if side == "off" and not control:
                         flip(proc, state, "on")
                 (ra, ca), (rb, cb) = sides["on"], sides["off"]
-                costs.append(100 * (1 - ra / rb))
-                cpu_costs.append(100 * (ca / cb - 1))
-            q = statistics.quantiles(costs, n=4) if len(costs) > 1 else [costs[0]] * 3
-            return {
-                "cost_pct": round(statistics.median(costs), 2),
-                "quartiles_pct": [round(q[0], 2), round(q[2], 2)],
-                "cpu_cost_pct": round(statistics.median(cpu_costs), 2),
-                "pairs_pct": [round(c, 1) for c in costs],
-            }
+                pairs.append(((ra, ca), (rb, cb)))
+            return pair_costs(pairs)
 
         for sc in scenarios():
             t = sc.targets.get("ollamux")
