@@ -535,6 +535,14 @@ async def hold_streams(url: str, body: bytes, n: int, proc: Proc, wait_s: float)
 
 
 # ----------------------------------------------------------------------------------------------- runner
+def rate_and_cpu(proc: Proc, path: str, body: Path, seconds: float) -> tuple[float, float]:
+    """One wrk run at 32 connections: (req/s, CPU seconds per request of the process tree)."""
+    cpu0 = proc.cpu()
+    res = run_wrk(proc.url + path, body, 32, seconds)
+    n = res["requests"]
+    return n / (res["duration_us"] / 1e6), (proc.cpu() - cpu0) / max(1, n)
+
+
 def pair_costs(pairs: list[tuple[tuple[float, float], tuple[float, float]]]) -> dict[str, Any]:
     """The cost a list of ((req/s, CPU per request) on, the same off) pairs reads: 1 - on/off, median and
     quartiles, and the CPU per request's on/off - 1 beside it."""
@@ -799,12 +807,6 @@ class Bench:
         ]
         out: dict[str, Any] = {"processes": procs_n, "pairs": pairs_n, "seconds": secs, "scenarios": {}}
 
-        def run(proc: Proc, path: str, body: Path) -> tuple[float, float]:
-            cpu0 = proc.cpu()
-            res = run_wrk(proc.url + path, body, 32, secs)
-            n = res["requests"]
-            return n / (res["duration_us"] / 1e6), (proc.cpu() - cpu0) / max(1, n)
-
         def paired(a: list[Proc], b: list[Proc], path: str, body: Path) -> dict[str, Any]:
             # every pair of processes in turn: (0,0) (1,1) (2,2) (0,1) ... with a list against itself (the
             # control) shifted by one, so a process is never paired with itself
@@ -816,11 +818,11 @@ class Bench:
                 if pa is pb:
                     pb = b[(i + 1) % len(b)]
                 if k % 2:
-                    rb, cb = run(pb, path, body)
-                    ra, ca = run(pa, path, body)
+                    rb, cb = rate_and_cpu(pb, path, body, secs)
+                    ra, ca = rate_and_cpu(pa, path, body, secs)
                 else:
-                    ra, ca = run(pa, path, body)
-                    rb, cb = run(pb, path, body)
+                    ra, ca = rate_and_cpu(pa, path, body, secs)
+                    rb, cb = rate_and_cpu(pb, path, body, secs)
                 pairs.append(((ra, ca), (rb, cb)))
             return pair_costs(pairs)
 
@@ -871,12 +873,6 @@ class Bench:
                 time.sleep(0.01)
             raise RuntimeError(f"{proc.name}: the observer switch did not answer")
 
-        def run(proc: Proc, path: str, body: Path) -> tuple[float, float]:
-            cpu0 = proc.cpu()
-            res = run_wrk(proc.url + path, body, 32, secs)
-            n = res["requests"]
-            return n / (res["duration_us"] / 1e6), (proc.cpu() - cpu0) / max(1, n)
-
         def paired(path: str, body: Path, control: bool) -> dict[str, Any]:
             pairs: list[tuple[tuple[float, float], tuple[float, float]]] = []
             for k in range(pairs_n):
@@ -887,7 +883,7 @@ class Bench:
                 for side in order:
                     if side == "off" and not control:
                         flip(proc, state, "off")
-                    sides[side] = run(proc, path, body)
+                    sides[side] = rate_and_cpu(proc, path, body, secs)
                     if side == "off" and not control:
                         flip(proc, state, "on")
                 (ra, ca), (rb, cb) = sides["on"], sides["off"]
