@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -826,23 +827,29 @@ class Bench:
                 pairs.append(((ra, ca), (rb, cb)))
             return pair_costs(pairs)
 
+        for name, path, body in self._log_cost_cases(on + off):
+            r = out["scenarios"][name] = paired(on, off, path, body)
+            self.log(
+                f"  log cost {name}: median {r['cost_pct']:+.1f}% (quartiles {r['quartiles_pct'][0]:+.1f} / "
+                f"{r['quartiles_pct'][1]:+.1f}), CPU per request {r['cpu_cost_pct']:+.1f}%"
+            )
+            if name == "openai-json":
+                # the A/A control: the same pairing between the bare processes themselves
+                aa = out["control"] = {"scenario": name, **paired(off, off, path, body)}
+                self.log(f"  log cost A/A control {name}: median {aa['cost_pct']:+.1f}%")
+        return out
+
+    def _log_cost_cases(self, procs: list[Proc]) -> Iterator[tuple[str, str, Path]]:
+        """(scenario, path, body file) for each scenario chosen that ollamux serves, every process warmed up on it
+        first."""
         for sc in scenarios():
             t = sc.targets.get("ollamux")
             if sc.name not in self.args.scenarios or t is None:
                 continue
             body = self.work / f"{t.body}.json"
-            for p in on + off:
+            for p in procs:
                 run_wrk(p.url + t.path, body, 32, self.args.warmup)
-            r = out["scenarios"][sc.name] = paired(on, off, t.path, body)
-            self.log(
-                f"  log cost {sc.name}: median {r['cost_pct']:+.1f}% (quartiles {r['quartiles_pct'][0]:+.1f} / "
-                f"{r['quartiles_pct'][1]:+.1f}), CPU per request {r['cpu_cost_pct']:+.1f}%"
-            )
-            if sc.name == "openai-json":
-                # the A/A control: the same pairing between the bare processes themselves
-                aa = out["control"] = {"scenario": sc.name, **paired(off, off, t.path, body)}
-                self.log(f"  log cost A/A control {sc.name}: median {aa['cost_pct']:+.1f}%")
-        return out
+            yield sc.name, t.path, body
 
     def log_cost_in_place(self) -> dict[str, Any]:
         """What the request log + metrics cost, measured inside each of two server processes.
@@ -890,21 +897,15 @@ class Bench:
                 pairs.append(((ra, ca), (rb, cb)))
             return pair_costs(pairs)
 
-        for sc in scenarios():
-            t = sc.targets.get("ollamux")
-            if sc.name not in self.args.scenarios or t is None:
-                continue
-            body = self.work / f"{t.body}.json"
-            for p, _ in procs:
-                run_wrk(p.url + t.path, body, 32, self.args.warmup)
-            r = out["scenarios"][sc.name] = paired(t.path, body, control=False)
+        for name, path, body in self._log_cost_cases([p for p, _ in procs]):
+            r = out["scenarios"][name] = paired(path, body, control=False)
             self.log(
-                f"  log cost in place {sc.name}: median {r['cost_pct']:+.1f}% (quartiles {r['quartiles_pct'][0]:+.1f}"
+                f"  log cost in place {name}: median {r['cost_pct']:+.1f}% (quartiles {r['quartiles_pct'][0]:+.1f}"
                 f" / {r['quartiles_pct'][1]:+.1f}), CPU per request {r['cpu_cost_pct']:+.1f}%"
             )
-            if sc.name == "openai-json":
-                aa = out["control"] = {"scenario": sc.name, **paired(t.path, body, control=True)}
-                self.log(f"  log cost in place A/A control {sc.name}: median {aa['cost_pct']:+.1f}%")
+            if name == "openai-json":
+                aa = out["control"] = {"scenario": name, **paired(path, body, control=True)}
+                self.log(f"  log cost in place A/A control {name}: median {aa['cost_pct']:+.1f}%")
         for p, _ in procs:
             p.stop()
         return out
