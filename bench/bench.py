@@ -893,8 +893,7 @@ class Bench:
                     sides[side] = rate_and_cpu(proc, path, body, secs)
                     if side == "off" and not control:
                         flip(proc, state, "on")
-                (ra, ca), (rb, cb) = sides["on"], sides["off"]
-                pairs.append(((ra, ca), (rb, cb)))
+                pairs.append((sides["on"], sides["off"]))
             return pair_costs(pairs)
 
         for name, path, body in self._log_cost_cases([p for p, _ in procs]):
