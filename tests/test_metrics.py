@@ -147,7 +147,7 @@ def test_model_state_and_load_time_reported_by_runtime() -> None:
     assert load["ollamux_model_load_seconds_count"] == 1 and load["ollamux_model_load_seconds_sum"] == 0.8
 
 
-def test_observer_is_cheap_and_histograms_consistent() -> None:
+def test_histograms_consistent_over_many_requests() -> None:
     m = Metrics()
     recs = []
     for i in range(4000):
@@ -164,11 +164,9 @@ def test_observer_is_cheap_and_histograms_consistent() -> None:
         r.end_ns = r.start_ns + (i % 40) * 1_000_000  # 0..39 ms
         r.first_token_ns = r.start_ns + 500
         recs.append(r)
-    t0 = time.thread_time()
     for r in recs:  # the event loop is the only caller: no locks on this path
         m.request_started(r)
         m.request_finished(r)
-    per_request = (time.thread_time() - t0) / len(recs)
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     assert sum(s.value for s in fams["ollamux_requests"].samples if s.name == "ollamux_requests_total") == 4000
     buckets = {
@@ -177,7 +175,7 @@ def test_observer_is_cheap_and_histograms_consistent() -> None:
     assert buckets["0.005"] == 600 and buckets["0.01"] == 1100 and buckets["+Inf"] == 4000  # le is inclusive
     count = [s.value for s in fams["ollamux_request_duration_seconds"].samples if s.name.endswith("_count")]
     assert count == [4000]
-    assert per_request < 50e-6  # about 1 us here; generous for a loaded CI box
+    # what it costs a request is the bench's to say (bench/observe_cost.py), not a timed test's
 
 
 def test_managed_model_state_in_metrics_and_readiness(
