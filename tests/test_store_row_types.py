@@ -10,8 +10,8 @@ from pathlib import Path
 from ollamux.config import RequestLogSettings
 from ollamux.observe import RequestRecord
 from ollamux.store import RequestLog, writer_process
-from ollamux.store.schema import COLUMNS
-from ollamux.store.writer import record_row
+from ollamux.store.schema import COLUMNS, row_of
+from ollamux.store.writer import capped_entry, entry_of
 
 # one batch: 32 rows a statement in writer_process, so 70 is two whole statements and 6 rows one by one
 ROWS = 70
@@ -147,8 +147,9 @@ _SQL_TYPE = {str: "text", int: "integer", float: "real", type(None): "null"}
 
 def test_a_batch_is_stored_exactly_as_sent_whatever_its_columns_share(tmp_path: Path) -> None:
     """The writer binds a string that every row of a statement shares once, and writes NULL into the SQL
-    for a column no row fills: each row must still come back exactly as `record_row` made it, in every mix
-    (all rows alike, one row different, a column NULL in all but one row), whole statements and the rest."""
+    for a column no row fills: each row must still come back exactly as `row_of` derives it from the entry
+    (the SQL's arithmetic and Python's agree to the bit), in every mix (all rows alike, one row different, a
+    column NULL in all but one row), whole statements and the rest."""
     db = tmp_path / "log.sqlite"
     rl = RequestLog(RequestLogSettings(path=db, capture_bodies=True), instance="host:1", flush_interval=60)
     recs: list[RequestRecord] = []
@@ -174,7 +175,7 @@ def test_a_batch_is_stored_exactly_as_sent_whatever_its_columns_share(tmp_path: 
     assert rl.written == ROWS and rl.dropped == 0
     got = _typed_rows(db)
     for rec in recs:
-        sent = record_row(rec, True, rl.settings.body_cap_bytes, "host:1")
+        sent = row_of(capped_entry(entry_of(rec, "host:1", True), rl.settings.body_cap_bytes))
         stored = got[rec.id]
         for column, value in zip(COLUMNS, sent, strict=True):
             assert stored[column] == (_SQL_TYPE[type(value)], value), (rec.id, column)
@@ -193,14 +194,50 @@ def test_past_its_few_shapes_the_writer_binds_every_value_and_still_stores_them_
                 # in statement `shape`, one text column differs from row to row, a second one is NULL throughout
                 setattr(rec, texts[shape % len(texts)], f"row {r}")
                 setattr(rec, texts[(shape // len(texts) + shape + 1) % len(texts)], None)
-                sent.append(record_row(rec, True, 1 << 16, f"i{shape}"))
+                sent.append(capped_entry(entry_of(rec, f"i{shape}", True), 1 << 16))
         assert store.write(sent) == (len(sent), 0, None, [])
         assert len(store._shapes) == writer_process._SHAPES_MAX  # the rest went the generic way
     finally:
         store.close()
     got = _typed_rows(tmp_path / "log.sqlite")
     assert len(got) == len(sent)
-    for row in sent:
+    for row in map(row_of, sent):
         stored = got[str(row[0])]
         for column, value in zip(COLUMNS, row, strict=True):
             assert stored[column] == (_SQL_TYPE[type(value)], value), (row[0], column)
+
+
+def test_latency_ttft_and_speed_derived_in_sql_match_python_in_every_case(tmp_path: Path) -> None:
+    """The SQLite writer derives latency, TTFT and tokens/s in its INSERT; PostgreSQL's rows come from `row_of`:
+    both must give the same value, NULL included, on every branch (streamed or not, a first token or none, at
+    the end, no tokens, no time at all), in a whole statement and in the rows left over."""
+    db = tmp_path / "log.sqlite"
+    cases: list[RequestRecord] = []
+    for streamed in (True, False):
+        for first in (None, 0, 3_000_001, 10_000_000):  # ns after the start; 10 ms: the first token at the end
+            for completion in (None, 0, 1, 7, 123_457):
+                for total in (0, 10_000_000):
+                    rec = _sparse(len(cases))
+                    rec.streamed = streamed
+                    rec.end_ns = rec.start_ns + total
+                    rec.first_token_ns = None if first is None else rec.start_ns + min(first, total)
+                    rec.completion_tokens = completion
+                    cases.append(rec)
+    rl = RequestLog(RequestLogSettings(path=db), flush_interval=60)
+    rl.open()
+    try:
+        for rec in cases:
+            rl.request_finished(rec)
+    finally:
+        rl.close()
+    assert rl.written == len(cases) > 64 and len(cases) % 32  # whole statements and a remainder
+    got = _typed_rows(db)
+    derived = ("latency_ms", "ttft_ms", "tokens_per_s")
+    seen_null_speed = seen_speed = 0
+    for rec in cases:
+        want = dict(zip(COLUMNS, row_of(entry_of(rec)), strict=True))
+        for column in derived:
+            assert got[rec.id][column] == (_SQL_TYPE[type(want[column])], want[column]), (rec.id, column)
+        seen_speed += want["tokens_per_s"] is not None
+        seen_null_speed += want["tokens_per_s"] is None
+    assert seen_speed and seen_null_speed

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .opening import open_reader
 from .reader import Filters, LogReader, percentile
 from .schema import SCHEMA_VERSION, connect, migrate
-from .writer import RequestLog, instance_name, record_row
+from .writer import RequestLog, entry_of, instance_name
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -14,9 +14,9 @@ __all__ = [
     "LogReader",
     "RequestLog",
     "connect",
+    "entry_of",
     "instance_name",
     "migrate",
     "open_reader",
     "percentile",
-    "record_row",
 ]

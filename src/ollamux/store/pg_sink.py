@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import psycopg
 
 from .pg import COPY_REQUESTS, PgTarget, connect, migrate
+from .schema import row_of
 from .sink import SinkDown
 
 __all__ = ["PostgresSink"]
@@ -102,7 +103,8 @@ class PostgresSink:
             return f"the connection to {self.target.shown} was lost"
         return None
 
-    def write(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, str | None]:
+    def write(self, entries: list[tuple[Any, ...]]) -> tuple[int, int, str | None]:
+        rows = [row_of(e) for e in entries]
         try:
             self._copy(rows)
             return len(rows), 0, None

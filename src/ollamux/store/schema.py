@@ -14,17 +14,21 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 __all__ = [
     "COLUMNS",
+    "ENTRY_FIELDS",
     "MIGRATIONS",
     "POSTGRES",
     "REQUEST_COLUMNS",
     "SCHEMA_VERSION",
     "SQLITE",
     "connect",
+    "derived_sql",
     "migrate",
     "migrations",
+    "row_of",
 ]
 
 # Which type a `REQUEST_COLUMNS` entry gives: its index in the entry.
@@ -102,6 +106,50 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 # The columns the writer fills, in order (seq is assigned by the database): what the sinks insert and the
 # readers select after seq.
 COLUMNS: tuple[str, ...] = tuple(c[0] for c in REQUEST_COLUMNS if c[0] != "seq")
+
+# What the request log hands its sink for one request (built on the event loop, `writer.RequestLog`): the
+# record's values in `COLUMNS` order, except that the derived columns' places hold what they come from: the
+# latency and TTFT in integer nanoseconds (small ints: cheap to marshal, exact), and no tokens/s (None). The sink
+# derives them: `row_of` in Python (PostgreSQL), the same arithmetic in the SQLite writer's SQL (`derived_sql`),
+# so the server's GIL pays for no float and no branch a row.
+_RAW = {"latency_ms": "latency_ns", "ttft_ms": "ttft_ns"}
+ENTRY_FIELDS: tuple[str, ...] = tuple(_RAW.get(c, c) for c in COLUMNS)
+LATENCY, TTFT, SPEED = (COLUMNS.index(c) for c in ("latency_ms", "ttft_ms", "tokens_per_s"))
+STREAMED, ABANDONED, COMPLETION = (COLUMNS.index(c) for c in ("streamed", "abandoned", "completion_tokens"))
+
+
+def row_of(entry: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row (`COLUMNS` order) of one entry (`ENTRY_FIELDS` order): latency and TTFT in ms, and the decode
+    speed, from the first token on when streamed, else over the whole request. `derived_sql` is the same."""
+    latency, ttft, streamed, ct = entry[LATENCY], entry[TTFT], entry[STREAMED], entry[COMPLETION]
+    tps = None
+    if ct:
+        gen_ns = latency - ttft if streamed and ttft is not None else 0
+        if gen_ns <= 0:
+            gen_ns = latency
+        tps = ct / (gen_ns / 1e9) if gen_ns > 0 else None
+    row = list(entry)
+    row[LATENCY] = latency / 1e6
+    row[TTFT] = None if ttft is None else ttft / 1e6
+    row[SPEED] = tps
+    row[STREAMED] = int(streamed)
+    row[ABANDONED] = int(entry[ABANDONED])
+    return tuple(row)
+
+
+def derived_sql(cells: list[str]) -> list[str]:
+    """One row of a statement's VALUES, `cells` the SQL of each entry value (a parameter, or NULL), with the
+    derived columns computed by SQLite: `row_of`'s arithmetic, operation for operation (int - int, then
+    int / real, in the same IEEE doubles), so both give the very same values."""
+    latency, ttft, streamed, ct = cells[LATENCY], cells[TTFT], cells[STREAMED], cells[COMPLETION]
+    gen = (
+        f"CASE WHEN {streamed} AND {latency} - {ttft} > 0 THEN {latency} - {ttft} WHEN {latency} > 0 THEN {latency} END"
+    )
+    out = list(cells)
+    out[LATENCY] = f"{latency} / 1e6"
+    out[TTFT] = f"{ttft} / 1e6"
+    out[SPEED] = f"CASE WHEN {ct} <> 0 THEN {ct} / (({gen}) / 1e9) END"
+    return out
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:

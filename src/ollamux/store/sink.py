@@ -39,8 +39,10 @@ class Sink(Protocol):
         """Why the store is known to be down since the last call (no I/O beyond a process poll), or None."""
         ...
 
-    def write(self, rows: list[tuple[Any, ...]]) -> tuple[int, int, str | None]:
-        """Insert one batch in one transaction: (written, dropped, error); `SinkDown` when the store went away."""
+    def write(self, entries: list[tuple[Any, ...]]) -> tuple[int, int, str | None]:
+        """Insert one batch of entries (`schema.ENTRY_FIELDS`, one a request: the sink derives each row's
+        latency, TTFT and tokens/s, `schema.row_of`) in one transaction: (written, dropped, error); `SinkDown`
+        when the store went away."""
         ...
 
     def retain(self) -> str | None:

@@ -1,9 +1,10 @@
-"""The request log's writer: records queue on the event loop, a feeder thread turns them into rows and hands
-them in batches to a sink: a writer process that inserts them into SQLite (`sqlite_sink.py`), or a
-PostgreSQL connection (`pg_sink.py`).
+"""The request log's writer: each finished request's values queue on the event loop as one tuple (an entry,
+`schema.ENTRY_FIELDS`), and a feeder thread hands them in batches to a sink: a writer process that inserts
+them into SQLite (`sqlite_sink.py`), or a PostgreSQL connection (`pg_sink.py`).
 
-The event loop's only cost per request is one bounded `deque.append` (a full queue drops the row and counts
-it); converting and capping happen on the feeder thread, inserting in the sink, one transaction per batch.
+The event loop's cost per request is reading the record into its entry and one bounded `deque.append` (a full
+queue drops the row and counts it); the feeder caps captured bodies (only when they are captured) and marshals
+the batch, the sink derives latency, TTFT and tokens/s and inserts, one transaction per batch.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 from ..config import RequestLogSettings, ServerSettings
 from ..observe import RequestRecord
+from .schema import ENTRY_FIELDS
 from .sink import Sink, SinkDown
 
-__all__ = ["RequestLog", "instance_name", "make_sink", "record_row"]
+__all__ = ["RequestLog", "capped_entry", "entry_of", "instance_name", "make_sink"]
 
 log = logging.getLogger("ollamux.store")
 
@@ -28,33 +30,37 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.5, 30.0
 _BATCH_MAX = 4096  # rows a sink gets at once
 
 
-def _cap_bytes(data: bytes | None, cap: int) -> str | None:
-    if data is None:
-        return None
+def _cap_bytes(data: bytes, cap: int) -> str:
     if len(data) <= cap:
         return data.decode("utf-8", "replace")
     # cut on a byte budget, then drop a split multi-byte character rather than store mojibake
     return data[:cap].decode("utf-8", "ignore") + f"...[{len(data) - cap} more bytes]"
 
 
-def _cap_text(text: str | None, cap: int) -> str | None:
-    if text is None or len(text) * 4 <= cap:  # 4: the most bytes one character can take in UTF-8
+def _cap_text(text: str, cap: int) -> str:
+    if len(text) * 4 <= cap:  # 4: the most bytes one character can take in UTF-8
         return text
-    return _cap_bytes(text.encode("utf-8"), cap)
+    return _cap_bytes(text.encode("utf-8", "surrogatepass"), cap)
 
 
-def record_row(rec: RequestRecord, capture: bool, cap: int, instance: str | None = None) -> tuple[Any, ...]:
-    """The row for one finished request, in `COLUMNS` order."""
-    end_ns = rec.end_ns if rec.end_ns is not None else time.perf_counter_ns()
-    latency_ms = (end_ns - rec.start_ns) / 1e6
-    ttft_ms = None if rec.first_token_ns is None else (rec.first_token_ns - rec.start_ns) / 1e6
-    tps = None
-    if rec.completion_tokens:
-        # decode speed: from the first token on when streamed, else over the whole request
-        gen_ns = end_ns - rec.first_token_ns if rec.streamed and rec.first_token_ns is not None else 0
-        if gen_ns <= 0:
-            gen_ns = end_ns - rec.start_ns
-        tps = rec.completion_tokens / (gen_ns / 1e9) if gen_ns > 0 else None
+def _capped(value: Any, cap: int) -> str | None:
+    """A captured body or answer as stored: text of at most `cap` bytes (any other value as its text)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return _cap_bytes(value, cap)
+    return _cap_text(value if isinstance(value, str) else repr(value), cap)
+
+
+_BODY, _TEXT = ENTRY_FIELDS.index("request_body"), ENTRY_FIELDS.index("response_text")
+
+
+def entry_of(rec: RequestRecord, instance: str | None = None, capture: bool = False) -> tuple[Any, ...]:
+    """What the request log queues for one finished request, in `ENTRY_FIELDS` order: the record's values,
+    nothing derived or converted (the sink does that, off the event loop), bodies uncapped (the feeder caps)."""
+    start, end, first = rec.start_ns, rec.end_ns, rec.first_token_ns
+    if end is None:  # a record no `Observers.finished` closed (a guard refusal path, a test)
+        end = time.perf_counter_ns()
     return (
         rec.id,
         rec.started,
@@ -66,34 +72,25 @@ def record_row(rec: RequestRecord, capture: bool, cap: int, instance: str | None
         rec.backend,
         rec.upstream_url,
         rec.status,
-        int(rec.streamed),
-        int(rec.abandoned),
-        latency_ms,
-        ttft_ms,
+        rec.streamed,
+        rec.abandoned,
+        end - start,
+        None if first is None else first - start,
         rec.prompt_tokens,
         rec.completion_tokens,
-        tps,
+        None,  # tokens/s: the sink's to derive
         rec.error,
         rec.client,
         rec.key_name,
-        _cap_bytes(rec.request_body, cap) if capture else None,
-        _cap_text(rec.response_text, cap) if capture else None,
+        rec.request_body if capture else None,
+        rec.response_text if capture else None,
         instance,
     )
 
 
-def _row_or_repaired(rec: RequestRecord, capture: bool, cap: int, instance: str | None) -> tuple[Any, ...]:
-    """`record_row`, and when a field holds what no column can (a handler's bug), that field as text:
-    one odd record must never cost the rows of the others in its batch."""
-    try:
-        return record_row(rec, capture, cap, instance)
-    except Exception:
-        log.warning("request log: record %s had a field of the wrong type; stored as text", rec.id)
-        for name in ("request_body", "response_text", "error", "model_requested", "model_served"):
-            value = getattr(rec, name)
-            if value is not None and not isinstance(value, str | bytes):
-                setattr(rec, name, repr(value))
-        return record_row(rec, capture, cap, instance)
+def capped_entry(entry: tuple[Any, ...], cap: int) -> tuple[Any, ...]:
+    """`entry` with its captured body and answer capped to `cap` bytes each, as text."""
+    return (*entry[:_BODY], _capped(entry[_BODY], cap), _capped(entry[_TEXT], cap), *entry[_TEXT + 1 :])
 
 
 def instance_name(server: ServerSettings) -> str:
@@ -160,7 +157,8 @@ class RequestLog:
         self.error: str | None = None
         self._away = False  # the error is a store that is away (rows wait), not one that broke
         self.schema_version = 0
-        self._queue: collections.deque[RequestRecord] = collections.deque()
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()  # entries (`entry_of`)
+        self._capture = settings.capture_bodies
         self._max = settings.queue_size
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -182,7 +180,9 @@ class RequestLog:
         if not self._accepting or len(q) >= self._max:
             self._dropped_full += 1
             return
-        q.append(rec)  # deque.append is atomic: no lock shared with the feeder thread
+        # the entry is made here, while the record is hot in the cache, and the record is freed with its
+        # request; the feeder only marshals entries (C), and the sink derives what a row computes
+        q.append(entry_of(rec, self.instance, self._capture))  # deque.append is atomic: no lock with the feeder
         if len(q) >= self.batch_size:
             self._wake.set()
 
@@ -359,12 +359,12 @@ class RequestLog:
         for _ in range(n):
             q.popleft()
 
-    def _write(self, batch: list[RequestRecord]) -> None:
-        capture, cap, instance = self.settings.capture_bodies, self.settings.body_cap_bytes, self.instance
-        try:
-            rows = [record_row(r, capture, cap, instance) for r in batch]
-        except Exception:  # an odd record (rare): made again one by one, repaired where needed
-            rows = [_row_or_repaired(r, capture, cap, instance) for r in batch]
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        if self._capture:
+            cap = self.settings.body_cap_bytes
+            rows = [capped_entry(e, cap) for e in batch]
+        else:
+            rows = batch
         try:
             written, dropped, error = self._sink.write(rows)
         except SinkDown as exc:

@@ -11,7 +11,7 @@ Protocol, one message each way per command over stdin/stdout (the parent is the 
 little-endian length and that many bytes of `marshal` (tuples, lists, str, int, float, None: all a message
 holds; marshal is built into the interpreter, pickle would add ~1 MB of modules to this process):
   ("open", path, retention_days, retention_rows) -> ("ok", schema_version) | ("error", message)
-  ("write", rows)                                -> ("ok", written, dropped, error | None, [log lines])
+  ("write", entries)                             -> ("ok", written, dropped, error | None, [log lines])
                                                   | ("gone", message), then the child exits
   ("retain",)                                    -> ("ok", warning | None)
   ("close",) or end of input                     -> the child closes the database and exits 0
@@ -85,13 +85,15 @@ def _schema() -> ModuleType:
 
 
 def _repair(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What SQLite can store of a row: valid UTF-8 text, 64-bit integers."""
+    """What SQLite can store of a row: valid UTF-8 text, 64-bit integers, and any other value as its text."""
     out: list[Any] = []
     for v in row:
         if isinstance(v, str):
             v = v.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
         elif isinstance(v, int) and not -(2**63) <= v < 2**63:
             v = None
+        elif v is not None and not isinstance(v, int | float | bytes):
+            v = repr(v)  # a list or dict a handler left in a field: kept as text, not the row lost
         out.append(v)
     return tuple(out)
 
@@ -114,7 +116,8 @@ class Store:
         self.identity = (st.st_dev, st.st_ino)
         cols: tuple[str, ...] = schema.COLUMNS
         self.insert_head = f"INSERT INTO requests ({', '.join(cols)}) VALUES "
-        self.insert_one = self.insert_head + f"({', '.join('?' * len(cols))})"
+        self._derived = schema.derived_sql
+        self.insert_one = self._make_statement(1, [_EACH] * len(cols))  # ?1 .. ?23, for executemany
         self._shapes: dict[tuple[int, ...], str] = {}
         self._generic = self._make_statement(_MULTI, [_EACH] * len(cols))  # every value a parameter of its own
         row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
@@ -137,9 +140,10 @@ class Store:
             try:
                 self._insert(rows)
                 return len(rows), 0, None, []
-            except (UnicodeEncodeError, OverflowError, ValueError):
-                # one odd row (a lone surrogate in a client-sent string, a token count beyond 64 bits) must
-                # not cost the whole batch: write row by row, repairing what SQLite cannot take
+            except (UnicodeEncodeError, OverflowError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError):
+                # one odd row (a lone surrogate in a client-sent string, a token count beyond 64 bits, a value
+                # of a type sqlite3 cannot bind) must not cost the whole batch: write row by row, repairing
+                # what SQLite cannot take
                 return self._write_one_by_one(rows)
             except sqlite3.Error as exc:
                 error = f"write failed: {exc}"
@@ -194,8 +198,9 @@ class Store:
             else:
                 cells.append([f"?{next_each + r}" for r in range(n)])
                 next_each += n
-        values = ", ".join("(" + ", ".join(col[r] for col in cells) + ")" for r in range(n))
-        return self.insert_head + values
+        # a row's values are the entry's: latency, TTFT and tokens/s computed here from its raw times
+        rows = (self._derived([col[r] for col in cells]) for r in range(n))
+        return self.insert_head + ", ".join("(" + ", ".join(row) + ")" for row in rows)
 
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self.conn
@@ -296,8 +301,10 @@ _NOTHING: dict[None, None] = {}
 def bind_none_fast() -> None:
     """Bind None as NULL without the adaptation search sqlite3 makes for every value not exactly an int, float
     or str: a registered adapter for None is found at the first look-up, and `{}.get` (C) answers None.
-    A row holds 4-8 None values; each cost ~600 ns to bind, ~230 ns this way (an int: ~130 ns)."""
+    A row holds 4-8 None values; each cost ~600 ns to bind, ~230 ns this way (an int: ~130 ns). The same
+    for the entries' two flags (streamed, abandoned: bool), bound as `int` (C) answers them: 1 or 0."""
     sqlite3.register_adapter(type(None), _NOTHING.get)
+    sqlite3.register_adapter(bool, int)
 
 
 def main() -> int:
