@@ -165,7 +165,6 @@ def test_histograms_consistent_over_many_requests() -> None:
         r.first_token_ns = r.start_ns + 500
         recs.append(r)
     for r in recs:  # the event loop is the only caller: no locks on this path
-        m.request_started(r)
         m.request_finished(r)
     fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     assert sum(s.value for s in fams["ollamux_requests"].samples if s.name == "ollamux_requests_total") == 4000

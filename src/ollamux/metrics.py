@@ -94,16 +94,12 @@ class Metrics:
         self.model_states: dict[str, str] = {}
         self._state_source: Callable[[], Iterable[tuple[str, str]]] | None = None
         self._series: dict[tuple[str, str, str, str, int], _Series] = {}
-        self.in_flight = 0
+        self._in_flight: Callable[[], int] = lambda: 0
         r.register(_Callback(self._collect_requests))
         r.register(_Callback(self._collect_model_states))
 
     # ------------------------------------------------------------------------------ observer
-    def request_started(self, rec: RequestRecord) -> None:
-        self.in_flight += 1
-
     def request_finished(self, rec: RequestRecord) -> None:
-        self.in_flight -= 1
         key = (rec.api, rec.route_name or rec.route, rec.model_served or "", rec.backend or "", rec.status)
         s = self._series.get(key)
         if s is None:
@@ -178,7 +174,7 @@ class Metrics:
                 fam_c.add_metric(labels2, float(v))
             yield fam_c
         gauge = GaugeMetricFamily("ollamux_requests_in_flight", "API requests being handled")
-        gauge.add_metric((), float(self.in_flight))
+        gauge.add_metric((), float(self._in_flight()))
         yield gauge
 
     # ------------------------------------------------------------------------------ reported by services
@@ -195,6 +191,10 @@ class Metrics:
     def add_collector(self, fn: Callable[[], Iterable[Metric]]) -> None:
         """Register a function that yields metric families read at scrape time."""
         self.registry.register(_Callback(fn))
+
+    def add_in_flight_source(self, fn: Callable[[], int]) -> None:
+        """Where the requests in flight are counted (`Observers.in_flight`), read at scrape time."""
+        self._in_flight = fn
 
     def add_model_state_source(self, fn: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """A function yielding (model, state) pairs read at scrape time (the runtime's own view)."""

@@ -137,9 +137,6 @@ class RequestLines:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("ollamux.request")
 
-    def request_started(self, rec: RequestRecord) -> None:
-        return None
-
     def request_finished(self, rec: RequestRecord) -> None:
         if rec.status >= 500:
             level = logging.WARNING

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..errors import ServiceUnavailable
 from ..guard.core import KEY_NAME
-from ..state import STATE, AppState
+from ..state import AppState
 from ..store import instance_name
 from ..store.dashboard import reader_or_none, window_rows
 from ..store.series import Window, overview, window_for
@@ -67,7 +67,7 @@ async def overview_handler(request: web.Request, state: AppState) -> web.StreamR
         log_word = word if word in ("ok", "degraded") else "failed"
         dropped = rl.dropped
     body["live"] = {
-        "in_flight": request.app[ADMIN].in_flight.count,
+        "in_flight": state.observers.in_flight,
         "uptime_s": round(time.time() - state.started_at, 3),
         "log": log_word,
         "dropped_rows": dropped,
@@ -91,11 +91,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/models/{{name:.+}}/logs", admin_endpoint(admin_models.model_log))
     r.add_get(f"{PREFIX}/backends", admin_endpoint(admin_backends.backends))
 
-    async def startup(app: web.Application) -> None:
-        app[STATE].observers.add(admin.in_flight)  # the lifespan built the state by now
-
     async def shutdown(app: web.Application) -> None:
         admin.closing.set()  # endless streams end now, not at the shutdown timeout
 
-    app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..errors import BadRequest, OllamuxError
 from ..guard.client_addr import client_of
 from ..guard.core import client_request_id, printable
-from ..observe import CURRENT_REQUEST_ID, RequestRecord
+from ..observe import CURRENT_REQUEST_ID
 from ..state import STATE, AppState
 from ..store.times import parse_time
 
@@ -29,7 +29,6 @@ __all__ = [
     "ADMIN",
     "AdminHandler",
     "AdminState",
-    "InFlight",
     "admin_endpoint",
     "json_ok",
     "query_float",
@@ -43,24 +42,10 @@ log = logging.getLogger("ollamux.admin")
 AdminHandler = Callable[[web.Request, AppState], Awaitable[web.StreamResponse]]
 
 
-class InFlight:
-    """An observer counting the model requests in flight (what the overview's `live.in_flight` shows)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def request_started(self, rec: RequestRecord) -> None:
-        self.count += 1
-
-    def request_finished(self, rec: RequestRecord) -> None:
-        self.count -= 1
-
-
 @dataclass
 class AdminState:
     """The admin API's own per-app state: built in `create_app`, so two apps never share it."""
 
-    in_flight: InFlight = field(default_factory=InFlight)
     # the last failed load of a managed model through the admin API, by backend (cleared by a good one)
     load_errors: dict[str, str] = field(default_factory=dict)
     # set when the app shuts down: endless streams (request events, model logs) end at once

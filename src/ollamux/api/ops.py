@@ -151,6 +151,7 @@ async def start(app: web.Application, state: AppState) -> None:
             return [(x["model"], x["state"]) for x in _managed_models(state)]
 
         metrics.add_model_state_source(runtime_states)
+        metrics.add_in_flight_source(lambda: state.observers.in_flight)
         state.metrics = metrics
         state.observers.add(metrics)
     state.health = health_monitor(state)

@@ -172,9 +172,6 @@ class RequestLog:
         self._next_open = 0.0  # monotonic time before which the sink is not reopened
 
     # ------------------------------------------------------------------------------ event-loop side
-    def request_started(self, rec: RequestRecord) -> None:
-        return None
-
     def request_finished(self, rec: RequestRecord) -> None:
         q = self._queue
         if not self._accepting or len(q) >= self._max:
