@@ -91,8 +91,8 @@ def test_none_is_null_and_values_keep_their_types(tmp_path: Path) -> None:
 
 
 def test_an_odd_row_among_many_keeps_the_others(tmp_path: Path) -> None:
-    """A value SQLite cannot take (beyond 64 bits) sends the batch row by row; the None adapter must not turn
-    the repaired value into anything but NULL."""
+    """A value SQLite cannot take (beyond 64 bits, a dict) sends the batch row by row; the None adapter must not
+    turn the repaired value into anything but NULL."""
     db = tmp_path / "log.sqlite"
     rl = RequestLog(RequestLogSettings(path=db), flush_interval=60)
     rl.open()
@@ -101,12 +101,15 @@ def test_an_odd_row_among_many_keeps_the_others(tmp_path: Path) -> None:
             rec = _sparse(i)
             if i == 33:
                 rec.prompt_tokens = 2**70
+            if i == 35:  # a handler's bug: a value sqlite3 cannot bind, kept as its text
+                setattr(rec, "model_requested", {"name": "m"})  # noqa: B010
             rl.request_finished(rec)
     finally:
         rl.close()
     got = _typed_rows(db)
     assert len(got) == 40 and rl.dropped == 0
     assert got["sparse33"]["prompt_tokens"] == ("null", None)
+    assert got["sparse35"]["model_requested"] == ("text", "{'name': 'm'}")
     assert got["sparse32"]["error"] == ("null", None)
 
 
