@@ -148,6 +148,16 @@ def test_values_of_a_subclass_are_stored_as_their_plain_type(tmp_path: Path) -> 
 _SQL_TYPE = {str: "text", int: "integer", float: "real", type(None): "null"}
 
 
+def _log_all(rl: RequestLog, recs: list[RequestRecord]) -> None:
+    """Open the log, hand it every record, close it: one batch, written by `close()` (flush_interval 60)."""
+    rl.open()
+    try:
+        for rec in recs:
+            rl.request_finished(rec)
+    finally:
+        rl.close()
+
+
 def test_a_batch_is_stored_exactly_as_sent_whatever_its_columns_share(tmp_path: Path) -> None:
     """The writer binds a string that every row of a statement shares once, and writes NULL into the SQL
     for a column no row fills: each row must still come back exactly as `row_of` derives it from the entry
@@ -169,12 +179,7 @@ def test_a_batch_is_stored_exactly_as_sent_whatever_its_columns_share(tmp_path: 
             rec.model_served = f"m{i}"  # the rest: a value a row
         rec.route = "NULL" if i == 5 else rec.route  # a value that looks like SQL is still a value
         recs.append(rec)
-    rl.open()
-    try:
-        for rec in recs:
-            rl.request_finished(rec)
-    finally:
-        rl.close()
+    _log_all(rl, recs)
     assert rl.written == ROWS and rl.dropped == 0
     got = _typed_rows(db)
     for rec in recs:
@@ -227,12 +232,7 @@ def test_latency_ttft_and_speed_derived_in_sql_match_python_in_every_case(tmp_pa
                     rec.completion_tokens = completion
                     cases.append(rec)
     rl = RequestLog(RequestLogSettings(path=db), flush_interval=60)
-    rl.open()
-    try:
-        for rec in cases:
-            rl.request_finished(rec)
-    finally:
-        rl.close()
+    _log_all(rl, cases)
     assert rl.written == len(cases) > 64 and len(cases) % 32  # whole statements and a remainder
     got = _typed_rows(db)
     derived = ("latency_ms", "ttft_ms", "tokens_per_s")
