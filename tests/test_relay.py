@@ -714,6 +714,47 @@ def test_a_100mb_ndjson_line_reaches_an_openai_client_whole_and_health_stays_res
     assert row["status"] == 200 and row["streamed"] == 1, row
 
 
+# ================================================== 6. token counts that are not counts a log column holds
+
+ODD_COUNT_CASES = [
+    pytest.param(
+        kind,
+        call,
+        stream,
+        id=f"{kind}-{call.path.strip('/').replace('/', '-')}{'-raw' if call.raw else ''}{'-stream' if stream else ''}",
+    )
+    for kind, calls in (
+        ("openai", (API_CHAT, API_GENERATE, API_RAW, API_EMBED, V1_CHAT, V1_COMPLETIONS, V1_EMBEDDINGS)),
+        ("ollama", (API_CHAT, API_GENERATE, API_EMBED, V1_CHAT, V1_COMPLETIONS, V1_EMBEDDINGS)),
+    )
+    for call in calls
+    for stream in ((False,) if "embed" in call.path else (False, True))
+]
+
+
+@pytest.mark.parametrize(("kind", "call", "stream"), ODD_COUNT_CASES)
+def test_token_counts_no_log_column_holds_are_left_out_of_the_record(
+    relay: RelayFactory, caplog: pytest.LogCaptureFixture, kind: Kind, call: Call, stream: bool
+) -> None:
+    # a count sent as a string, one past 2**64, 2**63: the answer is fine, so the client gets it; the
+    # record (which the log, the metrics' sums and the token limits read as integers) keeps no count
+    caplog.set_level(logging.WARNING)
+    p = relay(kind)
+    rid = new_rid("odd-counts")
+    ans = raw_post(p.url, call.path, call.body("odd-counts", stream=stream), rid)
+    assert ans.status == 200, f"HTTP {ans.status}: {ans.payload[:400]!r}"
+    if "embed" not in call.path:
+        assert b"Hel" in ans.payload and b"lo" in ans.payload, ans.payload[:400]
+    row = p.row(rid)
+    assert row["status"] == 200 and row["error"] is None, row
+    # none kept: None, or 0 where a translated answer must carry a count and the backend gave none usable
+    assert row["prompt_tokens"] in (None, 0) and row["completion_tokens"] in (None, 0), row
+    assert "observer failed" not in caplog.text, caplog.text[-2000:]
+    with httpx.Client(base_url=p.url, timeout=10) as c:
+        metrics = c.get("/metrics")
+    assert metrics.status_code == 200 and "ollamux_requests_total" in metrics.text
+
+
 # =================================================================== 7. a half-open probe left stuck
 
 

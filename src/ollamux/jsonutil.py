@@ -11,12 +11,33 @@ import orjson
 
 from .errors import BadRequest
 
-__all__ = ["dumps", "dumps_line", "escape_line_breakers", "loads", "loads_object", "now_rfc3339", "rfc3339"]
+__all__ = [
+    "count_or_none",
+    "dumps",
+    "dumps_line",
+    "escape_line_breakers",
+    "loads",
+    "loads_object",
+    "now_rfc3339",
+    "rfc3339",
+]
 
 # httpx (and so ollama-python) splits lines like str.splitlines(), which also breaks on these three.
 # orjson writes them raw, so they are escaped after the fact (escape_line_breakers).
 _LINE_BREAKERS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 _NEL = (b"\xc2\x85", b"\\u0085")
+
+
+_COUNT_MAX = 2**63 - 1  # what a log column holds (SQLite INTEGER, PostgreSQL BIGINT); orjson writes up to 2**64 - 1
+
+
+def count_or_none(value: object) -> int | None:
+    """A count (of tokens) read from a backend's JSON, when it is one: an int, not a bool, from 0 to 2**63 - 1.
+
+    Anything else is no count: a string, a negative number, or one past 64 bits, which orjson cannot write
+    (a sum of two such counts made the answer a 500) and no log column holds. Every count a backend reports
+    goes through here before ollamux adds it, writes it or keeps it."""
+    return value if type(value) is int and 0 <= value <= _COUNT_MAX else None
 
 
 def dumps(obj: Any) -> bytes:

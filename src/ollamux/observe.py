@@ -14,6 +14,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from .jsonutil import count_or_none
+
 __all__ = ["CURRENT_REQUEST_ID", "Observer", "Observers", "RequestRecord", "StartObserver", "new_request_id"]
 
 log = logging.getLogger("ollamux")
@@ -66,6 +68,17 @@ class RequestRecord:
     # the stream's frames sent (SSE events, NDJSON lines); None: not counted (no token limits: a scan of every
     # write saved)
     frames: int | None = None
+
+    def count_tokens(self, prompt: object, completion: object) -> None:
+        """The token counts a backend reported, each kept only when it is a count (`count_or_none`); what is
+        not one leaves the field as it was. So a count sent as a string, or past 64 bits, never reaches the
+        log, the metrics' sums or the token limits, which all read these fields as integers. Every count a
+        backend reports enters a record through here."""
+        prompt, completion = count_or_none(prompt), count_or_none(completion)
+        if prompt is not None:
+            self.prompt_tokens = prompt
+        if completion is not None:
+            self.completion_tokens = completion
 
     @property
     def latency_s(self) -> float:

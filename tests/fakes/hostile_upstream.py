@@ -20,6 +20,8 @@ must still reach the client before the error.
   text-int          OpenAI /v1/completions: `"choices": [{"text": 5}]`
   response-int      Ollama /api/generate: `"response": 5`
   usage-str         OpenAI: `"usage": "x"`; Ollama: `"prompt_eval_count": "x", "eval_count": "x"`
+  odd-counts        token counts no log column holds: OpenAI `ODD_USAGE` (a count as a string, one past 2**64);
+                    Ollama `ODD_COUNTS` (2**64 - 1 and 2**63); embeddings the same past-64-bit prompt count
   data-int          embeddings: OpenAI `"data": 5`; Ollama `"embeddings": 5`
   error-midstream   streamed: two good tokens, then an upstream error event / error line ("the model crashed")
   html              HTTP 200, `Content-Type: text/html`, an HTML page (streamed or not)
@@ -57,6 +59,8 @@ PAUSE = 0.05  # seconds between a stream's first token and the rest
 _BLOCK = b"x" * MIB  # the one piece every huge answer is made of
 CREATED = "2025-07-07T20:22:19.184789123Z"
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+ODD_USAGE = {"prompt_tokens": "5", "completion_tokens": 2**64 - 1, "total_tokens": 7}
+ODD_COUNTS = {"prompt_eval_count": 2**64 - 1, "eval_count": 2**63}
 COUNTS = {
     "prompt_eval_count": 5,
     "eval_count": 2,
@@ -240,6 +244,8 @@ class Hostile(Recorder):
                 message["content"] = 5
             elif model == "usage-str":
                 answer["usage"] = "x"
+            elif model == "odd-counts":
+                answer["usage"] = ODD_USAGE
             return web.json_response(answer)
 
         resp = await self._stream(request, "text/event-stream")
@@ -270,7 +276,7 @@ class Hostile(Recorder):
             await _write_x(resp, size)
             buf += head[cut:] + b"\n\n"
         last = chunk({}, "stop")
-        last["usage"] = "x" if model == "usage-str" else USAGE
+        last["usage"] = "x" if model == "usage-str" else ODD_USAGE if model == "odd-counts" else USAGE
         buf += sse(last)
         buf += b"data: [DONE]\n\n"
         await resp.write(bytes(buf))
@@ -301,6 +307,8 @@ class Hostile(Recorder):
                 answer["choices"][0]["text"] = 5
             elif model == "usage-str":
                 answer["usage"] = "x"
+            elif model == "odd-counts":
+                answer["usage"] = ODD_USAGE
             return web.json_response(answer)
         resp = await self._stream(request, "text/event-stream")
         buf = bytearray()  # what goes out in one write (see the module docstring)
@@ -316,7 +324,7 @@ class Hostile(Recorder):
         }.get(model)
         if bad is not None:
             buf += sse(bad)
-        buf += sse({**choice("", "stop"), "usage": USAGE})
+        buf += sse({**choice("", "stop"), "usage": ODD_USAGE if model == "odd-counts" else USAGE})
         buf += b"data: [DONE]\n\n"
         await resp.write(bytes(buf))
         await resp.write_eof()
@@ -335,7 +343,9 @@ class Hostile(Recorder):
                 "object": "list",
                 "data": data,
                 "model": model,
-                "usage": "x" if model == "usage-str" else {"prompt_tokens": 1, "total_tokens": 1},
+                "usage": "x"
+                if model == "usage-str"
+                else {"prompt_tokens": 2**64 - 1 if model == "odd-counts" else 1, "total_tokens": 1},
             }
         )
 
@@ -356,6 +366,8 @@ class Hostile(Recorder):
         }
         if model == "usage-str":
             final.update(prompt_eval_count="x", eval_count="x")
+        elif model == "odd-counts":
+            final.update(ODD_COUNTS)
         if not stream:
             size = _size(model, "huge-body-")
             if size is not None:
@@ -405,6 +417,8 @@ class Hostile(Recorder):
         final: dict[str, Any] = {**head, "response": "", "done": True, "done_reason": "stop", **COUNTS}
         if model == "usage-str":
             final.update(prompt_eval_count="x", eval_count="x")
+        elif model == "odd-counts":
+            final.update(ODD_COUNTS)
         if not stream:
             response: Any = 5 if model == "response-int" else "".join(TOKENS)
             return web.json_response({**final, "response": response})
@@ -436,7 +450,7 @@ class Hostile(Recorder):
             {
                 "model": body.get("model"),
                 "embeddings": embeddings,
-                "prompt_eval_count": "x" if model == "usage-str" else 1,
+                "prompt_eval_count": "x" if model == "usage-str" else 2**64 - 1 if model == "odd-counts" else 1,
             }
         )
 

@@ -364,7 +364,7 @@ async def _embed_via_pivot(
             return from_openai.embed_vectors(to_pivot(data, answer) if to_pivot else data, len(inputs))
 
         vectors, tokens = await relay_json(opened.response, translate)
-    rec.prompt_tokens = tokens
+    rec.count_tokens(tokens, None)
     return vectors, tokens, opened.load_ns
 
 

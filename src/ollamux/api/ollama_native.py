@@ -97,7 +97,5 @@ async def relay(
         rec.first_token_ns = time.perf_counter_ns()
         if rewriter is not None:
             answer = rewriter.feed(answer) + rewriter.flush()
-        prompt, completion = ollama_counts(answer[-2048:])
-        rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
-        rec.completion_tokens = completion if completion is not None else rec.completion_tokens
+        rec.count_tokens(*ollama_counts(answer[-2048:]))
         return web.Response(body=answer, status=resp.status, headers={"Content-Type": JSON_CT, REQUEST_ID: rec.id})

@@ -82,8 +82,7 @@ def record_pivot(rec: RequestRecord, pivot: dict[str, Any], kind: PivotKind) -> 
         rec.first_token_ns = time.perf_counter_ns()
     usage = pivot.get("usage")
     if isinstance(usage, dict):
-        rec.prompt_tokens = usage.get("prompt_tokens")
-        rec.completion_tokens = usage.get("completion_tokens")
+        rec.count_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
     if kind == "embedding":
         return
     choices = pivot.get("choices")

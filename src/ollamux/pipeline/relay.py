@@ -272,7 +272,7 @@ async def relay_passthrough(
         rec.first_token_ns = time.perf_counter_ns()
         counts = usage_from_bytes(data)
         if counts is not None:
-            rec.prompt_tokens, rec.completion_tokens = counts
+            rec.count_tokens(*counts)
         return web.Response(body=data, status=status, headers=headers)
     # a stream (or a big answer) as it arrives: only the backend's echoed secrets are masked
     translator = SSEPassthrough(

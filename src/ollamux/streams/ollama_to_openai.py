@@ -119,8 +119,7 @@ class OllamaToOpenAIStream:
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = rec.first_token_ns or self._first_ns
         if self.usage is not None:
-            rec.prompt_tokens = self.usage["prompt_tokens"]
-            rec.completion_tokens = self.usage["completion_tokens"]
+            rec.count_tokens(self.usage["prompt_tokens"], self.usage["completion_tokens"])
         rec.response_text = "".join(self.text_parts)
 
     def feed_line(self, line: bytes) -> list[bytes]:

@@ -130,9 +130,7 @@ class PivotToAnthropicStream:
     def report(self, rec: RequestRecord) -> None:
         rec.first_token_ns = self.first_token_ns
         usage = self.usage or {}
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        rec.prompt_tokens = prompt if isinstance(prompt, int) else rec.prompt_tokens
-        rec.completion_tokens = completion if isinstance(completion, int) else rec.completion_tokens
+        rec.count_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
         rec.response_text = "".join(self.text_parts)
 
     # ------------------------------------------------------------------------------------- events in

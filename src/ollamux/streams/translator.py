@@ -180,9 +180,7 @@ class SSEPassthrough:
         # the usage chunk is among the last frames, perhaps cut between the last two reads
         counts = usage_from_bytes(self._last) or usage_from_bytes(self._prev[-_USAGE_SPAN:] + self._last)
         if counts is not None:
-            prompt, completion = counts
-            rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
-            rec.completion_tokens = completion if completion is not None else rec.completion_tokens
+            rec.count_tokens(*counts)
 
 
 _PROMPT_COUNT = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
@@ -237,9 +235,7 @@ class NDJSONPassthrough:
         tail = self._last[-_TAIL:]
         if rec.error is None and tail.find(b'"error"') >= 0:
             rec.error = error_in(tail, b"")
-        prompt, completion = ollama_counts(self._last[-2048:])
-        rec.prompt_tokens = prompt if prompt is not None else rec.prompt_tokens
-        rec.completion_tokens = completion if completion is not None else rec.completion_tokens
+        rec.count_tokens(*ollama_counts(self._last[-2048:]))
 
 
 class Chain:

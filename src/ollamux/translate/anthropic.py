@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest
+from ..jsonutil import count_or_none
 from .checks import json_type
 from .images import to_bare_base64, to_data_url
 from .pivot_answer import read_answer
@@ -457,15 +458,13 @@ def message_usage(usage: Any) -> dict[str, int]:
     """The pivot's usage as Anthropic's. Anthropic's input_tokens exclude cache reads (the total input is
     input + cache_creation + cache_read, per `usage.py`), so a backend's cached_tokens are moved there."""
     usage = usage if isinstance(usage, dict) else {}
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
+    prompt = count_or_none(usage.get("prompt_tokens")) or 0
     details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    prompt = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0
-    cached = cached if isinstance(cached, int) and not isinstance(cached, bool) and 0 < cached <= prompt else 0
+    cached = count_or_none(details.get("cached_tokens")) if isinstance(details, dict) else None
+    cached = cached if cached is not None and 0 < cached <= prompt else 0
     return {
         "input_tokens": prompt - cached,
-        "output_tokens": completion if isinstance(completion, int) and not isinstance(completion, bool) else 0,
+        "output_tokens": count_or_none(usage.get("completion_tokens")) or 0,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
     }

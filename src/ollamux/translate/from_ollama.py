@@ -7,6 +7,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..jsonutil import count_or_none
 from .checks import opt_field
 from .tools import arguments_to_string, synth_call_id
 
@@ -35,8 +36,9 @@ def finish_reason(done_reason: Any, tool_calls_sent: bool, *, empty: str | None 
 
 
 def usage(resp: Mapping[str, Any]) -> dict[str, int]:
-    prompt = int(resp.get("prompt_eval_count") or 0)
-    completion = int(resp.get("eval_count") or 0)
+    # int() keeps a count sent as text ("x") the backend's fault (a ValueError is a 502); one past 64 bits is 0
+    prompt = count_or_none(int(resp.get("prompt_eval_count") or 0)) or 0
+    completion = count_or_none(int(resp.get("eval_count") or 0)) or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -117,7 +119,7 @@ def embeddings(resp: dict[str, Any], model: str, *, encoding_format: str = "floa
         {"object": "embedding", "embedding": _b64(v) if encoding_format == "base64" else v, "index": i}
         for i, v in enumerate(vectors)
     ]
-    tokens = int(resp.get("prompt_eval_count") or 0)
+    tokens = count_or_none(int(resp.get("prompt_eval_count") or 0)) or 0
     return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest, UpstreamError
-from ..jsonutil import now_rfc3339
+from ..jsonutil import count_or_none, now_rfc3339
 from .checks import opt_field
 from .logprobs import ollama_logprobs
 from .pivot_answer import read_answer
@@ -51,12 +51,12 @@ def final_metrics(usage: Any, timings: Any, timing: Timing, end_ns: int) -> dict
     """
     usage = usage if isinstance(usage, dict) else {}
     timings = timings if isinstance(timings, dict) else {}
-    prompt_n = usage.get("prompt_tokens")
-    eval_n = usage.get("completion_tokens")
-    if not isinstance(prompt_n, int):
-        prompt_n = int(timings.get("cache_n", 0) or 0) + int(timings.get("prompt_n", 0) or 0)
-    if not isinstance(eval_n, int):
-        eval_n = int(timings.get("predicted_n", 0) or 0)
+    prompt_n = count_or_none(usage.get("prompt_tokens"))
+    eval_n = count_or_none(usage.get("completion_tokens"))
+    if prompt_n is None:
+        prompt_n = (count_or_none(timings.get("cache_n")) or 0) + (count_or_none(timings.get("prompt_n")) or 0)
+    if eval_n is None:
+        eval_n = count_or_none(timings.get("predicted_n")) or 0
     total = max(end_ns - timing.start_ns, 1)
     first = timing.first_token_ns if timing.first_token_ns is not None else end_ns
     prompt_ms = timings.get("prompt_ms")
@@ -179,9 +179,9 @@ def embed_vectors(resp: Any, count: int) -> tuple[list[list[float]], int]:
     if len(vectors) != count:
         raise UpstreamError(f"backend returned {len(vectors)} embeddings for {count} inputs", status=502)
     usage = opt_field(resp, "usage", dict, "an answer")
-    tokens = usage.get("prompt_tokens") if usage is not None else None
-    if not isinstance(tokens, int):
-        tokens = sum(int(d.get("tokens_evaluated", 0) or 0) for d in items)
+    tokens = count_or_none(usage.get("prompt_tokens")) if usage is not None else None
+    if tokens is None:
+        tokens = sum(count_or_none(d.get("tokens_evaluated")) or 0 for d in items)
     return vectors, tokens
 
 

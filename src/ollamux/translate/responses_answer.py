@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..jsonutil import count_or_none
 from .pivot_answer import read_answer
 from .responses_request import instructions_of, parse_text_format
 from .responses_tools import client_names, collect_tools, parse_tool_choice
@@ -111,8 +112,7 @@ def usage_object(usage: Any) -> dict[str, Any] | None:
         return None
 
     def count(obj: Any, key: str) -> int:
-        value = obj.get(key) if isinstance(obj, dict) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return (count_or_none(obj.get(key)) or 0) if isinstance(obj, dict) else 0
 
     prompt, completion = count(usage, "prompt_tokens"), count(usage, "completion_tokens")
     return {
