@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -558,6 +559,55 @@ def pair_costs(pairs: list[tuple[tuple[float, float], tuple[float, float]]]) -> 
     }
 
 
+def slice_costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What sliced runs (bench/observer_switch) read: the request log + metrics cost in CPU per request.
+
+    `cost_pct`: the event loop's CPU per request in the "on" slices plus the feeder thread's (its whole run's
+    CPU over the "on" requests) against the loop's in the "off" slices; `loop_pct` the loop's alone;
+    `cpu_cost_pct` also counts the writer process; `rps_cost_pct` is 1 - the slices' req/s on / off. The
+    pairs (each "on" slice and the "off" one after it) give the spread: their loop costs' quartiles. The
+    first two slices of a run (wrk connecting) are left out. A control run (nothing detached) reads the
+    loop alone: its helpers work for every request."""
+    on_n = off_n = on_cpu = off_cpu = on_wall = off_wall = threads = children = 0
+    pair_costs: list[float] = []
+    control = all(r.get("control") for r in runs)
+    for r in runs:
+        sl = r["slices"][2:]
+        for state, n, cpu, wall in sl:
+            if state == "on":
+                on_n, on_cpu, on_wall = on_n + n, on_cpu + cpu, on_wall + wall
+            else:
+                off_n, off_cpu, off_wall = off_n + n, off_cpu + cpu, off_wall + wall
+        for a, b in itertools.pairwise(sl):
+            if a[0] == "on" and b[0] == "off" and a[1] and b[1] and b[2]:
+                pair_costs.append(100 * ((a[2] / a[1]) / (b[2] / b[1]) - 1))
+        threads += r["threads_ns"]
+        children += r["children_ns"]
+    if not (on_n and off_n and off_cpu):
+        raise RuntimeError("a sliced run finished no requests")
+    off = off_cpu / off_n
+    loop = on_cpu / on_n
+    feeder = 0.0 if control else threads / on_n
+    writer = 0.0 if control else children / on_n
+    q = statistics.quantiles(pair_costs, n=4) if len(pair_costs) > 1 else [0.0, 0.0, 0.0]
+    return {
+        "cost_pct": round(100 * ((loop + feeder) / off - 1), 2),
+        "loop_pct": round(100 * (loop / off - 1), 2),
+        "cpu_cost_pct": round(100 * ((loop + feeder + writer) / off - 1), 2),
+        "rps_cost_pct": round(100 * (1 - (on_n / on_wall) / (off_n / off_wall)), 2),
+        "us_per_request": {
+            "loop_off": round(off / 1e3, 2),
+            "loop_on": round(loop / 1e3, 2),
+            "feeder": round(feeder / 1e3, 2),
+            "writer": round(writer / 1e3, 2),
+        },
+        "requests": {"on": on_n, "off": off_n},
+        "pairs": len(pair_costs),
+        "quartiles_pct": [round(q[0], 2), round(q[2], 2)],
+        "median_pair_pct": round(q[1], 2),
+    }
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -852,15 +902,21 @@ class Bench:
             yield sc.name, t.path, body
 
     def log_cost_in_place(self) -> dict[str, Any]:
-        """What the request log + metrics cost, measured inside each of two server processes.
+        """What the request log + metrics cost, switched on and off inside each of two server processes, in
+        slices of 200 ms (the target's figure).
 
-        Each process runs with both on and loads bench/observer_switch/sitecustomize.py, whose switch (SIGUSR2)
-        detaches the two observers or attaches them again. A pair is two runs back to back in one process,
-        one each way, the order alternating from pair to pair: the process's own speed (its address-space
-        layout and hash seed, which part two processes by up to ~10% for good) is the same on both sides, and
-        a slow spell of the machine falls on both. The A/A control pairs two runs with the two attached."""
-        procs_n, pairs_n = 2, (4 if self.args.quick else 10)
-        secs = self.args.duration if self.args.quick else 2.0
+        Each process runs with both on and loads bench/observer_switch/sitecustomize.py, whose thread detaches
+        the two observers for every other slice while one wrk run goes on, and reads each slice's requests and
+        the event loop's CPU time (see there). Why slices, and CPU: this machine's speed drifts by up to 2x
+        over seconds (the 2 s pairs this phase used before read an A/A control of +3 to +9%, as large as the
+        floor), and a slice is far shorter than the drift; the loop is saturated at 32 connections, so its
+        CPU per request is what bounds req/s. The cost is the loop's CPU per request with both on, plus the
+        feeder thread's (what the log marshals later, for the "on" requests), over the loop's with both off.
+        Beside it: the same with the writer process's CPU (it runs beside the loop, on the other core), and
+        the slices' req/s. The A/A control runs the same slicing with nothing detached."""
+        procs_n = 2
+        secs = self.args.duration if self.args.quick else 20.0
+        slice_ms = 200
         up = self.up_port
         switch = BENCH / "observer_switch"
         procs: list[tuple[Proc, Path]] = []
@@ -868,43 +924,42 @@ class Bench:
             state = self.work / f"switch-{i}"
             env = {"PYTHONPATH": f"{switch}{os.pathsep}{REPO / 'src'}", "OLLAMUX_BENCH_SWITCH_FILE": str(state)}
             procs.append((self.start_ollamux(f"ollamux-switch-{i}", up, up, extra_env=env), state))
-        out: dict[str, Any] = {"processes": procs_n, "pairs": pairs_n, "seconds": secs, "scenarios": {}}
+        out: dict[str, Any] = {
+            "processes": procs_n,
+            "seconds": secs,
+            "slice_ms": slice_ms,
+            "method": "sliced",
+            "scenarios": {},
+        }
 
-        def flip(proc: Proc, state: Path, want: str) -> None:
-            os.kill(proc.popen.pid, signal.SIGUSR2)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                if state.exists() and state.read_text() == want:
-                    time.sleep(0.2)  # the feeder's last batch of the other state written meanwhile
-                    return
-                time.sleep(0.01)
-            raise RuntimeError(f"{proc.name}: the observer switch did not answer")
-
-        def paired(path: str, body: Path, control: bool) -> dict[str, Any]:
-            pairs: list[tuple[tuple[float, float], tuple[float, float]]] = []
-            for k in range(pairs_n):
-                proc, state = procs[k % procs_n]
-                # every process starts a pair attached; "off" second in even pairs, first in odd ones
-                sides: dict[str, tuple[float, float]] = {}
-                order = ("on", "off") if k % 2 == 0 else ("off", "on")
-                for side in order:
-                    if side == "off" and not control:
-                        flip(proc, state, "off")
-                    sides[side] = rate_and_cpu(proc, path, body, secs)
-                    if side == "off" and not control:
-                        flip(proc, state, "on")
-                pairs.append((sides["on"], sides["off"]))
-            return pair_costs(pairs)
+        def sliced(proc: Proc, state: Path, path: str, body: Path, control: bool) -> dict[str, Any]:
+            done = Path(f"{state}.slices")
+            done.unlink(missing_ok=True)
+            Path(f"{state}.mode").write_text(json.dumps({"control": control, "slice_ms": slice_ms}))
+            os.kill(proc.popen.pid, signal.SIGUSR1)
+            run_wrk(proc.url + path, body, 32, secs)
+            os.kill(proc.popen.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while not done.exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{proc.name}: the sliced run wrote no figures")
+                time.sleep(0.05)
+            time.sleep(0.05)  # written in one go; let it land
+            figures: dict[str, Any] = json.loads(done.read_text())
+            return figures
 
         for name, path, body in self._log_cost_cases([p for p, _ in procs]):
-            r = out["scenarios"][name] = paired(path, body, control=False)
+            runs = [sliced(p, st, path, body, control=False) for p, st in procs]
+            r = out["scenarios"][name] = slice_costs(runs)
             self.log(
-                f"  log cost in place {name}: median {r['cost_pct']:+.1f}% (quartiles {r['quartiles_pct'][0]:+.1f}"
-                f" / {r['quartiles_pct'][1]:+.1f}), CPU per request {r['cpu_cost_pct']:+.1f}%"
+                f"  log cost in place {name}: {r['cost_pct']:+.1f}% (loop {r['loop_pct']:+.1f}, pairs' quartiles "
+                f"{r['quartiles_pct'][0]:+.1f} / {r['quartiles_pct'][1]:+.1f}, {r['pairs']} pairs), with the "
+                f"writer {r['cpu_cost_pct']:+.1f}%, req/s {r['rps_cost_pct']:+.1f}%"
             )
             if name == "openai-json":
-                aa = out["control"] = {"scenario": name, **paired(path, body, control=True)}
-                self.log(f"  log cost in place A/A control {name}: median {aa['cost_pct']:+.1f}%")
+                runs = [sliced(p, st, path, body, control=True) for p, st in procs]
+                aa = out["control"] = {"scenario": name, **slice_costs(runs)}
+                self.log(f"  log cost in place A/A control {name}: {aa['cost_pct']:+.1f}%")
         for p, _ in procs:
             p.stop()
         return out
@@ -1059,7 +1114,10 @@ def targets(
     in_place = (log_cost or {}).get("in_place") or {}
     if in_place.get("scenarios"):
         # the observers switched inside each process (Bench.log_cost_in_place): no process-to-process spread
-        how = f"switched in place, median of {in_place['pairs']} pairs in {in_place['processes']} processes"
+        how = (
+            f"switched in place every {in_place['slice_ms']} ms in {in_place['processes']} processes, the server "
+            "process's CPU per request (the writer process's beside it)"
+        )
         costs = [(r["cost_pct"], sc, r["cpu_cost_pct"]) for sc, r in in_place["scenarios"].items()]
     elif log_cost and log_cost["scenarios"]:
         # the paired runs (Bench.log_cost): the median over pairs of processes, the CPU figure beside it
@@ -1422,11 +1480,26 @@ def log_cost_table(lc: dict[str, Any]) -> str:
     if ip and ip.get("scenarios"):
         rows += [
             f"\nSwitched in place (the target's figure): {ip['processes']} processes with both on, whose request log "
-            "and metrics observers bench/observer_switch detaches and attaches again between runs; "
-            f"{ip['pairs']} pairs of {ip['seconds']:g} s runs per scenario, one each way in one process, in "
-            "alternating order. The A/A control pairs two runs with both attached.\n",
-            *_cost_rows(ip),
+            f"and metrics observers bench/observer_switch detaches for every other {ip['slice_ms']} ms slice of one "
+            f"{ip['seconds']:g} s wrk run per process and scenario. Cost: the event loop's CPU per request in the "
+            "'on' slices plus the feeder thread's, over the loop's in the 'off' slices (the loop is saturated: "
+            "its CPU per request bounds req/s); beside it the loop alone, the same with the writer process's CPU "
+            "(which runs beside the loop), the slices' req/s, and the spread of adjacent on/off slice pairs. The "
+            "A/A control slices the same way with nothing detached.\n",
+            "| scenario | cost (server process) | loop alone | pairs' quartiles | with the writer process | "
+            "req/s cost | us a request: loop off / on, feeder, writer |",
+            "|---|---:|---:|---:|---:|---:|---|",
         ]
+        items = list(ip["scenarios"].items())
+        if ip.get("control"):
+            items.append((f"A/A control ({ip['control']['scenario']})", ip["control"]))
+        for name, r in items:
+            q, u = r["quartiles_pct"], r["us_per_request"]
+            rows.append(
+                f"| {name} | {r['cost_pct']:+.1f}% | {r['loop_pct']:+.1f}% | {q[0]:+.1f} / {q[1]:+.1f} "
+                f"({r['pairs']}) | {r['cpu_cost_pct']:+.1f}% | {r['rps_cost_pct']:+.1f}% | {u['loop_off']:.1f} / "
+                f"{u['loop_on']:.1f}, {u['feeder']:.2f}, {u['writer']:.2f} |"
+            )
     return "\n".join(rows) + "\n"
 
 
