@@ -569,7 +569,7 @@ def slice_costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     first two slices of a run (wrk connecting) are left out. A control run (nothing detached) reads the
     loop alone: its helpers work for every request."""
     on_n = off_n = on_cpu = off_cpu = on_wall = off_wall = threads = children = 0
-    pair_costs: list[float] = []
+    pairs: list[float] = []
     control = all(r.get("control") for r in runs)
     for r in runs:
         sl = r["slices"][2:]
@@ -580,7 +580,7 @@ def slice_costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 off_n, off_cpu, off_wall = off_n + n, off_cpu + cpu, off_wall + wall
         for a, b in itertools.pairwise(sl):
             if a[0] == "on" and b[0] == "off" and a[1] and b[1] and b[2]:
-                pair_costs.append(100 * ((a[2] / a[1]) / (b[2] / b[1]) - 1))
+                pairs.append(100 * ((a[2] / a[1]) / (b[2] / b[1]) - 1))
         threads += r["threads_ns"]
         children += r["children_ns"]
     if not (on_n and off_n and off_cpu):
@@ -589,7 +589,7 @@ def slice_costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     loop = on_cpu / on_n
     feeder = 0.0 if control else threads / on_n
     writer = 0.0 if control else children / on_n
-    q = statistics.quantiles(pair_costs, n=4) if len(pair_costs) > 1 else [0.0, 0.0, 0.0]
+    q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [0.0, 0.0, 0.0]
     return {
         "cost_pct": round(100 * ((loop + feeder) / off - 1), 2),
         "loop_pct": round(100 * (loop / off - 1), 2),
@@ -602,7 +602,7 @@ def slice_costs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "writer": round(writer / 1e3, 2),
         },
         "requests": {"on": on_n, "off": off_n},
-        "pairs": len(pair_costs),
+        "pairs": len(pairs),
         "quartiles_pct": [round(q[0], 2), round(q[2], 2)],
         "median_pair_pct": round(q[1], 2),
     }
@@ -944,7 +944,6 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{proc.name}: the sliced run wrote no figures")
                 time.sleep(0.05)
-            time.sleep(0.05)  # written in one go; let it land
             figures: dict[str, Any] = json.loads(done.read_text())
             return figures
 

@@ -111,7 +111,6 @@ def test_a_sliced_run_logs_exactly_its_on_slices_and_finds_every_helper(
             while not done.exists():
                 assert time.monotonic() < deadline, "the sliced run wrote no figures"
                 time.sleep(0.05)
-            time.sleep(0.1)
             figures = json.loads(done.read_text())
             after = _wait_rows(db, before + 1)
         slices = figures["slices"]

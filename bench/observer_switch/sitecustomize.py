@@ -1,4 +1,4 @@
-"""The switch of the bench's in-place log-cost phases (`Bench.log_cost_in_place`, `Bench.log_cost_sliced`).
+"""The switch of the bench's in-place log-cost phase (`Bench.log_cost_in_place` in bench/bench.py).
 
 Python imports `sitecustomize` from the path at start-up, so this file runs in an ollamux server only when the
 bench puts this folder on its PYTHONPATH. It detaches the request log and the metrics from every `Observers`
@@ -6,18 +6,16 @@ of the process, or attaches them again: detached, no record reaches them, the fe
 process idle, and a request costs what it costs with both turned off in the configuration. The same process
 measured both ways is the point: two processes differ here by up to ~10% for their whole life.
 
-Two ways to drive it:
-  - SIGUSR2 flips the state and writes "on" or "off" (what is now in force) to $OLLAMUX_BENCH_SWITCH_FILE.
-  - SIGUSR1 starts a sliced run, and the next SIGUSR1 ends it. A thread flips the state every `slice_ms`
-    milliseconds ("on" first; the run's settings are the JSON object in $OLLAMUX_BENCH_SWITCH_FILE + ".mode",
-    written before the signal) and reads, for each slice, the requests
-    that finished in it and the event loop thread's CPU time (`/proc/self/task/<tid>/schedstat`, in ns).
-    The machine's speed here drifts by up to 2x over seconds (other tenants of the host): slices far shorter
-    than that drift see the same machine on both sides. What the two observers leave for later (the
-    feeder thread's marshalling, the writer process's inserts) is read once over the whole run and belongs
-    to the "on" slices' requests. With `"control": true` the thread alternates the labels but never
-    detaches anything: the A/A control, what the method reads when there is nothing to find. At the
-    end the run's figures go to $OLLAMUX_BENCH_SWITCH_FILE + ".slices" as JSON.
+SIGUSR1 starts a sliced run, and the next SIGUSR1 ends it. A thread flips the state every `slice_ms`
+milliseconds ("on" first; the run's settings are the JSON object in $OLLAMUX_BENCH_SWITCH_FILE + ".mode",
+written before the signal) and reads, for each slice, the requests that finished in it and the event loop
+thread's CPU time (`/proc/self/task/<tid>/schedstat`, in ns). The machine's speed here drifts by up to 2x over
+seconds (other tenants of the host): slices far shorter than that drift see the same machine on both sides.
+What the two observers leave for later (the feeder thread's marshalling, the writer process's inserts) is read
+once over the whole run and belongs to the "on" slices' requests. With `"control": true` the thread alternates
+the labels but never detaches anything: the A/A control, what the method reads when there is nothing to find.
+At the end the run's figures go to $OLLAMUX_BENCH_SWITCH_FILE + ".slices" as JSON, whole (written beside and
+renamed: whoever sees the file can read it).
 """
 
 from __future__ import annotations
@@ -49,8 +47,7 @@ def _count(self: Any, rec: Any) -> None:
     _finished(self, rec)
 
 
-def _flip() -> str:
-    state = "on"
+def _flip() -> None:
     for obs in _every:
         full = _held.pop(id(obs), None)
         if full is not None:
@@ -58,17 +55,6 @@ def _flip() -> str:
         else:
             _held[id(obs)] = obs.observers
             obs.observers = [o for o in obs.observers if type(o).__name__ not in _DETACHED]
-            state = "off"
-    return state
-
-
-def _write(suffix: str, text: str) -> None:
-    with open(os.environ["OLLAMUX_BENCH_SWITCH_FILE"] + suffix, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _switch(_signum: int, _frame: Any) -> None:
-    _write("", _flip())
 
 
 # ------------------------------------------------------------------------------------------ sliced runs
@@ -134,7 +120,10 @@ class _Sliced(threading.Thread):
             "children_ns": children - children0,
             "control": self.control,
         }
-        _write(".slices", json.dumps(out))
+        done = os.environ["OLLAMUX_BENCH_SWITCH_FILE"] + ".slices"
+        with open(done + ".part", "w", encoding="utf-8") as f:
+            f.write(json.dumps(out))
+        os.replace(done + ".part", done)
 
 
 _run: list[_Sliced] = []
@@ -151,5 +140,4 @@ def _slice(_signum: int, _frame: Any) -> None:
 
 _observe.Observers.__init__ = _track  # type: ignore[method-assign]
 _observe.Observers.finished = _count  # type: ignore[method-assign]
-signal.signal(signal.SIGUSR2, _switch)
 signal.signal(signal.SIGUSR1, _slice)
