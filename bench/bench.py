@@ -1410,7 +1410,9 @@ def main(argv: list[str]) -> int:
             memory = bench.memory()
         if not args.no_engine:
             bench.log("bench: the engine, SmolLM2 through ollamux against llama.cpp directly (bench/engine.py)")
-            engine_result = engine_bench.run(engine_bench.parse_args(["--rounds", "2" if args.quick else "3"]))
+            engine_result = engine_bench.run(
+                engine_bench.parse_args(["--rounds", "2", "--pairs", "120"] if args.quick else [])
+            )
     finally:
         bench.stop_all()
     elapsed = time.monotonic() - t0

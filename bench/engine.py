@@ -12,7 +12,7 @@ queue) against one with 4 slots (continuous batching, a unified KV cache). Then 
 turns of one conversation: the second turn's time to first token with llama.cpp's slot reuse against the
 same turn with `cache_prompt: false`.
 
-    .venv/bin/python bench/engine.py [--tokens 64] [--rounds 3] [--json out.json]
+    .venv/bin/python bench/engine.py [--tokens 64] [--rounds 6] [--pairs 360] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -96,9 +97,10 @@ class Run:
     path: str  # "direct" or "ollamux"
     slots: int
     streams: int
-    tokens_per_s: float  # aggregate completion tokens / wall seconds
+    tokens_per_s: float  # aggregate completion tokens / wall seconds, median of the rounds
     ttft_ms: float  # median time to the first content chunk
     completion_tokens: int
+    round_tokens_per_s: list[float]  # each round's figure, in round order (pairs with the other path's)
 
 
 def client() -> aiohttp.ClientSession:
@@ -183,11 +185,12 @@ async def turn_two_ttft(url: str, cache: bool, repeats: int = 5) -> float:
     return statistics.median(out) * 1000
 
 
-async def ttft_pairs(urls: dict[str, str], pairs: int = 120) -> list[float]:
+async def ttft_pairs(urls: dict[str, str], pairs: int) -> list[float]:
     """Time to first token added by ollamux, pair by pair: one request direct and one through ollamux,
     back to back (the order alternating), each pair's difference in ms. A difference of medians over
-    separate rounds moves by several ms with the engine's own jitter (~60 ms +- 10 here); pairs cancel most
-    of it (a pair's difference still spreads ~+-8 ms: 120 pairs put the median within ~1.5 ms)."""
+    separate rounds moves by several ms with the engine's own jitter (~50 ms +- 10 here); pairs cancel most
+    of it, but a pair's difference still spreads ~+-6 ms (quartiles): 120 pairs left the median's 90%
+    bootstrap interval ~7 ms wide (session 18), so the bench takes 360 and prints the interval."""
     messages = [{"role": "system", "content": SYSTEM}]
     out: list[float] = []
     async with client() as session:
@@ -255,10 +258,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 statistics.median(v[0] for v in vals),
                                 statistics.median(v[1] for v in vals),
                                 sum(v[2] for v in vals),
+                                [v[0] for v in vals],
                             )
                         )
                 if slots == 1:  # one slot, one request at a time: nothing but the path differs
-                    pairs = asyncio.run(ttft_pairs(urls))
+                    pairs = asyncio.run(ttft_pairs(urls, args.pairs))
                 if slots == 4:
                     for path in ("direct", "ollamux"):
                         cache[f"{path} cached"] = asyncio.run(turn_two_ttft(urls[path], True))
@@ -272,13 +276,31 @@ def find_run(result: dict[str, Any], path: str, slots: int, streams: int) -> dic
     )
 
 
+def paired_share(direct: dict[str, Any], through: dict[str, Any]) -> float:
+    """ollamux's token rate as a % of llama.cpp's: the median of the rounds' own ratios (a round measures
+    both paths back to back, so the machine's drift between rounds cancels), or the ratio of the two
+    medians for a result from before rounds were kept."""
+    d, o = direct.get("round_tokens_per_s"), through.get("round_tokens_per_s")
+    if d and o and len(d) == len(o) and all(d):
+        return 100 * float(statistics.median(b / a for a, b in zip(d, o, strict=True)))
+    return 100 * float(through["tokens_per_s"]) / float(direct["tokens_per_s"])
+
+
+def median_interval(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A 90% bootstrap interval of the median of `values` (fixed seed: the same figures give the same
+    interval)."""
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return meds[draws // 20], meds[draws - 1 - draws // 20]
+
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The engine rows of #21's target table: share of llama.cpp's token rate, ttft added, slots."""
     out: list[dict[str, Any]] = []
     for streams in (1, 4):
         d, o = find_run(result, "direct", 4, streams), find_run(result, "ollamux", 4, streams)
         if d and o and d["tokens_per_s"]:
-            share = 100 * o["tokens_per_s"] / d["tokens_per_s"]
+            share = paired_share(d, o)
             out.append(
                 {
                     "target": f"engine tokens/s through ollamux vs llama.cpp direct, {streams} stream(s)",
@@ -325,21 +347,27 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render(result: dict[str, Any]) -> str:
     lines = [
-        f"Engine: SmolLM2-135M Q4_1, {result['tokens']} tokens per streamed request, median of rounds.",
+        f"Engine: SmolLM2-135M Q4_1, {result['tokens']} tokens per streamed request, median of rounds; "
+        "each round measures both paths back to back.",
         "",
-        "| slots | streams | path | tokens/s (aggregate) | ttft p50 (ms) |",
-        "|---:|---:|---|---:|---:|",
+        "| slots | streams | path | tokens/s (aggregate) | ttft p50 (ms) | % of direct (median of rounds' ratios) |",
+        "|---:|---:|---|---:|---:|---:|",
     ]
     for r in result["runs"]:
-        lines.append(f"| {r['slots']} | {r['streams']} | {r['path']} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.1f} |")
+        d = find_run(result, "direct", r["slots"], r["streams"])
+        share = f"{paired_share(d, r):.1f}%" if r["path"] == "ollamux" and d and d["tokens_per_s"] else ""
+        lines.append(
+            f"| {r['slots']} | {r['streams']} | {r['path']} | {r['tokens_per_s']:.1f} | {r['ttft_ms']:.1f} | {share} |"
+        )
     pairs = sorted(result.get("ttft_pairs_ms") or [])
     if pairs:
         q = statistics.quantiles(pairs, n=4)
+        lo, hi = median_interval(pairs)
         lines += [
             "",
             f"Time to first token added by ollamux, {len(pairs)} back-to-back pairs (direct, then through ollamux, "
-            f"the order alternating; 1 slot): median {statistics.median(pairs):+.2f} ms, "
-            f"quartiles {q[0]:+.2f} / {q[2]:+.2f} ms.",
+            f"the order alternating; 1 slot): median {statistics.median(pairs):+.2f} ms (90% bootstrap interval "
+            f"{lo:+.2f} / {hi:+.2f}), quartiles {q[0]:+.2f} / {q[2]:+.2f} ms.",
         ]
     c = result["turn_two_ttft_ms"]
     if c:
@@ -353,7 +381,8 @@ def render(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell")
+    p.add_argument("--rounds", type=int, default=6, help="alternating rounds per cell")
+    p.add_argument("--pairs", type=int, default=360, help="back-to-back pairs for the time to first token")
     p.add_argument("--per-stream", type=int, default=3, help="requests each concurrent stream makes")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp CPU threads (default: its own)")
     p.add_argument("--json", default=None, help="also write the result here")
