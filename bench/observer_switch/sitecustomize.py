@@ -33,13 +33,20 @@ _DETACHED = ("RequestLog", "Metrics")  # the observers the configuration's reque
 _every: list[Any] = []  # every Observers made in this process
 _held: dict[int, list[Any]] = {}  # id of an Observers: its full list while the two are detached
 _init = _observe.Observers.__init__
+_started = _observe.Observers.started
 _finished = _observe.Observers.finished
+_begun = [0]  # requests started, in any Observers
 _done = [0]  # requests finished, in any Observers (one add a request, the same in both states)
 
 
 def _track(self: Any, *args: Any, **kwargs: Any) -> None:
     _init(self, *args, **kwargs)
     _every.append(self)
+
+
+def _begin(self: Any, rec: Any) -> None:
+    _begun[0] += 1
+    _started(self, rec)
 
 
 def _count(self: Any, rec: Any) -> None:
@@ -94,15 +101,20 @@ class _Sliced(threading.Thread):
         self.control = bool(mode.get("control", False))
         self.stop = threading.Event()
         self.slices: list[tuple[str, int, int, int]] = []  # (state, requests, loop CPU ns, wall ns)
+        self.stat = f"/proc/{os.getpid()}/task/{loop_tid}/schedstat"
+        # read here, in the signal handler on the loop's thread: no request of the run can have finished yet
+        # (read in `run`, after the thread's start, the loop may already have finished the run's first one)
+        self.first = (_done[0], _on_cpu_ns(self.stat), time.perf_counter_ns())
 
     def run(self) -> None:
-        stat = f"/proc/{os.getpid()}/task/{self.loop_tid}/schedstat"
+        stat = self.stat
         skip = {self.loop_tid, threading.get_native_id()}  # the loop, measured by slice; this thread
         threads0, children0 = _helpers_ns(skip)
         state = "on"
-        n0, c0, w0 = _done[0], _on_cpu_ns(stat), time.perf_counter_ns()
+        n0, c0, w0 = self.first
         while not self.stop.is_set():
-            self.stop.wait(self.period)
+            if self.stop.wait(self.period):
+                _drain()
             n1, c1, w1 = _done[0], _on_cpu_ns(stat), time.perf_counter_ns()
             if not self.control:
                 _flip()
@@ -126,6 +138,15 @@ class _Sliced(threading.Thread):
         os.replace(done + ".part", done)
 
 
+def _drain() -> None:
+    """Wait (up to 2 s) for the requests in flight to finish. An answer its handler writes itself (relayed,
+    streamed) reaches its client before the handler's `finished`: a client that stops the run on its last
+    answer would otherwise see that request in no slice."""
+    deadline = time.monotonic() + 2.0
+    while _begun[0] > _done[0] and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 _run: list[_Sliced] = []
 
 
@@ -139,5 +160,6 @@ def _slice(_signum: int, _frame: Any) -> None:
 
 
 _observe.Observers.__init__ = _track  # type: ignore[method-assign]
+_observe.Observers.started = _begin  # type: ignore[method-assign]
 _observe.Observers.finished = _count  # type: ignore[method-assign]
 signal.signal(signal.SIGUSR1, _slice)
