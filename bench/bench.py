@@ -1533,7 +1533,7 @@ def render(
     ]
     if memory:
         parts += [
-            f"### Memory: {result['settings']['streams']} concurrent slow streams (fresh processes)\n",
+            f"### Memory: {st['streams']} concurrent slow streams (fresh processes)\n",
             memory_table(memory),
         ]
     if result.get("engine"):
